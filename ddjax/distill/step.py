@@ -1,0 +1,100 @@
+"""The distillation step shared by every distiller (DESIGN: "The functional core").
+
+    loss(S) = mean(transform(distiller.per_sample(S, inner, batch)).loss) + distiller.regularizer(S)
+    S      <- optax update of S with grad loss(S)
+    inner  <- distiller.update(S, inner)          (FRePo's model pool; nothing for KIP)
+
+`make_step` returns one pure function `step(state, batch, key) -> (state, metrics)`, jitted once by
+the run loop, which also decides how the batch is sharded.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from ddjax.transforms.base import LossTransform, mean_loss
+
+Array = jax.Array
+PyTree = Any
+
+
+@flax.struct.dataclass
+class DistillState:
+  """Everything a run needs to continue: the checkpointed pytree.
+
+  step: () int32, outer steps done. syn: the synthetic set {'x': (n,H,W,C), 'y': (n,K)}.
+  opt_state: optax state of the synthetic set. inner: the distiller's own state.
+  transform_state: the loss transform's state.
+  """
+  step: Array
+  syn: PyTree
+  opt_state: PyTree
+  inner: PyTree
+  transform_state: PyTree
+
+
+def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
+                       learn_label: bool = True, schedule: str = 'cosine',
+                       end_fraction: float = 0.0) -> optax.GradientTransformation:
+  """Optimizer of the synthetic set: images and labels each with their own learning rate.
+
+  name: 'lamb' (FRePo), 'adam' or 'sgd'. schedule: 'cosine' (decay to end_fraction * lr over
+  `steps`) or 'constant'. Labels are frozen (zero update) unless learn_label.
+  """
+  makers = {'lamb': optax.lamb, 'adam': optax.adam, 'sgd': optax.sgd}
+  if name not in makers:
+    raise ValueError(f'distill.optimizer={name!r}: choose one of {sorted(makers)}.')
+  if schedule not in ('cosine', 'constant'):
+    raise ValueError(f"distill.schedule={schedule!r}: choose 'cosine' or 'constant'.")
+
+  def sched(peak):
+    if schedule == 'constant':
+      return peak
+    return optax.cosine_decay_schedule(peak, max(int(steps), 1), alpha=end_fraction)
+
+  transforms = {'x': makers[name](sched(lr)),
+                'y': makers[name](sched(label_lr)) if learn_label else optax.set_to_zero()}
+  return optax.multi_transform(transforms, lambda syn: {k: k for k in syn})
+
+
+def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTransformation,
+              classes: Array) -> Callable:
+  """Build `step(state, batch, key) -> (state, metrics)`.
+
+  distiller: has per_sample(syn, inner, batch, key), regularizer(syn, classes) and
+    update(syn, inner, key). classes: (n,) class of each prototype (for label regularizers).
+  metrics: loss (the optimized scalar), meta_loss (plain mean over the whole batch, before any
+  transform), kept (rows left after selection), grad_norm.
+  """
+
+  def step(state: DistillState, batch: dict[str, Array], key: Array):
+    k_loss, k_transform, k_update = jax.random.split(key, 3)
+
+    def loss_fn(syn):
+      ps = distiller.per_sample(syn, state.inner, batch, k_loss)
+      out, t_state = transform.apply(ps, state.transform_state, k_transform)
+      loss = mean_loss(out) + distiller.regularizer(syn, classes)
+      return loss, (mean_loss(ps), out.batch_size, t_state)
+
+    (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)
+    syn = optax.apply_updates(state.syn, updates)
+    inner = distiller.update(syn, state.inner, k_update)
+    metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
+               'grad_norm': optax.global_norm(grads)}
+    new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state, inner=inner,
+                       transform_state=t_state)
+    return new, metrics
+
+  return step
+
+
+def init_state(distiller, transform: LossTransform, optimizer: optax.GradientTransformation,
+               syn: PyTree, key: Array) -> DistillState:
+  """The state at step 0."""
+  return DistillState(step=jnp.zeros((), jnp.int32), syn=syn, opt_state=optimizer.init(syn),
+                      inner=distiller.init(key, syn), transform_state=transform.init())

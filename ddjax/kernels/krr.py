@@ -1,0 +1,75 @@
+"""Kernel ridge regression (KRR): the solve and predict at the heart of FRePo, KIP, RFAD and ISA.
+
+With a support set S (here: the synthetic set) and targets T (a real batch),
+
+    w   = (K_SS + lambda I)^-1 Y_S            (n_s, K)
+    P_T = K_TS w                               (n_t, K)
+
+where lambda = reg * trace(K_SS) / n_s (FRePo/ISA: reg = 1e-6). This is ISA Eq. 4 and FRePo's
+meta-prediction. The system is solved with a Cholesky factorization (never an explicit inverse). If
+the factor is not finite (K_SS numerically indefinite, e.g. duplicated prototypes in float32), the
+solve is retried with geometrically larger diagonal jitter, all inside jit (`lax.while_loop`), so a
+step never returns NaN because of a borderline kernel.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def ridge(k_ss: Array, reg: float) -> Array:
+  """lambda = reg * trace(K_SS) / n_s, the scale-free ridge used by FRePo, KIP and ISA."""
+  n = k_ss.shape[0]
+  return reg * jnp.trace(k_ss) / n
+
+
+def krr_solve(k_ss: Array, y_s: Array, reg: float = 1e-6, max_tries: int = 6) -> Array:
+  """Return w = (K_SS + lambda I)^-1 Y_S, shape (n_s, K).
+
+  Args:
+    k_ss: (n_s, n_s) symmetric positive semi-definite kernel of the support set.
+    y_s: (n_s, K) support targets.
+    reg: relative ridge; lambda = reg * trace(K_SS) / n_s.
+    max_tries: if the Cholesky factor is not finite, the ridge is multiplied by 10 and the
+      factorization retried, at most this many times in total. If every try fails the returned
+      weights are NaN, which the run loop reports as a diverged step.
+  """
+  n = k_ss.shape[0]
+  k_ss = 0.5 * (k_ss + k_ss.T)  # exact symmetry for the factorization
+  lam0 = ridge(k_ss, reg)
+  # A zero kernel (all-zero features) still gets a positive ridge.
+  lam0 = jnp.maximum(lam0, jnp.finfo(k_ss.dtype).tiny)
+  eye = jnp.eye(n, dtype=k_ss.dtype)
+
+  def factor(lam):
+    return jnp.linalg.cholesky(k_ss + lam * eye)
+
+  def cond(carry):
+    chol, lam, tries = carry
+    return jnp.logical_and(~jnp.all(jnp.isfinite(chol)), tries < max_tries)
+
+  def body(carry):
+    _, lam, tries = carry
+    lam = lam * 10.0
+    return factor(lam), lam, tries + 1
+
+  chol0 = factor(lam0)
+  chol, _, _ = jax.lax.while_loop(cond, body, (chol0, lam0, jnp.array(1)))
+  return jax.scipy.linalg.cho_solve((chol, True), y_s)
+
+
+def krr_predict(k_ts: Array, k_ss: Array, y_s: Array, reg: float = 1e-6) -> Array:
+  """P_T = K_TS (K_SS + lambda I)^-1 Y_S, shape (n_t, K) (ISA Eq. 4 / FRePo)."""
+  return k_ts @ krr_solve(k_ss, y_s, reg)
+
+
+def linear_kernel(f1: Array, f2: Array) -> Array:
+  """Conjugate kernel from features: K = F1 F2^T, (n1, d) x (n2, d) -> (n1, n2)."""
+  return f1 @ f2.T
+
+
+def krr_predict_from_features(f_t: Array, f_s: Array, y_s: Array, reg: float = 1e-6) -> Array:
+  """KRR with the conjugate (feature) kernel: P_T = F_T F_S^T (F_S F_S^T + lambda I)^-1 Y_S."""
+  return krr_predict(linear_kernel(f_t, f_s), linear_kernel(f_s, f_s), y_s, reg)

@@ -1,0 +1,100 @@
+"""Per-sample records and loss transforms, composable like optax gradient transformations.
+
+A distiller's meta-loss is exposed per real example as a `PerSample` record. A `LossTransform`
+maps a record (and its own small state) to a new record: selection transforms keep a subset of the
+rows, augmentation transforms replace the per-sample loss. The scalar meta-loss is the mean of the
+final record's `loss`:
+
+    transform = chain(drop_easiest(0.2), isa(eps=1.0))      # FRePo + ISA
+    state = transform.init()
+    ps, state = transform.apply(ps, state, key)
+    loss = ps.loss.mean()
+
+Transforms never look inside the distiller; they rely only on `pred` and `target` and on the fact
+that KRR-family predictions are linear in the (implicit) real features.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class PerSample:
+  """Per-real-example meta-loss record.
+
+  Attributes:
+    pred: (B, K) the meta-model's prediction for each real example (e.g. P_T = K_TS w for KRR).
+    target: (B, K) the regression/classification target of each real example.
+    loss: (B,) the per-example meta-loss; the scalar meta-loss is `loss.mean()`.
+  """
+  pred: Array
+  target: Array
+  loss: Array
+
+  @property
+  def batch_size(self) -> int:
+    return self.loss.shape[0]
+
+
+def squared_error(pred: Array, target: Array) -> Array:
+  """Per-example 1/2 ||target - pred||^2, (B, K) -> (B,) (ISA Eq. 4/5, FRePo's MSE)."""
+  return 0.5 * jnp.sum(jnp.square(pred - target), axis=-1)
+
+
+def per_sample_mse(pred: Array, target: Array) -> PerSample:
+  """The KRR record: predictions, targets and their per-example squared error."""
+  return PerSample(pred=pred, target=target, loss=squared_error(pred, target))
+
+
+def mean_loss(ps: PerSample) -> Array:
+  """The scalar meta-loss of a record: the mean of its per-example losses."""
+  return jnp.mean(ps.loss)
+
+
+class LossTransform(NamedTuple):
+  """A pure pair (init, apply), like `optax.GradientTransformation`.
+
+  init() -> state
+  apply(ps: PerSample, state, key) -> (PerSample, state)
+  """
+  init: Callable[[], Any]
+  apply: Callable[[PerSample, Any, Array], tuple[PerSample, Any]]
+
+
+def stateless(fn: Callable[[PerSample, Array], PerSample]) -> LossTransform:
+  """Wrap a pure `fn(ps, key) -> ps` as a `LossTransform` with an empty state."""
+  return LossTransform(init=lambda: (), apply=lambda ps, state, key: (fn(ps, key), state))
+
+
+def identity() -> LossTransform:
+  """The transform that changes nothing (plain meta-loss)."""
+  return stateless(lambda ps, key: ps)
+
+
+def chain(*transforms: LossTransform) -> LossTransform:
+  """Apply transforms left to right; each gets its own state and an independent key."""
+
+  def init():
+    return tuple(t.init() for t in transforms)
+
+  def apply(ps, state, key):
+    new_state = []
+    for i, (t, s) in enumerate(zip(transforms, state)):
+      ps, s = t.apply(ps, s, jax.random.fold_in(key, i))
+      new_state.append(s)
+    return ps, tuple(new_state)
+
+  return LossTransform(init=init, apply=apply)
+
+
+def transformed_loss(transform: LossTransform, ps: PerSample, state: Any,
+                     key: Array) -> tuple[Array, tuple[PerSample, Any]]:
+  """Scalar loss after `transform`, with the transformed record and new state as aux."""
+  out, state = transform.apply(ps, state, key)
+  return mean_loss(out), (out, state)
