@@ -114,8 +114,10 @@ def test_chain_drop_then_isa_shapes_and_config():
   t = T.chain(T.drop_easiest(0.2), T.isa(1.0))
   out, state = t.apply(ps, t.init(), jax.random.PRNGKey(0))
   assert out.batch_size == 16 and state == ((), ())
-  jitted = jax.jit(lambda ps, key: t.apply(ps, (), key)[0].loss)   # jit-able end to end
+  jitted = jax.jit(lambda ps, key: t.apply(ps, t.init(), key)[0].loss)   # jit-able end to end
   assert jitted(ps, jax.random.PRNGKey(0)).shape == (16,)
+  with pytest.raises(ValueError, match='init'):
+    t.apply(ps, (), jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('bad', [-0.1, 1.0])

@@ -1,0 +1,39 @@
+"""Data: dataset sources, preprocessing (standardize, ZCA) and class-balanced sampling."""
+from ddjax.data.preprocess import (
+    Preprocessor,
+    apply_preprocessor,
+    default_preprocessing,
+    fit_preprocessor,
+    invert_preprocessor,
+    preprocessor_from_dict,
+    preprocessor_to_dict,
+)
+from ddjax.data.sampling import (
+    centered_one_hot,
+    check_ipc,
+    class_balanced_indices,
+    init_synthetic,
+    one_hot,
+    real_subset,
+)
+from ddjax.data.sources import (
+    DATASETS,
+    Dataset,
+    DatasetNotFoundError,
+    candidate_paths,
+    load_cifar_dir,
+    load_cifar_tar,
+    load_dataset,
+    load_npz,
+    locate_dataset,
+    read_idx,
+    write_idx,
+)
+
+__all__ = [
+    'DATASETS', 'Dataset', 'DatasetNotFoundError', 'Preprocessor', 'apply_preprocessor',
+    'candidate_paths', 'centered_one_hot', 'check_ipc', 'class_balanced_indices',
+    'default_preprocessing', 'fit_preprocessor', 'init_synthetic', 'invert_preprocessor',
+    'load_cifar_dir', 'load_cifar_tar', 'load_dataset', 'load_npz', 'locate_dataset', 'one_hot',
+    'preprocessor_from_dict', 'preprocessor_to_dict', 'read_idx', 'real_subset', 'write_idx',
+]

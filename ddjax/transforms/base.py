@@ -84,6 +84,9 @@ def chain(*transforms: LossTransform) -> LossTransform:
     return tuple(t.init() for t in transforms)
 
   def apply(ps, state, key):
+    if len(state) != len(transforms):
+      raise ValueError(f'chain of {len(transforms)} transforms got a state of {len(state)} '
+                       'entries; pass the state returned by its init().')
     new_state = []
     for i, (t, s) in enumerate(zip(transforms, state)):
       ps, s = t.apply(ps, s, jax.random.fold_in(key, i))
