@@ -32,8 +32,8 @@ def krr_solve(k_ss: Array, y_s: Array, reg: float = 1e-6, max_tries: int = 6) ->
     k_ss: (n_s, n_s) symmetric positive semi-definite kernel of the support set.
     y_s: (n_s, K) support targets.
     reg: relative ridge; lambda = reg * trace(K_SS) / n_s.
-    max_tries: if the Cholesky factor is not finite, the ridge is multiplied by 10 and the
-      factorization retried, at most this many times in total. If every try fails the returned
+    max_tries: if the Cholesky factor is not finite, the ridge is multiplied by 10 (and is at
+      least 1e-6 of the mean diagonal) and the factorization retried, at most this many times. If every try fails the returned
       weights are NaN, which the run loop reports as a diverged step.
   """
   n = k_ss.shape[0]
@@ -50,9 +50,12 @@ def krr_solve(k_ss: Array, y_s: Array, reg: float = 1e-6, max_tries: int = 6) ->
     chol, lam, tries = carry
     return jnp.logical_and(~jnp.all(jnp.isfinite(chol)), tries < max_tries)
 
+  # Retries start from at least 1e-6 of the mean diagonal, so reg = 0 can be rescued too.
+  floor = 1e-6 * jnp.maximum(jnp.trace(k_ss) / n, jnp.finfo(k_ss.dtype).tiny)
+
   def body(carry):
     _, lam, tries = carry
-    lam = lam * 10.0
+    lam = jnp.maximum(lam * 10.0, floor * 10.0 ** (tries - 1))
     return factor(lam), lam, tries + 1
 
   chol0 = factor(lam0)
