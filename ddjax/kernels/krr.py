@@ -38,29 +38,35 @@ def krr_solve(k_ss: Array, y_s: Array, reg: float = 1e-6, max_tries: int = 6) ->
   """
   n = k_ss.shape[0]
   k_ss = 0.5 * (k_ss + k_ss.T)  # exact symmetry for the factorization
-  lam0 = ridge(k_ss, reg)
-  # A zero kernel (all-zero features) still gets a positive ridge.
-  lam0 = jnp.maximum(lam0, jnp.finfo(k_ss.dtype).tiny)
+  lam = ridge(k_ss, reg)        # differentiable, as in FRePo
   eye = jnp.eye(n, dtype=k_ss.dtype)
+  extra = _rescue_jitter(jax.lax.stop_gradient(k_ss), jax.lax.stop_gradient(lam), max_tries)
+  chol = jnp.linalg.cholesky(k_ss + (lam + extra) * eye)
+  return jax.scipy.linalg.cho_solve((chol, True), y_s)
 
-  def factor(lam):
-    return jnp.linalg.cholesky(k_ss + lam * eye)
+
+def _rescue_jitter(k_ss: Array, lam: Array, max_tries: int) -> Array:
+  """Extra diagonal jitter (0 when the plain factorization is finite); no gradient.
+
+  Tries lam, then lam + 1e-6 * mean diagonal, growing the extra term by 10 per try. A
+  `lax.while_loop` cannot be reverse-differentiated, so the loop only finds the jitter and the
+  caller factorizes once more with it.
+  """
+  n = k_ss.shape[0]
+  eye = jnp.eye(n, dtype=k_ss.dtype)
+  floor = 1e-6 * jnp.maximum(jnp.trace(k_ss) / n, jnp.finfo(k_ss.dtype).tiny)
+  ok = lambda extra: jnp.all(jnp.isfinite(jnp.linalg.cholesky(k_ss + (lam + extra) * eye)))
 
   def cond(carry):
-    chol, lam, tries = carry
-    return jnp.logical_and(~jnp.all(jnp.isfinite(chol)), tries < max_tries)
-
-  # Retries start from at least 1e-6 of the mean diagonal, so reg = 0 can be rescued too.
-  floor = 1e-6 * jnp.maximum(jnp.trace(k_ss) / n, jnp.finfo(k_ss.dtype).tiny)
+    extra, tries = carry
+    return jnp.logical_and(~ok(extra), tries < max_tries)
 
   def body(carry):
-    _, lam, tries = carry
-    lam = jnp.maximum(lam * 10.0, floor * 10.0 ** (tries - 1))
-    return factor(lam), lam, tries + 1
+    extra, tries = carry
+    return jnp.maximum(extra * 10.0, floor), tries + 1
 
-  chol0 = factor(lam0)
-  chol, _, _ = jax.lax.while_loop(cond, body, (chol0, lam0, jnp.array(1)))
-  return jax.scipy.linalg.cho_solve((chol, True), y_s)
+  extra, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), k_ss.dtype), jnp.array(1)))
+  return extra
 
 
 def krr_predict(k_ts: Array, k_ss: Array, y_s: Array, reg: float = 1e-6) -> Array:
