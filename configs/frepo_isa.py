@@ -1,0 +1,19 @@
+r"""FRePo + ISA (crucial samples): drop the easiest 20% of each real batch by meta-loss, then the
+Infinite Semantic Augmentation closed form with eps = 1 (ISA Algorithm 1; p and eps as in all of
+ISA's experiments). The main job of the README.
+
+    python -m ddjax.main --config=configs/frepo_isa.py              # CPU default, IPC 1
+    python -m ddjax.main --config=configs/frepo_isa.py:paper        # FRePo's GPU-scale setting
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import frepo  # noqa: E402  (sibling config file)
+
+
+def get_config(preset: str = ''):
+  cfg = frepo.get_config(preset)
+  cfg.transform.drop_easiest = 0.2
+  cfg.transform.isa_eps = 1.0
+  return cfg

@@ -1,0 +1,172 @@
+"""The config schema of `ddjax.main` and its validation.
+
+Every config file under `configs/` starts from `base_config()` and changes values; it may not add
+keys. `validate(cfg)` runs before any compute and says what is allowed for every bad value. The keys
+that other tooling relies on: seed, data.name, data.dir, distill.ipc, distill.steps, eval.num_models,
+eval.steps, checkpoint.every.
+"""
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+METHODS = ('frepo', 'random_subset')
+PRESETS = ('', 'cpu', 'paper')
+
+
+def model_config(**overrides) -> ml_collections.ConfigDict:
+  """Architecture block (ddjax.models.build_model keywords plus `arch`)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.arch = 'convnet'
+  cfg.depth = 3
+  cfg.width = 64
+  cfg.double_width = False
+  cfg.norm = 'none'
+  cfg.pooling = 'avg'
+  cfg.mlp_widths = (256, 256)
+  cfg.update(overrides)
+  return cfg
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a ddjax.main config may have, with the CPU defaults (FRePo's value in comments)."""
+  cfg = ml_collections.ConfigDict()
+  cfg.method = 'frepo'
+  cfg.seed = 0
+
+  cfg.data = ml_collections.ConfigDict()
+  cfg.data.name = 'fashion_mnist'
+  cfg.data.dir = ''                   # '' -> $DDJAX_DATA, then the Debian path
+  cfg.data.preprocessing = 'auto'     # auto | none | standard | zca (auto: FRePo's per dataset)
+  cfg.data.zca_reg = 0.1
+
+  cfg.model = model_config()          # the network distillation trains (FRePo: 128-256-512, BN)
+
+  cfg.distill = ml_collections.ConfigDict()
+  cfg.distill.ipc = 1
+  cfg.distill.steps = 3000            # FRePo: 500000 on a GPU
+  cfg.distill.batch_size = 512        # real batch (FRePo: 1024)
+  cfg.distill.optimizer = 'adam'      # FRePo: lamb
+  cfg.distill.lr = 3e-3               # FRePo: 3e-4
+  cfg.distill.label_lr = 3e-3         # FRePo: 3e-4
+  cfg.distill.learn_label = True
+  cfg.distill.schedule = 'cosine'
+  cfg.distill.init = 'real'           # real | noise
+  cfg.distill.label_init = 'centered_one_hot'
+
+  cfg.frepo = ml_collections.ConfigDict()
+  cfg.frepo.num_models = 5            # FRePo: 10
+  cfg.frepo.max_online_updates = 100
+  cfg.frepo.online_lr = 1e-3          # FRePo: 3e-4 (Adam)
+  cfg.frepo.reg = 1e-6                # lambda = reg * trace(K_SS) / n
+  cfg.frepo.flip = 'auto'             # auto: on except for digit-like 1-channel datasets
+  cfg.frepo.label_margin = 0.0        # > 0 adds the label-margin term
+
+  cfg.transform = ml_collections.ConfigDict()
+  cfg.transform.drop_easiest = 0.0    # ISA: 0.2
+  cfg.transform.isa_eps = 0.0         # ISA: 1.0
+
+  cfg.eval = ml_collections.ConfigDict()
+  cfg.eval.protocol = 'frepo'         # frepo | dc
+  cfg.eval.num_models = 5
+  cfg.eval.steps = 0                  # 0 -> the protocol's own rule (FRePo: by #prototypes)
+  cfg.eval.batch_size = 0             # 0 -> the protocol's own rule
+  cfg.eval.lr = 0.0                   # 0 -> the protocol's own
+  cfg.eval.krr = True                 # also report FRePo's KRR-predictor accuracy
+  cfg.eval.model = model_config()     # the network trained from scratch (FRePo: no norm)
+
+  cfg.checkpoint = ml_collections.ConfigDict()
+  cfg.checkpoint.every = 500
+  cfg.checkpoint.keep = 2
+
+  cfg.log = ml_collections.ConfigDict()
+  cfg.log.every = 100
+  return cfg
+
+
+def _keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> set[str]:
+  out = set()
+  for k, v in cfg.items():
+    name = prefix + k
+    if isinstance(v, ml_collections.ConfigDict):
+      out |= _keys(v, name + '.')
+    else:
+      out.add(name)
+  return out
+
+
+def _choice(errors: list[str], key: str, value, allowed) -> None:
+  if value not in allowed:
+    errors.append(f'{key}={value!r} is not one of {tuple(allowed)}.')
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Raise ValueError listing every problem of `cfg` (unknown keys, bad values), before compute.
+
+  Needs no data: the IPC against the smallest class is checked once the dataset is loaded
+  (ddjax.data.check_ipc).
+  """
+  from ddjax.data import DATASETS           # local imports keep `import ddjax.config` light
+  from ddjax.evaluate import PROTOCOLS
+  from ddjax.models import ARCHITECTURES, NORMS, POOLINGS
+
+  errors = []
+  known = _keys(base_config())
+  for key in sorted(_keys(cfg) - known):
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f' Did you mean {close[0]!r}?' if close else ''
+    errors.append(f'unknown config key {key!r}.{hint}')
+  _choice(errors, 'method', cfg.get('method'), METHODS)
+  data = cfg.get('data', {})
+  _choice(errors, 'data.name', data.get('name'), tuple(DATASETS))
+  _choice(errors, 'data.preprocessing', data.get('preprocessing'),
+          ('auto', 'none', 'standard', 'zca'))
+  for block in ('model', 'eval.model'):
+    m = cfg.get('model', {}) if block == 'model' else cfg.get('eval', {}).get('model', {})
+    _choice(errors, f'{block}.arch', m.get('arch'), ARCHITECTURES)
+    _choice(errors, f'{block}.norm', m.get('norm'), NORMS)
+    _choice(errors, f'{block}.pooling', m.get('pooling'), POOLINGS)
+    if not isinstance(m.get('depth'), int) or m.get('depth') < 1:
+      errors.append(f'{block}.depth must be an integer >= 1, got {m.get("depth")!r}.')
+    if not isinstance(m.get('width'), int) or m.get('width') < 1:
+      errors.append(f'{block}.width must be an integer >= 1, got {m.get("width")!r}.')
+  d = cfg.get('distill', {})
+  if not isinstance(d.get('ipc'), int) or d.get('ipc') < 1:
+    errors.append(f'distill.ipc must be an integer >= 1 (images per class), got {d.get("ipc")!r}.')
+  if not isinstance(d.get('steps'), int) or d.get('steps') < 0:
+    errors.append(f'distill.steps must be an integer >= 0, got {d.get("steps")!r}.')
+  if not isinstance(d.get('batch_size'), int) or d.get('batch_size') < 1:
+    errors.append(f'distill.batch_size must be an integer >= 1, got {d.get("batch_size")!r}.')
+  _choice(errors, 'distill.optimizer', d.get('optimizer'), ('lamb', 'adam', 'sgd'))
+  _choice(errors, 'distill.schedule', d.get('schedule'), ('cosine', 'constant'))
+  _choice(errors, 'distill.init', d.get('init'), ('real', 'noise'))
+  _choice(errors, 'distill.label_init', d.get('label_init'), ('centered_one_hot', 'one_hot'))
+  f = cfg.get('frepo', {})
+  if not isinstance(f.get('num_models'), int) or f.get('num_models') < 1:
+    errors.append(f'frepo.num_models must be an integer >= 1, got {f.get("num_models")!r}.')
+  if not isinstance(f.get('max_online_updates'), int) or f.get('max_online_updates') < 1:
+    errors.append('frepo.max_online_updates must be an integer >= 1, '
+                  f'got {f.get("max_online_updates")!r}.')
+  _choice(errors, 'frepo.flip', f.get('flip'), ('auto', True, False))
+  t = cfg.get('transform', {})
+  if not 0.0 <= t.get('drop_easiest', 0.0) < 1.0:
+    errors.append(f'transform.drop_easiest must lie in [0, 1), got {t.get("drop_easiest")!r}.')
+  if not 0.0 <= t.get('isa_eps', 0.0) <= 1.0:
+    errors.append(f'transform.isa_eps must lie in [0, 1], got {t.get("isa_eps")!r}.')
+  e = cfg.get('eval', {})
+  _choice(errors, 'eval.protocol', e.get('protocol'), tuple(PROTOCOLS))
+  if not isinstance(e.get('num_models'), int) or e.get('num_models') < 0:
+    errors.append(f'eval.num_models must be an integer >= 0, got {e.get("num_models")!r}.')
+  c = cfg.get('checkpoint', {})
+  if not isinstance(c.get('every'), int) or c.get('every') < 1:
+    errors.append(f'checkpoint.every must be an integer >= 1, got {c.get("every")!r}.')
+  if errors:
+    raise ValueError('invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def flip_enabled(cfg: ml_collections.ConfigDict, channels: int) -> bool:
+  """FRePo mirrors prototypes except on 1-channel digit/clothing data (MNIST, Fashion-MNIST)."""
+  if cfg.frepo.flip == 'auto':
+    return channels != 1
+  return bool(cfg.frepo.flip)

@@ -1,0 +1,193 @@
+r"""ddjax command line: config -> data -> distill -> export -> evaluate, into --workdir.
+
+    python -m ddjax.main --config=configs/frepo_isa.py [--workdir=runs/x] [--config.distill.ipc=10]
+    python -m ddjax.main --config=configs/frepo_isa.py:paper      # the paper's GPU-scale setting
+
+Re-running with the same --workdir resumes from the last checkpoint. Outputs (see
+ddjax.runtime.export): checkpoints/, metrics.jsonl, curve.png, distilled.npz, distilled.png,
+results.json.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ddjax import config as config_lib
+from ddjax import data as data_lib
+from ddjax import transforms as transforms_lib
+from ddjax.distill import step as step_lib
+from ddjax.distill.frepo import FRePo, FRePoConfig
+from ddjax.evaluate import evaluate_synthetic, get_protocol
+from ddjax.models import build_model
+from ddjax.runtime import export, files, loop, sharding
+
+# Purposes folded into the root key, so every consumer of randomness has its own stream.
+KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL, KEY_EVAL = 0, 1, 2, 3
+
+
+def model_kwargs(m: ml_collections.ConfigDict) -> dict:
+  """ddjax.models.build_model keywords of a model config block."""
+  if m.arch == 'mlp':
+    return {'widths': tuple(m.mlp_widths)}
+  return dict(depth=m.depth, width=m.width, double_width=m.double_width, norm=m.norm,
+              pooling=m.pooling)
+
+
+def build(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, num_classes: int):
+  return build_model(model_cfg.arch, num_classes, **model_kwargs(model_cfg))
+
+
+class Prepared:
+  """The dataset after preprocessing (fit on train), as host float32 arrays."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    ds = data_lib.load_dataset(cfg.data.name, cfg.data.dir or None)
+    data_lib.check_ipc(ds.y_train, cfg.distill.ipc, ds.num_classes, ds.class_names)
+    kind = cfg.data.preprocessing
+    if kind == 'auto':
+      kind = data_lib.default_preprocessing(cfg.data.name)
+    self.dataset = ds
+    self.pre = data_lib.fit_preprocessor(ds.x_train, kind=kind, zca_reg=cfg.data.zca_reg)
+    self.x_train = np.asarray(data_lib.apply_preprocessor(self.pre, ds.x_train), np.float32)
+    self.x_test = np.asarray(data_lib.apply_preprocessor(self.pre, ds.x_test), np.float32)
+    self.y_train = ds.y_train
+    self.y_test = ds.y_test
+    self.num_classes = ds.num_classes
+    self.targets_train = data_lib.centered_one_hot(ds.y_train, ds.num_classes)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.x_train.shape[1:])
+
+
+def make_frepo(cfg: ml_collections.ConfigDict, prep: Prepared):
+  """The FRePo distiller, loss transform and synthetic-set optimizer of a config."""
+  model = build(cfg, cfg.model, prep.num_classes)
+  fcfg = FRePoConfig(num_models=cfg.frepo.num_models,
+                     max_online_updates=cfg.frepo.max_online_updates,
+                     online_lr=cfg.frepo.online_lr, reg=cfg.frepo.reg,
+                     flip=config_lib.flip_enabled(cfg, prep.image_shape[-1]),
+                     label_margin=cfg.frepo.label_margin)
+  distiller = FRePo(model, fcfg, prep.image_shape)
+  transform = transforms_lib.from_config(cfg.transform)
+  optimizer = step_lib.make_syn_optimizer(
+      cfg.distill.optimizer, cfg.distill.lr, cfg.distill.label_lr, cfg.distill.steps,
+      learn_label=cfg.distill.learn_label, schedule=cfg.distill.schedule)
+  return distiller, transform, optimizer
+
+
+def initial_synthetic(cfg: ml_collections.ConfigDict, prep: Prepared) -> tuple[dict, np.ndarray]:
+  """(syn, classes): class-balanced real (or noise) images and their initial labels."""
+  syn = data_lib.init_synthetic(cfg.seed, prep.x_train, prep.y_train, cfg.distill.ipc,
+                                prep.num_classes, init=cfg.distill.init,
+                                label_init=cfg.distill.label_init)
+  classes = np.repeat(np.arange(prep.num_classes), cfg.distill.ipc).astype(np.int32)
+  return {k: jnp.asarray(v) for k, v in syn.items()}, classes
+
+
+def distill(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str, mesh=None):
+  """Run (or resume) the distillation of `cfg`; returns (syn, classes, summary)."""
+  root = jax.random.PRNGKey(cfg.seed)
+  syn, classes = initial_synthetic(cfg, prep)
+  if cfg.method == 'random_subset':
+    return syn, classes, {'steps': 0, 'sec_per_step': 0.0, 'resumed_from': 0}
+  distiller, transform, optimizer = make_frepo(cfg, prep)
+  mesh = mesh or sharding.make_mesh()
+  sharding.check_batch_divisible(cfg.distill.batch_size, mesh)
+  state = step_lib.init_state(distiller, transform, optimizer, syn,
+                              jax.random.fold_in(root, KEY_DISTILL_INIT))
+  step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
+  sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, cfg.seed)
+  state, summary = loop.run(
+      step_fn, state, sampler, num_steps=cfg.distill.steps,
+      key=jax.random.fold_in(root, KEY_DISTILL), workdir=workdir,
+      checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, log_every=cfg.log.every,
+      mesh=mesh, name=cfg.method)
+  return jax.device_get(state.syn), classes, summary
+
+
+def evaluate(cfg: ml_collections.ConfigDict, prep: Prepared, syn: dict) -> dict:
+  """Train cfg.eval.num_models fresh networks on `syn` under the configured protocol."""
+  overrides = {k: cfg.eval[k] for k in ('steps', 'batch_size', 'lr') if cfg.eval[k]}
+  protocol = get_protocol(cfg.eval.protocol, int(syn['x'].shape[0]), **overrides)
+  model = build(cfg, cfg.eval.model, prep.num_classes)
+  print(f'[eval] protocol {protocol.name}: {protocol.steps} steps, batch {protocol.batch_size}, '
+        f'{cfg.eval.num_models} models', flush=True)
+  key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_EVAL)
+  out = evaluate_synthetic(key, model, jnp.asarray(syn['x']), jnp.asarray(syn['y']),
+                           prep.x_test, prep.y_test, protocol, num_models=cfg.eval.num_models,
+                           krr=cfg.eval.krr, krr_reg=cfg.frepo.reg,
+                           progress=lambda line: print('[eval] ' + line, flush=True))
+  out['protocol'] = protocol.name
+  out['steps'] = protocol.steps
+  return out
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
+        prep: Prepared | None = None) -> dict:
+  """The whole job; returns the results dict also written to workdir/results.json."""
+  t0 = time.perf_counter()
+  config_lib.validate(cfg)
+  prep = prep or Prepared(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
+  print(f'[data] {prep.dataset!r}, preprocessing {prep.pre.kind}', flush=True)
+  syn, classes, summary = distill(cfg, prep, workdir, mesh)
+  paths = export.export_distilled(workdir, syn, classes, prep.pre, prep.dataset.class_names)
+  export.plot_curve(workdir, f'{cfg.method} {cfg.data.name} IPC {cfg.distill.ipc}')
+  print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)
+  results = {
+      'method': cfg.method, 'dataset': cfg.data.name, 'ipc': cfg.distill.ipc, 'seed': cfg.seed,
+      'transform': {'drop_easiest': cfg.transform.drop_easiest,
+                    'isa_eps': cfg.transform.isa_eps},
+      'distill': {'steps': summary['steps'], 'sec_per_step': summary['sec_per_step'],
+                  'resumed_from': summary['resumed_from'], 'devices': jax.device_count()},
+  }
+  if cfg.eval.num_models > 0:
+    ev = evaluate(cfg, prep, syn)
+    results['eval'] = {k: ev[k] for k in ('accs', 'acc_mean', 'acc_std', 'protocol', 'steps')}
+    if 'krr_acc' in ev:
+      results['krr_eval'] = {'acc': ev['krr_acc'], 'accs': ev['krr_accs'],
+                             'acc_std': ev['krr_acc_std']}
+    print(f'[eval] test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} %'
+          + (f', KRR predictor {100 * ev["krr_acc"]:.2f} %' if 'krr_acc' in ev else ''),
+          flush=True)
+  results['wall_seconds'] = time.perf_counter() - t0
+  files.write_json(os.path.join(workdir, 'results.json'), results)
+  print(f'[done] {os.path.join(workdir, "results.json")}', flush=True)
+  return results
+
+
+def default_workdir(cfg: ml_collections.ConfigDict) -> str:
+  tag = cfg.method
+  if cfg.transform.drop_easiest > 0 or cfg.transform.isa_eps > 0:
+    tag += '_isa'
+  return os.path.join('runs', f'{tag}_{cfg.data.name}_ipc{cfg.distill.ipc}_seed{cfg.seed}')
+
+
+def main(argv) -> None:
+  from absl import flags, logging
+  del argv
+  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the console
+  cfg = flags.FLAGS.config
+  try:  # everything that can be wrong with the config or the data fails here, before compute
+    config_lib.validate(cfg)
+    prep = Prepared(cfg)
+  except (data_lib.DatasetNotFoundError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  run(cfg, flags.FLAGS.workdir or default_workdir(cfg), prep=prep)
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', 'configs/frepo_isa.py', 'Config file (and :preset).',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', '', 'Output directory; default runs/<method>_<dataset>_ipc<k>.')
+  app.run(main)

@@ -1,0 +1,79 @@
+"""What a run leaves in its workdir: the distilled set, pictures of it, results.
+
+distilled.npz   x (n,H,W,C) in the model's input space, y (n,K) (learned) labels, classes (n,),
+                x_pixels (n,H,W,C) in [0,1] pixel space, class_names, and the preprocessing
+                (prefix 'pre_') needed to use x elsewhere (ddjax.data.preprocessor_from_dict).
+distilled.png   grid of the images in pixel space, one row per class.
+curve.png       the distillation loss against steps (from metrics.jsonl).
+results.json    method, dataset, ipc, distill.*, eval.*, krr_eval.*.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from ddjax.data import invert_preprocessor, preprocessor_to_dict
+from ddjax.runtime import files
+
+
+def image_grid(x_pixels: np.ndarray, classes: np.ndarray, num_classes: int, pad: int = 2,
+               scale: int = 2) -> np.ndarray:
+  """(n,H,W,C) images in [0,1] -> (rows*(H+pad), cols*(W+pad), 3) uint8, one row per class.
+
+  Each image is shown with its own min-max contrast stretch (learned images leave [0,1]).
+  """
+  n, h, w, c = x_pixels.shape
+  per_class = [np.flatnonzero(classes == k) for k in range(num_classes)]
+  cols = max(1, max(len(p) for p in per_class))
+  grid = np.ones((num_classes * (h + pad) + pad, cols * (w + pad) + pad, 3), np.float32)
+  for r, idx in enumerate(per_class):
+    for col, i in enumerate(idx):
+      img = x_pixels[i]
+      lo, hi = float(img.min()), float(img.max())
+      img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+      img = np.repeat(img, 3, axis=-1) if c == 1 else img[..., :3]
+      y0, x0 = pad + r * (h + pad), pad + col * (w + pad)
+      grid[y0:y0 + h, x0:x0 + w] = img
+  grid = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
+  return np.kron(grid, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else grid
+
+
+def save_png(path: str, array: np.ndarray) -> None:
+  files.write_atomic(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
+
+
+def export_distilled(workdir: str, syn: dict, classes: np.ndarray, preprocessor,
+                     class_names) -> dict:
+  """Write distilled.npz and distilled.png; returns the paths."""
+  x = np.asarray(syn['x'], np.float32)
+  y = np.asarray(syn['y'], np.float32)
+  x_pixels = np.asarray(invert_preprocessor(preprocessor, x), np.float32)
+  npz = os.path.join(workdir, 'distilled.npz')
+  files.write_npz(npz, x=x, y=y, classes=np.asarray(classes, np.int32), x_pixels=x_pixels,
+                  class_names=np.asarray(class_names), **preprocessor_to_dict(preprocessor, 'pre_'))
+  png = os.path.join(workdir, 'distilled.png')
+  save_png(png, image_grid(x_pixels, np.asarray(classes), len(class_names)))
+  return {'npz': npz, 'png': png}
+
+
+def plot_curve(workdir: str, title: str) -> str | None:
+  """curve.png of loss / meta_loss against step from metrics.jsonl (None if nothing logged)."""
+  records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  if not records:
+    return None
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  steps = [r['step'] for r in records]
+  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+  for key in ('loss', 'meta_loss'):
+    if key in records[0]:
+      ax.plot(steps, [r[key] for r in records], label=key)
+  ax.set_xlabel('step'); ax.set_ylabel('meta-loss'); ax.set_yscale('log')
+  ax.set_title(title); ax.legend(); fig.tight_layout()
+  path = os.path.join(workdir, 'curve.png')
+  files.write_atomic(path, lambda f: fig.savefig(f, format='png'))
+  plt.close(fig)
+  return path

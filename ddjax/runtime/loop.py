@@ -1,0 +1,93 @@
+"""The run loop: jit the pure step once, feed it sharded real batches, log, checkpoint, resume.
+
+The loop does no math; the step does no I/O. Randomness is derived from the config seed only:
+the key of step s is fold_in(key, s) and its real batch is drawn by a numpy generator seeded with
+(seed, s), so a run resumed from a checkpoint at step k replays exactly the steps an uninterrupted
+run takes after k.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from ddjax.runtime import files, sharding
+from ddjax.runtime.checkpoint import Checkpointer
+from ddjax.runtime.progress import Progress
+
+
+class DivergedError(FloatingPointError):
+  """The loss became NaN/inf; the last checkpoint holds the last finite state."""
+
+
+def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """The real examples of step `step`: batch_size distinct indices, a pure function of (seed, step)."""
+  rng = np.random.default_rng([seed, 0x5eed, step])
+  return np.sort(rng.choice(num_examples, size=batch_size, replace=False))
+
+
+def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Callable[[int], dict]:
+  """sampler(step) -> {'x': (B, H, W, C), 'y': (B, K)} host arrays for that step."""
+  if batch_size > len(x):
+    raise ValueError(f'distill.batch_size={batch_size} exceeds the {len(x)} training examples.')
+
+  def sample(step: int) -> dict:
+    idx = batch_indices(seed, step, len(x), batch_size)
+    return {'x': x[idx], 'y': y[idx]}
+
+  return sample
+
+
+def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_steps: int,
+        key: jax.Array, workdir: str, checkpoint_every: int, keep: int = 2, log_every: int = 100,
+        mesh=None, name: str = 'distill') -> tuple[Any, dict]:
+  """Drive `step_fn(state, batch, key) -> (state, metrics)` from the last checkpoint to num_steps.
+
+  Writes `workdir/checkpoints/<step>` every `checkpoint_every` steps and at the end,
+  `workdir/metrics.jsonl` every `log_every` steps, and prints progress lines.
+  Returns (final state, summary) where summary has 'steps', 'resumed_from', 'sec_per_step'
+  (mean over the steps this process ran, compilation excluded).
+  """
+  mesh = mesh or sharding.make_mesh()
+  rep = sharding.replicated(mesh)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=keep)
+  restored = ckpt.restore_latest(state)
+  start = 0
+  if restored is not None:
+    start, state = restored
+    print(f'[{name}] resumed from checkpoint at step {start}', flush=True)
+  state = jax.device_put(state, rep)
+  jitted = jax.jit(step_fn, in_shardings=(rep, sharding.batch_sharding(mesh), rep),
+                   out_shardings=(rep, rep), donate_argnums=(0,))
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+  progress = Progress(name, num_steps, start)
+  timed_steps, timed_secs, t_last = 0, 0.0, None
+  for s in range(start, num_steps):
+    batch = sharding.shard_batch(sampler(s), mesh)
+    state, metrics = jitted(state, batch, jax.random.fold_in(key, s))
+    done = s + 1
+    if done % log_every == 0 or done == num_steps:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      now = time.perf_counter()
+      if t_last is not None:
+        timed_secs += now - t_last
+        timed_steps += done - last_logged
+      t_last, last_logged = now, done
+      if not all(math.isfinite(v) for v in metrics.values()):
+        raise DivergedError(f'step {done}: non-finite metrics {metrics}; the last checkpoint '
+                            f'({ckpt.latest_step()}) holds the last finite state. Lower the '
+                            'learning rate or raise frepo.reg.')
+      files.append_jsonl(metrics_path, {'step': done, **metrics})
+      progress.update(done, metrics)
+    if done % checkpoint_every == 0 or done == num_steps:
+      ckpt.save(done, state)
+  ckpt.close()
+  if timed_steps:
+    sec = timed_secs / timed_steps
+  else:  # fewer than two log points: the estimate includes compilation
+    sec = progress.elapsed() / max(num_steps - start, 1)
+  return state, {'steps': num_steps, 'resumed_from': start, 'sec_per_step': sec}
