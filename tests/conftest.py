@@ -2,3 +2,57 @@ import os
 
 # Tests run on CPU in float32; keep XLA from grabbing every core's worth of threads per test.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import numpy as np
+import pytest
+
+TINY_CLASSES = 3
+TINY_SHAPE = (12, 12, 1)
+
+
+def make_tiny_arrays(seed=0, per_class=40, test_per_class=30):
+  """A learnable 3-class image problem: each class brightens its own band of rows, plus noise."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    y = np.repeat(np.arange(TINY_CLASSES), n)
+    x = rng.uniform(0.0, 0.35, size=(len(y),) + TINY_SHAPE)
+    for c in range(TINY_CLASSES):
+      x[y == c, 4 * c:4 * c + 4, :, :] += 0.5
+    return np.clip(x, 0, 1).astype(np.float32), y.astype(np.int64)
+
+  (x_tr, y_tr), (x_te, y_te) = split(per_class), split(test_per_class)
+  return x_tr, y_tr, x_te, y_te
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+  """Path of a tiny .npz dataset in ddjax's npz layout."""
+  x_tr, y_tr, x_te, y_te = make_tiny_arrays()
+  path = tmp_path / 'tiny.npz'
+  np.savez(path, x_train=(x_tr[..., 0] * 255).astype(np.uint8), y_train=y_tr,
+           x_test=(x_te[..., 0] * 255).astype(np.uint8), y_test=y_te)
+  return str(path)
+
+
+def tiny_config(npz_path, **distill):
+  """A ddjax.main config for the tiny dataset that runs in seconds."""
+  from ddjax.config import base_config
+  cfg = base_config()
+  cfg.data.name = 'npz'
+  cfg.data.dir = npz_path
+  cfg.model.width = 8
+  cfg.model.depth = 2
+  cfg.eval.model.width = 8
+  cfg.eval.model.depth = 2
+  cfg.distill.ipc = 2
+  cfg.distill.steps = 6
+  cfg.distill.batch_size = 32
+  cfg.frepo.num_models = 3
+  cfg.frepo.max_online_updates = 4
+  cfg.eval.num_models = 1
+  cfg.eval.steps = 20
+  cfg.checkpoint.every = 3
+  cfg.log.every = 1
+  cfg.distill.update(distill)
+  return cfg

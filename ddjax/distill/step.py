@@ -85,7 +85,7 @@ def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTran
     syn = optax.apply_updates(state.syn, updates)
     inner = distiller.update(syn, state.inner, k_update)
     metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
-               'grad_norm': optax.global_norm(grads)}
+               'grad_norm': optax.tree.norm(grads)}
     new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state, inner=inner,
                        transform_state=t_state)
     return new, metrics

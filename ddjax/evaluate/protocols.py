@@ -1,0 +1,156 @@
+"""Evaluation protocols: how a network is trained from scratch on a synthetic set.
+
+Two named protocols, every field overridable through `get_protocol(name, n, **overrides)`:
+
+'frepo' (FRePo's official evaluation, script/eval.py; see references section 6):
+  Adam, peak lr 3e-4, no weight decay (FRePo passes 3e-4 but Adam ignores it); linear warm-up from
+  0, then cosine decay to 0.01 * lr (optax.warmup_cosine_decay_schedule, whose decay_steps include
+  the warm-up, as in FRePo). Steps by the TOTAL number of prototypes n: `frepo_steps(n)`.
+  Warm-up: FRePo's 500 steps whenever steps >= 1000 (every entry of its table); for shorter,
+  overridden runs (smoke tests) 500 would swallow the run, so steps // 10 is used instead.
+  Batch min(n, 500). Loss: mean over the batch of 0.5 * sum_k (pred_k - y_k)^2 against the
+  (possibly learned, real-valued) labels y (N, K). Augmentation: translate + cutout, no flip (FRePo
+  flips only non-digit data: pass flip=True for natural images).
+'dc' (DC/DSA official evaluation):
+  SGD lr 0.01, momentum 0.9, weight decay 5e-4 (coupled L2 as PyTorch's SGD), cross-entropy
+  against the HARD labels argmax(y) (learned soft labels are reduced to their argmax; DC's
+  evaluation only knows integer labels), 1000 epochs with lr x 0.1 at half, batch 256 (at most n),
+  steps = epochs * ceil(n / batch). Augmentation: translate only.
+
+Augmentation sizes are fractions of the image side, converted to pixels at train time by
+`augment_pixels` (translate 0.125 ~ DSA's crop ratio: 4 px on 32 px; cutout 0.25: 8 px on 32 px).
+Both stand in for FRePo's augmax chain and DSA until ddjax's DSA lands: an approximation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import optax
+
+OPTIMIZERS = ('adam', 'sgd')
+LOSSES = ('mse', 'ce')
+SCHEDULES = ('warmup_cosine', 'step')
+PROTOCOLS = ('frepo', 'dc')
+
+# FRePo script/eval.py:207-209, keyed by the total number of prototypes.
+FREPO_STEPS_TABLE = {10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000}
+FREPO_STEPS_LARGER = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalProtocol:
+  """Everything needed to train an evaluation network from scratch (hashable, static under jit)."""
+  name: str
+  optimizer: str = 'adam'          # 'adam' | 'sgd'
+  lr: float = 3e-4                 # peak learning rate
+  momentum: float = 0.0            # sgd only
+  weight_decay: float = 0.0        # sgd: coupled L2; adam: decoupled (AdamW) when > 0
+  loss: str = 'mse'                # 'mse' (0.5 * sum_k, mean over batch) | 'ce' (vs argmax(y))
+  schedule: str = 'warmup_cosine'  # 'warmup_cosine' | 'step'
+  warmup_steps: int = 0            # warmup_cosine: linear 0 -> lr over these steps
+  final_lr_fraction: float = 0.01  # warmup_cosine: end lr = fraction * lr
+  decay_at: float = 0.5            # step: fraction of steps where lr is multiplied by decay_factor
+  decay_factor: float = 0.1
+  batch_size: int = 500            # clipped to n at train time
+  steps: int = 1000
+  epochs: int | None = None        # informational for epoch-based protocols ('dc')
+  augment: bool = True
+  translate_frac: float = 0.125    # max shift, fraction of the image side
+  cutout_frac: float = 0.0         # cutout square side, fraction of the image side
+  flip: bool = False
+
+  def __post_init__(self):
+    for field, value, allowed in (('optimizer', self.optimizer, OPTIMIZERS),
+                                  ('loss', self.loss, LOSSES),
+                                  ('schedule', self.schedule, SCHEDULES)):
+      if value not in allowed:
+        raise ValueError(f'unknown {field} {value!r}; allowed: {", ".join(allowed)}')
+    if self.steps < 1 or self.batch_size < 1:
+      raise ValueError(f'steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}')
+    if not 0 <= self.warmup_steps <= self.steps:
+      raise ValueError(f'warmup_steps must lie in [0, steps], got {self.warmup_steps}')
+
+
+def frepo_steps(num_prototypes: int) -> int:
+  """FRePo's evaluation steps for a synthetic set of `num_prototypes` images IN TOTAL.
+
+  The smallest key of FREPO_STEPS_TABLE that is >= n; 10000 beyond 1000.
+  """
+  if num_prototypes < 1:
+    raise ValueError(f'num_prototypes must be >= 1, got {num_prototypes}')
+  for key in sorted(FREPO_STEPS_TABLE):
+    if num_prototypes <= key:
+      return FREPO_STEPS_TABLE[key]
+  return FREPO_STEPS_LARGER
+
+
+def frepo_warmup(steps: int) -> int:
+  """500 (FRePo) when steps >= 1000, else steps // 10 for short runs."""
+  return 500 if steps >= 1000 else steps // 10
+
+
+def get_protocol(name: str, num_prototypes: int, **overrides: Any) -> EvalProtocol:
+  """The named protocol for a synthetic set of `num_prototypes` images, with field overrides.
+
+  Derived values follow the overrides unless overridden themselves: 'frepo' warm-up from steps;
+  'dc' steps from epochs and batch_size.
+  Raises ValueError for an unknown protocol name or field.
+  """
+  fields = {f.name for f in dataclasses.fields(EvalProtocol)} - {'name'}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ValueError(f'unknown EvalProtocol field(s) {unknown}; allowed: {sorted(fields)}')
+  n = int(num_prototypes)
+  if n < 1:
+    raise ValueError(f'num_prototypes must be >= 1, got {n}')
+  if name == 'frepo':
+    steps = overrides.get('steps', frepo_steps(n))
+    base = dict(optimizer='adam', lr=3e-4, momentum=0.0, weight_decay=0.0, loss='mse',
+                schedule='warmup_cosine', warmup_steps=frepo_warmup(steps), final_lr_fraction=0.01,
+                batch_size=min(n, 500), steps=steps, epochs=None, augment=True,
+                translate_frac=0.125, cutout_frac=0.25, flip=False)
+  elif name == 'dc':
+    epochs = overrides.get('epochs', 1000)
+    batch = overrides.get('batch_size', min(n, 256))
+    base = dict(optimizer='sgd', lr=0.01, momentum=0.9, weight_decay=5e-4, loss='ce',
+                schedule='step', warmup_steps=0, decay_at=0.5, decay_factor=0.1, batch_size=batch,
+                steps=epochs * math.ceil(n / batch), epochs=epochs, augment=True,
+                translate_frac=0.125, cutout_frac=0.0, flip=False)
+  else:
+    raise ValueError(f'unknown protocol {name!r}; allowed: {", ".join(PROTOCOLS)}')
+  base.update(overrides)
+  return EvalProtocol(name=name, **base)
+
+
+def make_schedule(protocol: EvalProtocol) -> optax.Schedule:
+  """The learning-rate schedule step -> lr of `protocol`."""
+  p = protocol
+  if p.schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=p.lr, warmup_steps=p.warmup_steps, decay_steps=p.steps,
+        end_value=p.final_lr_fraction * p.lr)
+  boundary = int(p.decay_at * p.steps)
+  return optax.piecewise_constant_schedule(p.lr, {boundary: p.decay_factor})
+
+
+def make_optimizer(protocol: EvalProtocol) -> optax.GradientTransformation:
+  """The optax optimizer of `protocol` with its schedule."""
+  p = protocol
+  sched = make_schedule(p)
+  if p.optimizer == 'sgd':
+    return optax.chain(optax.add_decayed_weights(p.weight_decay),
+                       optax.sgd(sched, momentum=p.momentum or None))
+  if p.weight_decay > 0:
+    return optax.adamw(sched, weight_decay=p.weight_decay)
+  return optax.adam(sched)
+
+
+def augment_pixels(protocol: EvalProtocol, image_shape) -> tuple[int, int, bool]:
+  """(translate_px, cutout_px, flip) for images of shape (H, W, C) or (N, H, W, C)."""
+  if not protocol.augment:
+    return 0, 0, False
+  side = min(image_shape[-3], image_shape[-2])
+  return (int(round(protocol.translate_frac * side)), int(round(protocol.cutout_frac * side)),
+          bool(protocol.flip))

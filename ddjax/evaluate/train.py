@@ -1,0 +1,227 @@
+"""Train evaluation networks from scratch on a (synthetic) set and measure test accuracy.
+
+The training loop is `jax.lax.scan` over chunks of steps inside one jitted function per
+(model, protocol, data shape); the compiled chunk is cached, so training several networks with
+different keys compiles once. Batch norm is functional: the step applies the model with
+`mutable=['batch_stats']` and carries the new statistics; inference uses `train=False`.
+
+Also the KRR predictor of FRePo / ISA appendix E: a trained network's features f give
+P = f(X_test) f(X_syn)^T (f(X_syn) f(X_syn)^T + lambda I)^-1 Y_syn, classified by argmax.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ddjax.augment.basic import augment_batch
+from ddjax.evaluate.protocols import EvalProtocol, augment_pixels, make_optimizer
+from ddjax.kernels.krr import krr_predict_from_features
+from ddjax.models import init_model
+
+Array = jax.Array
+
+
+def protocol_loss(protocol: EvalProtocol, logits: Array, y: Array) -> Array:
+  """Scalar loss of logits (B, K) against labels y (B, K) under `protocol`.
+
+  'mse': mean over the batch of 0.5 * sum_k (logits - y)^2 (FRePo); 'ce': cross-entropy against
+  the hard labels argmax(y) (DC).
+  """
+  if protocol.loss == 'mse':
+    return jnp.mean(0.5 * jnp.sum(jnp.square(logits - y), axis=-1))
+  labels = jnp.argmax(y, axis=-1)
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def _merge(params, batch_stats) -> dict:
+  variables = {'params': params}
+  if batch_stats is not None:
+    variables['batch_stats'] = batch_stats
+  return variables
+
+
+@functools.lru_cache(maxsize=64)
+def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: int,
+               has_batch_stats: bool):
+  """Jitted init(key) -> carry and chunk(carry, x, y, keys) -> (carry, losses (S,)).
+
+  carry = (params, batch_stats or None, opt_state); keys (S, 2) are the S steps' keys.
+  """
+  opt = make_optimizer(protocol)
+  batch = min(protocol.batch_size, n)
+  translate, cutout, flip = augment_pixels(protocol, image_shape)
+
+  @jax.jit
+  def init(key):
+    variables = init_model(model, key, (1,) + image_shape)
+    params = variables['params']
+    batch_stats = variables.get('batch_stats') if has_batch_stats else None
+    return params, batch_stats, opt.init(params)
+
+  def step(carry, key, x, y):
+    params, batch_stats, opt_state = carry
+    k_idx, k_aug = jax.random.split(key)
+    idx = jax.random.choice(k_idx, n, (batch,), replace=False)
+    xb = augment_batch(k_aug, x[idx], translate=translate, cutout=cutout, flip=flip)
+    yb = y[idx]
+
+    def loss_fn(p):
+      if batch_stats is None:
+        logits, _ = model.apply(_merge(p, None), xb, train=True)
+        return protocol_loss(protocol, logits, yb), None
+      (logits, _), new = model.apply(_merge(p, batch_stats), xb, train=True,
+                                     mutable=['batch_stats'])
+      return protocol_loss(protocol, logits, yb), new['batch_stats']
+
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, new_stats, opt_state), loss
+
+  @jax.jit
+  def chunk(carry, x, y, keys):
+    return jax.lax.scan(lambda c, k: step(c, k, x, y), carry, keys)
+
+  return init, chunk
+
+
+def train_from_scratch(key: Array, model: nn.Module, x: Array, y: Array, protocol: EvalProtocol,
+                       chunk_size: int = 500) -> dict:
+  """Train a freshly initialised `model` on (x, y) under `protocol`; return its variables.
+
+  Args:
+    key: PRNG key (initialisation, minibatches, augmentation).
+    model: a ddjax model (apply returns (logits, features)).
+    x: (n, H, W, C) training images (e.g. the synthetic set).
+    y: (n, K) real-valued labels (one-hot, centred one-hot or learned).
+    protocol: an EvalProtocol. Each step draws min(batch_size, n) distinct examples.
+    chunk_size: steps per jitted `lax.scan` call.
+
+  Returns a dict with 'params' (and 'batch_stats' for batch-norm models).
+  """
+  x = jnp.asarray(x, jnp.float32)
+  y = jnp.asarray(y, jnp.float32)
+  n = x.shape[0]
+  if y.shape[0] != n or y.ndim != 2:
+    raise ValueError(f'y must be (n, K) with n = {n}, got {y.shape}')
+  init_key, loop_key = jax.random.split(key)
+  probe = jax.eval_shape(lambda k: init_model(model, k, (1,) + x.shape[1:]), init_key)
+  init, chunk = _train_fns(model, protocol, tuple(x.shape[1:]), n, 'batch_stats' in probe)
+  carry = init(init_key)
+  step_keys = jax.random.split(loop_key, protocol.steps)
+  chunk_size = max(1, min(chunk_size, protocol.steps))
+  for start in range(0, protocol.steps, chunk_size):
+    carry, _ = chunk(carry, x, y, step_keys[start:start + chunk_size])
+  params, batch_stats, _ = carry
+  return _merge(params, batch_stats)
+
+
+@functools.lru_cache(maxsize=64)
+def _apply_fn(model: nn.Module):
+  return jax.jit(lambda variables, xb: model.apply(variables, xb, train=False))
+
+
+def predict(model: nn.Module, variables: dict, x: Array,
+            batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+  """Inference-mode (logits (N, K), features (N, D)) in batches, as numpy arrays.
+
+  The last batch is zero-padded to batch_size, so one compilation serves every batch.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  n = x.shape[0]
+  b = max(1, min(batch_size, n))
+  apply = _apply_fn(model)
+  logits, feats = [], []
+  for start in range(0, n, b):
+    xb = x[start:start + b]
+    m = xb.shape[0]
+    if m < b:
+      xb = jnp.concatenate([xb, jnp.zeros((b - m,) + xb.shape[1:], xb.dtype)])
+    lo, fe = apply(variables, xb)
+    logits.append(np.asarray(lo[:m]))
+    feats.append(np.asarray(fe[:m]))
+  return np.concatenate(logits), np.concatenate(feats)
+
+
+def _int_labels(y) -> np.ndarray:
+  y = np.asarray(y)
+  return y.argmax(-1) if y.ndim == 2 else y.astype(np.int64)
+
+
+def accuracy(model: nn.Module, variables: dict, x_test: Array, y_test: Array,
+             batch_size: int = 1000) -> float:
+  """Fraction in [0, 1] of x_test (N, H, W, C) classified as y_test ((N,) ints or (N, K))."""
+  logits, _ = predict(model, variables, x_test, batch_size)
+  return float(np.mean(logits.argmax(-1) == _int_labels(y_test)))
+
+
+_krr_predict = jax.jit(krr_predict_from_features)
+
+
+def krr_accuracy(model: nn.Module, variables: dict, x_syn: Array, y_syn: Array, x_test: Array,
+                 y_test: Array, reg: float = 1e-6, batch_size: int = 1000) -> float:
+  """Accuracy of the KRR predictor on the trained network's features (FRePo/ISA appendix E).
+
+  P = krr_predict_from_features(f(x_test), f(x_syn), y_syn, reg), classified by argmax;
+  x_syn (n, H, W, C), y_syn (n, K); computed in test batches of `batch_size`.
+  """
+  _, f_s = predict(model, variables, x_syn, batch_size)
+  _, f_t = predict(model, variables, x_test, batch_size)
+  f_s = jnp.asarray(f_s)
+  y_s = jnp.asarray(y_syn, jnp.float32)
+  b = max(1, min(batch_size, f_t.shape[0]))
+  preds = []
+  for start in range(0, f_t.shape[0], b):
+    fb = f_t[start:start + b]
+    m = fb.shape[0]
+    if m < b:  # pad so one compilation serves every batch
+      fb = np.concatenate([fb, np.zeros((b - m, fb.shape[1]), fb.dtype)])
+    preds.append(np.asarray(_krr_predict(jnp.asarray(fb), f_s, y_s, reg))[:m].argmax(-1))
+  return float(np.mean(np.concatenate(preds) == _int_labels(y_test)))
+
+
+def evaluate_synthetic(key: Array, model: nn.Module, x_syn: Array, y_syn: Array, x_test: Array,
+                       y_test: Array, protocol: EvalProtocol, num_models: int = 5,
+                       krr: bool = True, krr_reg: float = 1e-6, batch_size: int = 1000,
+                       progress: Callable[[str], Any] | None = None) -> dict:
+  """Train `num_models` networks on (x_syn, y_syn) and test them on (x_test, y_test).
+
+  Args:
+    key: PRNG key, split into one key per network.
+    x_syn: (n, H, W, C), y_syn: (n, K) synthetic set; x_test (N, H, W, C), y_test (N,) or (N, K).
+    protocol: the EvalProtocol used by every network.
+    krr: also report the KRR-predictor accuracy on each network's features.
+    progress: optional callback receiving one line per trained network.
+
+  Returns {'accs': [float]*num_models, 'acc_mean', 'acc_std'} (std with ddof = 0, like numpy and
+  FRePo), plus {'krr_accs', 'krr_acc' (mean), 'krr_acc_std'} when krr.
+  """
+  keys = jax.random.split(key, num_models)
+  accs, krr_accs = [], []
+  for i in range(num_models):
+    t0 = time.perf_counter()
+    variables = train_from_scratch(keys[i], model, x_syn, y_syn, protocol)
+    jax.block_until_ready(variables)
+    seconds = time.perf_counter() - t0
+    accs.append(accuracy(model, variables, x_test, y_test, batch_size))
+    line = (f'model {i + 1}/{num_models}: {protocol.steps} steps in {seconds:.1f} s '
+            f'({protocol.steps / max(seconds, 1e-9):.1f} steps/s), acc {accs[-1]:.4f}')
+    if krr:
+      krr_accs.append(krr_accuracy(model, variables, x_syn, y_syn, x_test, y_test, krr_reg,
+                                   batch_size))
+      line += f', krr acc {krr_accs[-1]:.4f}'
+    if progress is not None:
+      progress(line)
+  out = {'accs': accs, 'acc_mean': float(np.mean(accs)), 'acc_std': float(np.std(accs))}
+  if krr:
+    out.update(krr_accs=krr_accs, krr_acc=float(np.mean(krr_accs)),
+               krr_acc_std=float(np.std(krr_accs)))
+  return out

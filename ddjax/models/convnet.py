@@ -1,0 +1,91 @@
+"""ConvNet-D-W-norm-pool: the small convolutional network of DC, DSA, DM, MTT and FRePo.
+
+`depth` blocks of
+
+    conv(k x k, bias) -> norm -> relu -> pool(2 x 2, stride 2)
+
+then Flatten and a Dense head. With `double_width` the channel count doubles per block
+(FRePo's evaluation network: 128, 256, 512). For a 1-channel 28 x 28 input the first conv pads by
+`k // 2 + 2` (3 for k = 3) instead of `k // 2`, turning 28 px into 32 px as DC and FRePo do, so depth
+3 with pooling ends on 4 x 4 features (4 * 4 * 128 = 2048 features for width 128, 8192 with
+channel doubling).
+
+Norms (`norm`):
+  'none'      identity.
+  'instance'  GroupNorm with one group per channel, affine: DC's 'instancenorm' (GroupNorm(C, C)).
+  'layer'     LayerNorm over (H, W, C) with per-element affine (DC's 'layernorm').
+  'batch'     BatchNorm, momentum 0.9, running statistics in the 'batch_stats' collection; call
+              `apply(..., train=True, mutable=['batch_stats'])` when training.
+
+Note: FRePo's own code puts the norm before the conv for blocks i >= 1 and swaps batch norm for
+the identity at evaluation; here the DC ordering (conv -> norm) is used for every norm, and FRePo's
+evaluation network is norm='none'.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+NORMS = ('none', 'instance', 'batch', 'layer')
+POOLINGS = ('avg', 'max', 'none')
+_EPS = 1e-5  # PyTorch's default norm epsilon, as in DC/MTT.
+
+
+def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
+  """Raise ValueError naming the allowed values when `value` is not one of them."""
+  if value not in allowed:
+    raise ValueError(f'unknown {kind} {value!r}; allowed: {", ".join(allowed)}')
+
+
+class ConvNet(nn.Module):
+  """ConvNet returning (logits (N, num_classes), features (N, D)) for NHWC input (N, H, W, C).
+
+  D = H' * W' * width_last where H' = H_in / 2**depth with pooling (H_in = 32 for a padded
+  28 x 28 x 1 input) and width_last = width * 2**(depth - 1) with `double_width`, else width.
+  """
+  num_classes: int
+  depth: int = 3
+  width: int = 128
+  double_width: bool = False
+  norm: str = 'none'
+  pooling: str = 'avg'
+  kernel_size: int = 3
+  pad_1ch_28: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
+    check_choice('norm', self.norm, NORMS)
+    check_choice('pooling', self.pooling, POOLINGS)
+    if x.ndim != 4:
+      raise ValueError(f'ConvNet expects NHWC input, got shape {x.shape}')
+    k = self.kernel_size
+    for i in range(self.depth):
+      pad = k // 2
+      if i == 0 and self.pad_1ch_28 and x.shape[1:] == (28, 28, 1):
+        pad = k // 2 + 2
+      ch = self.width * (2 ** i) if self.double_width else self.width
+      x = nn.Conv(ch, (k, k), padding=((pad, pad), (pad, pad)), use_bias=True,
+                  name=f'conv{i}')(x)
+      x = self._norm(x, train, i)
+      x = nn.relu(x)
+      if self.pooling == 'avg':
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+      elif self.pooling == 'max':
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    features = x.reshape((x.shape[0], -1))
+    logits = nn.Dense(self.num_classes, name='head')(features)
+    return logits, features
+
+  def _norm(self, x: Array, train: bool, i: int) -> Array:
+    if self.norm == 'instance':
+      return nn.GroupNorm(num_groups=x.shape[-1], epsilon=_EPS, name=f'norm{i}')(x)
+    if self.norm == 'layer':
+      return nn.LayerNorm(epsilon=_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1),
+                          name=f'norm{i}')(x)
+    if self.norm == 'batch':
+      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=_EPS,
+                          name=f'norm{i}')(x)
+    return x

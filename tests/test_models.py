@@ -1,0 +1,176 @@
+"""Models (ConvNet, MLP, build_model, init_model) and basic augmentation."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddjax.augment import augment_batch
+from ddjax.models import (ARCHITECTURES, NORMS, POOLINGS, MLP, ConvNet, build_model,
+                          init_model)
+
+
+@functools.lru_cache(maxsize=None)
+def _apply(model, train):
+  mutable = ['batch_stats'] if train else False
+  return jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=mutable))
+
+
+def _run(model, x, train=False, key=0):
+  variables = init_model(model, jax.random.PRNGKey(key), x.shape)
+  return variables, _apply(model, train)(variables, x)
+
+
+def _shapes(model, shape):
+  """((logits, features), variables) as ShapeDtypeStructs: no compilation."""
+  return jax.eval_shape(
+      lambda k: model.init_with_output(k, jnp.zeros(shape), train=False), jax.random.PRNGKey(0))
+
+
+def _x(shape, seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), shape)
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_convnet_28x28x1_padded_to_4x4_features(norm):
+  model = build_model('convnet', 10, depth=3, width=4, norm=norm)
+  (logits, feats), variables = _shapes(model, (2, 28, 28, 1))
+  assert logits.shape == (2, 10)
+  assert feats.shape == (2, 4 * 4 * 4)
+  assert ('batch_stats' in variables) == (norm == 'batch')
+  assert variables['params']['conv0']['kernel'].shape == (3, 3, 1, 4)
+
+
+def test_convnet_28x28x1_without_padding_trick():
+  # 28 -> 14 -> 7 -> 3 when the first conv keeps 'same' padding.
+  model = ConvNet(10, depth=3, width=4, pad_1ch_28=False)
+  (_, feats), _ = _shapes(model, (2, 28, 28, 1))
+  assert feats.shape == (2, 3 * 3 * 4)
+
+
+@pytest.mark.parametrize('pooling,side', [('avg', 4), ('max', 4), ('none', 32)])
+def test_convnet_32x32x3_poolings(pooling, side):
+  model = build_model('convnet', 7, depth=3, width=4, pooling=pooling)
+  (logits, feats), _ = _shapes(model, (2, 32, 32, 3))
+  assert logits.shape == (2, 7)
+  assert feats.shape == (2, side * side * 4)
+
+
+def test_convnet_double_width():
+  model = build_model('convnet', 10, depth=3, width=4, double_width=True)
+  (logits, feats), variables = _shapes(model, (2, 32, 32, 3))
+  assert feats.shape == (2, 4 * 4 * 16)  # widths 4, 8, 16
+  kernels = [variables['params'][f'conv{i}']['kernel'].shape[-1] for i in range(3)]
+  assert kernels == [4, 8, 16]
+  assert logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize('norm', ['instance', 'layer'])
+def test_features_are_the_head_input(norm):
+  model = build_model('convnet', 3, depth=2, width=4, norm=norm)
+  variables, (logits, feats) = _run(model, _x((2, 8, 8, 1)))
+  assert np.all(np.isfinite(logits))
+  head = variables['params']['head']
+  np.testing.assert_allclose(logits, feats @ head['kernel'] + head['bias'], rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_train_updates_stats_and_eval_uses_running_stats():
+  model = build_model('convnet', 3, depth=2, width=4, norm='batch')
+  x = _x((6, 8, 8, 1)) * 3.0 + 2.0
+  variables = init_model(model, jax.random.PRNGKey(0), x.shape)
+  (_, _), new = _apply(model, True)(variables, x)
+  old_mean = variables['batch_stats']['norm0']['mean']
+  new_mean = new['batch_stats']['norm0']['mean']
+  assert not np.allclose(old_mean, new_mean)
+  # momentum 0.9: new = 0.9 * old + 0.1 * batch mean, with old = 0
+  updated = {'params': variables['params'], 'batch_stats': new['batch_stats']}
+  out1 = _apply(model, False)(updated, x)
+  out2 = _apply(model, False)(updated, x)
+  np.testing.assert_array_equal(out1[0], out2[0])
+  # Running statistics: an example's output does not depend on the rest of the batch.
+  out_single = _apply(model, False)(updated, x[:3])
+  np.testing.assert_allclose(out1[0][:3], out_single[0], rtol=1e-5, atol=1e-5)
+  # ... and they are the updated ones, not the initial ones.
+  out_init = _apply(model, False)(variables, x)
+  assert not np.allclose(out1[0], out_init[0])
+
+
+def test_unknown_names_raise_with_allowed_values():
+  with pytest.raises(ValueError, match='convnet.*mlp'):
+    build_model('resnet1000', 10)
+  with pytest.raises(ValueError, match='instance'):
+    build_model('convnet', 10, norm='group')
+  with pytest.raises(ValueError, match='avg'):
+    build_model('convnet', 10, pooling='median')
+  with pytest.raises(ValueError, match='none'):
+    ConvNet(10, norm='bogus').init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+  assert ARCHITECTURES == ('convnet', 'mlp')
+  assert set(POOLINGS) == {'avg', 'max', 'none'}
+
+
+def test_mlp_shapes():
+  model = build_model('mlp', 5, widths=[16, 12])
+  assert isinstance(model, MLP)
+  (logits, feats), variables = _shapes(model, (3, 8, 8, 1))
+  assert logits.shape == (3, 5)
+  assert feats.shape == (3, 12)
+  assert variables['params']['dense0']['kernel'].shape == (64, 16)
+
+
+def test_init_model_deterministic_per_key():
+  model = build_model('mlp', 2, widths=(4,))
+  a = init_model(model, jax.random.PRNGKey(1), (1, 3))
+  b = init_model(model, jax.random.PRNGKey(1), (1, 3))
+  c = init_model(model, jax.random.PRNGKey(2), (1, 3))
+  np.testing.assert_array_equal(a['params']['dense0']['kernel'], b['params']['dense0']['kernel'])
+  assert not np.allclose(a['params']['dense0']['kernel'], c['params']['dense0']['kernel'])
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+_augment = jax.jit(augment_batch, static_argnames=('translate', 'cutout', 'flip', 'pad_mode'))
+
+
+def test_augment_identity_when_disabled():
+  x = _x((4, 8, 8, 2))
+  out = augment_batch(jax.random.PRNGKey(0), x, translate=0, cutout=0, flip=False)
+  np.testing.assert_array_equal(out, x)
+
+
+def test_augment_preserves_shape():
+  x = _x((4, 9, 7, 3))
+  out = _augment(jax.random.PRNGKey(0), x, translate=2, cutout=3, flip=True)
+  assert out.shape == x.shape and out.dtype == x.dtype
+
+
+def test_translate_moves_a_pixel_by_at_most_translate():
+  n, t = 64, 2
+  x = jnp.zeros((n, 9, 9, 1)).at[:, 4, 4, 0].set(1.0)
+  out = np.asarray(_augment(jax.random.PRNGKey(3), x, translate=t, cutout=0, flip=False))
+  np.testing.assert_allclose(out.sum(axis=(1, 2, 3)), 1.0)  # the pixel stays in the frame
+  pos = np.stack(np.unravel_index(out.reshape(n, -1).argmax(1), (9, 9)), 1)
+  shifts = pos - 4
+  assert np.abs(shifts).max() <= t
+  assert len({tuple(s) for s in shifts}) > 5  # really translates, in several directions
+
+
+def test_edge_padding_repeats_border():
+  x = jnp.ones((8, 6, 6, 1))
+  out = _augment(jax.random.PRNGKey(0), x, translate=2, cutout=0, flip=False, pad_mode='edge')
+  np.testing.assert_array_equal(out, x)
+
+
+def test_cutout_zeroes_at_most_a_square():
+  x = jnp.ones((64, 16, 16, 1))
+  out = np.asarray(_augment(jax.random.PRNGKey(1), x, translate=0, cutout=4, flip=False))
+  zeros = (out == 0).sum(axis=(1, 2, 3))
+  assert zeros.min() >= 1 and zeros.max() == 16
+
+
+def test_flip_is_identity_or_mirror():
+  x = _x((32, 5, 5, 1))
+  out = np.asarray(_augment(jax.random.PRNGKey(2), x, translate=0, cutout=0, flip=True))
+  same = np.all(out == np.asarray(x), axis=(1, 2, 3))
+  mirrored = np.all(out == np.asarray(x)[:, :, ::-1], axis=(1, 2, 3))
+  assert np.all(same | mirrored) and same.any() and mirrored.any()
