@@ -190,4 +190,16 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', 'configs/frepo_isa.py', 'Config file (and :preset).',
                                   lock_config=True)
   flags.DEFINE_string('workdir', '', 'Output directory; default runs/<method>_<dataset>_ipc<k>.')
-  app.run(main)
+
+  def parse_flags(argv):
+    try:
+      return flags.FLAGS(argv)
+    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+      message = str(e).replace('\\n', ' ').replace("\\'", "'")
+      if len(message) > 1 and message[0] == message[-1] and message[0] in '\'"':
+        message = message[1:-1]
+      sys.exit(f'error: bad command line ({type(e).__name__}): {message}\n'
+               'Override only keys that exist in the config (see ddjax/config.py), '
+               'e.g. --config.distill.ipc=10.')
+
+  app.run(main, flags_parser=parse_flags)
