@@ -1,11 +1,11 @@
 """Evaluation: train-from-scratch protocols, test accuracy, the KRR predictor."""
 from ddjax.evaluate.protocols import (FREPO_STEPS_TABLE, PROTOCOLS, EvalProtocol, augment_pixels,
                                       frepo_steps, get_protocol, make_optimizer, make_schedule)
-from ddjax.evaluate.train import (accuracy, evaluate_synthetic, krr_accuracy, predict,
-                                  protocol_loss, train_from_scratch)
+from ddjax.evaluate.train import (accuracy, default_loop, evaluate_synthetic, krr_accuracy,
+                                  predict, protocol_loss, train_from_scratch)
 
 __all__ = [
     'FREPO_STEPS_TABLE', 'PROTOCOLS', 'EvalProtocol', 'augment_pixels', 'frepo_steps',
-    'get_protocol', 'make_optimizer', 'make_schedule', 'accuracy', 'evaluate_synthetic',
-    'krr_accuracy', 'predict', 'protocol_loss', 'train_from_scratch',
+    'get_protocol', 'make_optimizer', 'make_schedule', 'accuracy', 'default_loop',
+    'evaluate_synthetic', 'krr_accuracy', 'predict', 'protocol_loss', 'train_from_scratch',
 ]

@@ -6,8 +6,8 @@
 
 then Flatten and a Dense head. With `double_width` the channel count doubles per block
 (FRePo's evaluation network: 128, 256, 512). For a 1-channel 28 x 28 input the first conv pads by
-`k // 2 + 2` (3 for k = 3) instead of `k // 2`, turning 28 px into 32 px as DC and FRePo do, so depth
-3 with pooling ends on 4 x 4 features (4 * 4 * 128 = 2048 features for width 128, 8192 with
+`k // 2 + 2` (3 for k = 3) instead of `k // 2`, turning 28 px into 32 px as DC and FRePo do, so
+depth 3 with pooling ends on 4 x 4 features (4 * 4 * 128 = 2048 features for width 128, 8192 with
 channel doubling).
 
 Norms (`norm`):
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 Array = jax.Array
 
