@@ -1,0 +1,47 @@
+"""Shared helpers of the benchmarks: machine facts and JSON + markdown output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def machine() -> dict:
+  return {'platform': platform.platform(), 'python': sys.version.split()[0],
+          'jax': jax.__version__, 'backend': jax.default_backend(),
+          'devices': [str(d) for d in jax.devices()], 'cpu_count': os.cpu_count(),
+          'date': time.strftime('%Y-%m-%d %H:%M')}
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
+  """Measured float32 matmul throughput (2 n^3 FLOP per product), the yardstick for step FLOP/s."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def write(name: str, payload: dict, table: str, command: str) -> None:
+  """benchmarks/results/<name>.json and <name>.md (the table plus the command that made it)."""
+  out = os.path.join(HERE, 'results')
+  os.makedirs(out, exist_ok=True)
+  payload = {'command': command, 'machine': machine(), **payload}
+  with open(os.path.join(out, name + '.json'), 'w') as f:
+    json.dump(payload, f, indent=2)
+  with open(os.path.join(out, name + '.md'), 'w') as f:
+    f.write(f'Made by `{command}` on {payload["machine"]["date"]} '
+            f'({payload["machine"]["backend"]}, {payload["machine"]["cpu_count"]} cores).\n\n')
+    f.write(table + '\n')
+  print(table)

@@ -1,0 +1,99 @@
+r"""Cost of the FRePo step and of ISA + drop-easiest on it, measured in one run.
+
+    python benchmarks/step_cost.py [--ipc 1 10] [--repeats 5] [--steps 40]
+
+For each IPC it builds the default CPU config's FRePo step twice (plain; drop_easiest(0.2) + isa(1))
+and times them interleaved (A B A B ...) so that machine noise hits both alike; it reports the
+median seconds per step, the ratio, the XLA FLOP count of the step and the FLOP/s it achieves next
+to the measured float32 matmul peak of this machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'configs'))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import frepo as frepo_config  # noqa: E402
+from benchmarks import common  # noqa: E402
+from ddjax import main as main_lib  # noqa: E402
+from ddjax import transforms as T  # noqa: E402
+from ddjax.distill import step as step_lib  # noqa: E402
+from ddjax.runtime import loop  # noqa: E402
+
+
+def build(cfg, prep, with_isa: bool):
+  distiller, _, optimizer = main_lib.make_frepo(cfg, prep)
+  transform = T.chain(T.drop_easiest(0.2), T.isa(1.0)) if with_isa else T.identity()
+  syn, classes = main_lib.initial_synthetic(cfg, prep)
+  state = step_lib.init_state(distiller, transform, optimizer, syn, jax.random.PRNGKey(0))
+  step = jax.jit(step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes)))
+  return step, state
+
+
+def time_steps(step, state, batches, keys):
+  t = time.perf_counter()
+  for b, k in zip(batches, keys):
+    state, m = step(state, b, k)
+  jax.block_until_ready(state)
+  return (time.perf_counter() - t) / len(batches), state
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--ipc', type=int, nargs='+', default=[1, 10])
+  ap.add_argument('--repeats', type=int, default=5)
+  ap.add_argument('--steps', type=int, default=40)
+  args = ap.parse_args()
+  peak = common.matmul_flops_per_second()
+  rows = []
+  for ipc in args.ipc:
+    cfg = frepo_config.get_config()
+    cfg.distill.ipc = ipc
+    prep = main_lib.Prepared(cfg)
+    sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, 0)
+    batches = [jax.device_put(sampler(s)) for s in range(args.steps)]
+    keys = [jax.random.PRNGKey(s) for s in range(args.steps)]
+    built = {name: build(cfg, prep, name == 'isa') for name in ('plain', 'isa')}
+    flops = {}
+    for name, (step, state) in built.items():
+      compiled = step.lower(state, batches[0], keys[0]).compile()
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      flops[name] = float(cost.get('flops', float('nan')))
+      time_steps(step, state, batches[:3], keys[:3])  # warm-up
+    times = {'plain': [], 'isa': []}
+    for _ in range(args.repeats):
+      for name in ('plain', 'isa'):
+        step, state = built[name]
+        sec, state = time_steps(step, state, batches, keys)
+        built[name] = (step, state)
+        times[name].append(sec)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    rows.append({'ipc': ipc, 'batch': cfg.distill.batch_size, 'width': cfg.model.width,
+                 'sec_per_step': med, 'all_sec_per_step': times,
+                 'isa_overhead': med['isa'] / med['plain'] - 1,
+                 'step_gflop': {k: v / 1e9 for k, v in flops.items()},
+                 'achieved_gflops': {k: flops[k] / med[k] / 1e9 for k in med},
+                 'steps_per_sec': {k: 1 / v for k, v in med.items()}})
+  table = ['| IPC | plain s/step | +ISA+drop s/step | ISA overhead | steps/s (plain) | GFLOP/step '
+           '| achieved GFLOP/s | matmul peak GFLOP/s |', '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    table.append(f"| {r['ipc']} | {r['sec_per_step']['plain']:.4f} | {r['sec_per_step']['isa']:.4f} "
+                 f"| {100 * r['isa_overhead']:+.1f}% | {r['steps_per_sec']['plain']:.2f} "
+                 f"| {r['step_gflop']['plain']:.1f} | {r['achieved_gflops']['plain']:.1f} "
+                 f"| {peak / 1e9:.1f} |")
+  common.write('step_cost', {'rows': rows, 'matmul_peak_gflops': peak / 1e9}, '\n'.join(table),
+               'python benchmarks/step_cost.py ' + ' '.join(sys.argv[1:]))
+
+
+if __name__ == '__main__':
+  main()
