@@ -38,29 +38,25 @@ def keep_hardest_indices(loss: jax.Array, k: int) -> jax.Array:
   return idx
 
 
-def drop_easiest(p: float) -> LossTransform:
-  """Discard the fraction p of the batch with the smallest meta-loss (ISA Alg. 1 line 6)."""
-  _check_fraction(p, 'drop_easiest')
+def _drop(p: float, name: str, hardest_first: bool) -> LossTransform:
+  _check_fraction(p, name)
+  sign = 1.0 if hardest_first else -1.0
 
   def fn(ps: PerSample, key) -> PerSample:
     del key
     k = num_kept(ps.batch_size, p)
     if k == ps.batch_size:
       return ps
-    return _take(ps, keep_hardest_indices(ps.loss, k))
+    return _take(ps, keep_hardest_indices(sign * ps.loss, k))
 
   return stateless(fn)
+
+
+def drop_easiest(p: float) -> LossTransform:
+  """Discard the fraction p of the batch with the smallest meta-loss (ISA Alg. 1 line 6)."""
+  return _drop(p, 'drop_easiest', hardest_first=True)
 
 
 def drop_hardest(p: float) -> LossTransform:
   """Discard the fraction p with the largest meta-loss (the ablation of ISA Fig. 1, left)."""
-  _check_fraction(p, 'drop_hardest')
-
-  def fn(ps: PerSample, key) -> PerSample:
-    del key
-    k = num_kept(ps.batch_size, p)
-    if k == ps.batch_size:
-      return ps
-    return _take(ps, keep_hardest_indices(-ps.loss, k))
-
-  return stateless(fn)
+  return _drop(p, 'drop_hardest', hardest_first=False)
