@@ -3,7 +3,7 @@
 distilled.npz   x (n,H,W,C) in the model's input space, y (n,K) (learned) labels, classes (n,),
                 x_pixels (n,H,W,C) in [0,1] pixel space, class_names, and the preprocessing
                 (prefix 'pre_') needed to use x elsewhere (ddjax.data.preprocessor_from_dict).
-distilled.png   grid of the images in pixel space, one row per class.
+distilled.png   grid of the images in pixel space, one column per class.
 curve.png       the distillation loss against steps (from metrics.jsonl).
 results.json    method, dataset, ipc, distill.*, eval.*, krr_eval.*.
 """
@@ -20,16 +20,18 @@ from ddjax.runtime import files
 
 def image_grid(x_pixels: np.ndarray, classes: np.ndarray, num_classes: int, pad: int = 2,
                scale: int = 2) -> np.ndarray:
-  """(n,H,W,C) images in [0,1] -> (rows*(H+pad), cols*(W+pad), 3) uint8, one row per class.
+  """(n,H,W,C) images in [0,1] -> (rows*(H+pad)+pad, K*(W+pad)+pad, 3) uint8 grid.
 
-  Each image is shown with its own min-max contrast stretch (learned images leave [0,1]).
+  One column per class (class 0 on the left), the class's images top to bottom (rows = the
+  largest number of images of a class). Each image gets its own min-max contrast stretch, since
+  learned images leave [0,1].
   """
   n, h, w, c = x_pixels.shape
   per_class = [np.flatnonzero(classes == k) for k in range(num_classes)]
-  cols = max(1, max(len(p) for p in per_class))
-  grid = np.ones((num_classes * (h + pad) + pad, cols * (w + pad) + pad, 3), np.float32)
-  for r, idx in enumerate(per_class):
-    for col, i in enumerate(idx):
+  rows = max(1, max(len(p) for p in per_class))
+  grid = np.ones((rows * (h + pad) + pad, num_classes * (w + pad) + pad, 3), np.float32)
+  for col, idx in enumerate(per_class):
+    for r, i in enumerate(idx):
       img = x_pixels[i]
       lo, hi = float(img.min()), float(img.max())
       img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
