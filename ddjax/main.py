@@ -140,7 +140,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
   print(f'[data] {prep.dataset!r}, preprocessing {prep.pre.kind}', flush=True)
   syn, classes, summary = distill(cfg, prep, workdir, mesh)
   paths = export.export_distilled(workdir, syn, classes, prep.pre, prep.dataset.class_names)
-  export.plot_curve(workdir, f'{cfg.method} {cfg.data.name} IPC {cfg.distill.ipc}')
+  export.plot_curve(workdir, f'{run_tag(cfg)} {cfg.data.name} IPC {cfg.distill.ipc}')
   print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)
   results = {
       'method': cfg.method, 'dataset': cfg.data.name, 'ipc': cfg.distill.ipc, 'seed': cfg.seed,
@@ -164,11 +164,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
   return results
 
 
-def default_workdir(cfg: ml_collections.ConfigDict) -> str:
-  tag = cfg.method
+def run_tag(cfg: ml_collections.ConfigDict) -> str:
+  """'frepo', 'frepo_isa' (any loss transform on), or 'random_subset'."""
   if cfg.transform.drop_easiest > 0 or cfg.transform.isa_eps > 0:
-    tag += '_isa'
-  return os.path.join('runs', f'{tag}_{cfg.data.name}_ipc{cfg.distill.ipc}_seed{cfg.seed}')
+    return cfg.method + '_isa'
+  return cfg.method
+
+
+def default_workdir(cfg: ml_collections.ConfigDict) -> str:
+  return os.path.join('runs', f'{run_tag(cfg)}_{cfg.data.name}_ipc{cfg.distill.ipc}_seed{cfg.seed}')
 
 
 def main(argv) -> None:

@@ -13,6 +13,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ddjax.runtime import files, sharding
@@ -48,7 +49,8 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
   """Drive `step_fn(state, batch, key) -> (state, metrics)` from the last checkpoint to num_steps.
 
   Writes `workdir/checkpoints/<step>` every `checkpoint_every` steps and at the end,
-  `workdir/metrics.jsonl` every `log_every` steps, and prints progress lines.
+  `workdir/metrics.jsonl` every `log_every` steps (each metric averaged over the steps since the
+  previous line), and prints progress lines.
   Returns (final state, summary) where summary has 'steps', 'resumed_from', 'sec_per_step'
   (mean over the steps this process ran, compilation excluded).
   """
@@ -66,12 +68,18 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   progress = Progress(name, num_steps, start)
   timed_steps, timed_secs, t_last = 0, 0.0, None
+  interval_sum, interval_len = None, 0
   for s in range(start, num_steps):
     batch = sharding.shard_batch(sampler(s), mesh)
     state, metrics = jitted(state, batch, jax.random.fold_in(key, s))
+    # metrics are averaged over the logging interval (on device, no sync per step)
+    interval_sum = metrics if interval_sum is None else jax.tree_util.tree_map(
+        jnp.add, interval_sum, metrics)
+    interval_len += 1
     done = s + 1
     if done % log_every == 0 or done == num_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      metrics = {k: float(v) / interval_len for k, v in jax.device_get(interval_sum).items()}
+      interval_sum, interval_len = None, 0
       now = time.perf_counter()
       if t_last is not None:
         timed_secs += now - t_last
