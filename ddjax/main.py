@@ -39,7 +39,7 @@ def model_kwargs(m: ml_collections.ConfigDict) -> dict:
               pooling=m.pooling)
 
 
-def build(cfg: ml_collections.ConfigDict, model_cfg: ml_collections.ConfigDict, num_classes: int):
+def build(model_cfg: ml_collections.ConfigDict, num_classes: int):
   return build_model(model_cfg.arch, num_classes, **model_kwargs(model_cfg))
 
 
@@ -68,7 +68,7 @@ class Prepared:
 
 def make_frepo(cfg: ml_collections.ConfigDict, prep: Prepared):
   """The FRePo distiller, loss transform and synthetic-set optimizer of a config."""
-  model = build(cfg, cfg.model, prep.num_classes)
+  model = build(cfg.model, prep.num_classes)
   fcfg = FRePoConfig(num_models=cfg.frepo.num_models,
                      max_online_updates=cfg.frepo.max_online_updates,
                      online_lr=cfg.frepo.online_lr, reg=cfg.frepo.reg,
@@ -116,7 +116,7 @@ def evaluate(cfg: ml_collections.ConfigDict, prep: Prepared, syn: dict) -> dict:
   """Train cfg.eval.num_models fresh networks on `syn` under the configured protocol."""
   overrides = {k: cfg.eval[k] for k in ('steps', 'batch_size', 'lr') if cfg.eval[k]}
   protocol = get_protocol(cfg.eval.protocol, int(syn['x'].shape[0]), **overrides)
-  model = build(cfg, cfg.eval.model, prep.num_classes)
+  model = build(cfg.eval.model, prep.num_classes)
   print(f'[eval] protocol {protocol.name}: {protocol.steps} steps, batch {protocol.batch_size}, '
         f'{cfg.eval.num_models} models', flush=True)
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_EVAL)
