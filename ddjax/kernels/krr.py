@@ -32,25 +32,29 @@ def krr_solve(k_ss: Array, y_s: Array, reg: float = 1e-6, max_tries: int = 6) ->
     k_ss: (n_s, n_s) symmetric positive semi-definite kernel of the support set.
     y_s: (n_s, K) support targets.
     reg: relative ridge; lambda = reg * trace(K_SS) / n_s.
-    max_tries: if the Cholesky factor is not finite, the ridge is multiplied by 10 (and is at
-      least 1e-6 of the mean diagonal) and the factorization retried, at most this many times. If every try fails the returned
-      weights are NaN, which the run loop reports as a diverged step.
+    max_tries: if the Cholesky factor is not finite, the ridge is raised (to at least 1e-6 of
+      the mean diagonal, then by 10 per try) and the factorization retried, at most this many
+      times. If every try fails the weights are NaN, which the run loop reports as divergence.
   """
   n = k_ss.shape[0]
   k_ss = 0.5 * (k_ss + k_ss.T)  # exact symmetry for the factorization
   lam = ridge(k_ss, reg)        # differentiable, as in FRePo
   eye = jnp.eye(n, dtype=k_ss.dtype)
-  extra = _rescue_jitter(jax.lax.stop_gradient(k_ss), jax.lax.stop_gradient(lam), max_tries)
-  chol = jnp.linalg.cholesky(k_ss + (lam + extra) * eye)
+  chol = jnp.linalg.cholesky(k_ss + lam * eye)
+  # The common case factorizes once; only a non-finite factor pays for the rescue.
+  chol = jax.lax.cond(
+      jnp.all(jnp.isfinite(chol)), lambda: chol,
+      lambda: jnp.linalg.cholesky(k_ss + (lam + _rescue_jitter(
+          jax.lax.stop_gradient(k_ss), jax.lax.stop_gradient(lam), max_tries)) * eye))
   return jax.scipy.linalg.cho_solve((chol, True), y_s)
 
 
 def _rescue_jitter(k_ss: Array, lam: Array, max_tries: int) -> Array:
-  """Extra diagonal jitter (0 when the plain factorization is finite); no gradient.
+  """Extra diagonal jitter making K_SS + (lam + extra) I factorizable; no gradient.
 
-  Tries lam, then lam + 1e-6 * mean diagonal, growing the extra term by 10 per try. A
-  `lax.while_loop` cannot be reverse-differentiated, so the loop only finds the jitter and the
-  caller factorizes once more with it.
+  Starts at 1e-6 of the mean diagonal and grows by 10 per try. A `lax.while_loop` cannot be
+  reverse-differentiated, so the loop only finds the jitter and the caller factorizes once more
+  with it.
   """
   n = k_ss.shape[0]
   eye = jnp.eye(n, dtype=k_ss.dtype)
@@ -63,9 +67,9 @@ def _rescue_jitter(k_ss: Array, lam: Array, max_tries: int) -> Array:
 
   def body(carry):
     extra, tries = carry
-    return jnp.maximum(extra * 10.0, floor), tries + 1
+    return extra * 10.0, tries + 1
 
-  extra, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), k_ss.dtype), jnp.array(1)))
+  extra, _ = jax.lax.while_loop(cond, body, (floor, jnp.array(1)))
   return extra
 
 
