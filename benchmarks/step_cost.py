@@ -31,7 +31,7 @@ from ddjax.runtime import loop  # noqa: E402
 
 
 def build(cfg, prep, with_isa: bool):
-  distiller, _, optimizer = main_lib.make_frepo(cfg, prep)
+  distiller, _, optimizer = main_lib.make_distiller(cfg, prep)
   transform = T.chain(T.drop_easiest(0.2), T.isa(1.0)) if with_isa else T.identity()
   syn, classes = main_lib.initial_synthetic(cfg, prep)
   state = step_lib.init_state(distiller, transform, optimizer, syn, jax.random.PRNGKey(0))

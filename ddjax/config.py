@@ -11,7 +11,7 @@ import difflib
 
 import ml_collections
 
-METHODS = ('frepo', 'random_subset')
+METHODS = ('frepo', 'kip', 'rfad', 'random_subset')
 PRESETS = ('', 'cpu', 'paper')
 
 
@@ -63,6 +63,24 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.frepo.flip = 'auto'             # auto: on except for digit-like 1-channel datasets
   cfg.frepo.label_margin = 0.0        # > 0 adds the label-margin term
 
+  cfg.kernel = ml_collections.ConfigDict()   # infinite-width kernel: KIP's, and eval.kernel_krr's
+  cfg.kernel.arch = 'convnet'         # fc | conv | convnet | convnet_gap (ddjax.kernels.architectures)
+  cfg.kernel.depth = 3
+  cfg.kernel.W_std = 2 ** 0.5         # KIP, RFAD: sqrt(2)
+  cfg.kernel.b_std = 0.1
+  cfg.kernel.kind = 'ntk'              # ntk | nngp
+  cfg.kernel.block_bytes = 2 ** 28    # largest band array of one block of kernel entries
+
+  cfg.kip = ml_collections.ConfigDict()
+  cfg.kip.reg = 1e-6                  # lambda = reg * trace(K_SS) / n
+
+  cfg.rfad = ml_collections.ConfigDict()   # random features of kernel.arch / depth / W_std / b_std
+  cfg.rfad.num_models = 8             # M networks drawn per step
+  cfg.rfad.width = 256                # channels of each random network (RFAD: 256)
+  cfg.rfad.reg = 5e-3                 # RFAD's `jit`: lambda = reg * trace(K_SS) / n
+  cfg.rfad.loss = 'platt'             # platt | mse
+  cfg.rfad.temp_lr = 1e-2             # learning rate of the Platt temperature
+
   cfg.transform = ml_collections.ConfigDict()
   cfg.transform.drop_easiest = 0.0    # ISA: 0.2
   cfg.transform.isa_eps = 0.0         # ISA: 1.0
@@ -75,6 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval.lr = 0.0                   # 0 -> the protocol's own
   cfg.eval.krr = True                 # also report FRePo's KRR-predictor accuracy
   cfg.eval.model = model_config()     # the network trained from scratch (FRePo: no norm)
+  cfg.eval.kernel_krr = False         # also KRR with the infinite-width kernel of cfg.kernel
+  cfg.eval.kernel_krr_test = 0        # test images for kernel KRR (0: all; it costs per pair)
 
   cfg.checkpoint = ml_collections.ConfigDict()
   cfg.checkpoint.every = 500
@@ -138,7 +158,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors.append(f'distill.steps must be an integer >= 0, got {d.get("steps")!r}.')
   if not isinstance(d.get('batch_size'), int) or d.get('batch_size') < 1:
     errors.append(f'distill.batch_size must be an integer >= 1, got {d.get("batch_size")!r}.')
-  _choice(errors, 'distill.optimizer', d.get('optimizer'), ('lamb', 'adam', 'sgd'))
+  _choice(errors, 'distill.optimizer', d.get('optimizer'), ('lamb', 'adam', 'adabelief', 'sgd'))
   _choice(errors, 'distill.schedule', d.get('schedule'), ('cosine', 'constant'))
   _choice(errors, 'distill.init', d.get('init'), ('real', 'noise'))
   _choice(errors, 'distill.label_init', d.get('label_init'), ('centered_one_hot', 'one_hot'))
@@ -149,6 +169,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors.append('frepo.max_online_updates must be an integer >= 1, '
                   f'got {f.get("max_online_updates")!r}.')
   _choice(errors, 'frepo.flip', f.get('flip'), ('auto', True, False))
+  from ddjax.kernels.architectures import KERNEL_ARCHITECTURES
+  kn = cfg.get('kernel', {})
+  _choice(errors, 'kernel.arch', kn.get('arch'), KERNEL_ARCHITECTURES)
+  _choice(errors, 'kernel.kind', kn.get('kind'), ('ntk', 'nngp'))
+  if not isinstance(kn.get('depth'), int) or kn.get('depth') < 1:
+    errors.append(f'kernel.depth must be an integer >= 1, got {kn.get("depth")!r}.')
+  r = cfg.get('rfad', {})
+  _choice(errors, 'rfad.loss', r.get('loss'), ('platt', 'mse'))
+  for key in ('num_models', 'width'):
+    if not isinstance(r.get(key), int) or r.get(key) < 1:
+      errors.append(f'rfad.{key} must be an integer >= 1, got {r.get(key)!r}.')
+  if (cfg.get('method') == 'rfad' and r.get('loss') == 'platt'
+      and cfg.get('transform', {}).get('isa_eps', 0.0) > 0):
+    errors.append("transform.isa_eps > 0 with rfad.loss='platt': ISA's closed form integrates "
+                  "the squared loss; set rfad.loss='mse' (configs/rfad_isa.py does).")
   t = cfg.get('transform', {})
   if not 0.0 <= t.get('drop_easiest', 0.0) < 1.0:
     errors.append(f'transform.drop_easiest must lie in [0, 1), got {t.get("drop_easiest")!r}.')

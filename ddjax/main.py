@@ -23,7 +23,10 @@ from ddjax import data as data_lib
 from ddjax import transforms as transforms_lib
 from ddjax.distill import step as step_lib
 from ddjax.distill.frepo import FRePo, FRePoConfig
-from ddjax.evaluate import evaluate_synthetic, get_protocol
+from ddjax.distill.kip import KIP
+from ddjax.distill.rfad import RFAD
+from ddjax.evaluate import evaluate_synthetic, get_protocol, kernel_krr_accuracy
+from ddjax.kernels.architectures import kernel_network
 from ddjax.models import build_model
 from ddjax.runtime import export, files, loop, sharding
 
@@ -66,19 +69,42 @@ class Prepared:
     return tuple(self.x_train.shape[1:])
 
 
-def make_frepo(cfg: ml_collections.ConfigDict, prep: Prepared):
-  """The FRePo distiller, loss transform and synthetic-set optimizer of a config."""
-  model = build(cfg.model, prep.num_classes)
-  fcfg = FRePoConfig(num_models=cfg.frepo.num_models,
-                     max_online_updates=cfg.frepo.max_online_updates,
-                     online_lr=cfg.frepo.online_lr, reg=cfg.frepo.reg,
-                     flip=config_lib.flip_enabled(cfg, prep.image_shape[-1]),
-                     label_margin=cfg.frepo.label_margin)
-  distiller = FRePo(model, fcfg, prep.image_shape)
+def make_kernel_fn(cfg: ml_collections.ConfigDict):
+  """kernel_fn(x1, x2, get) of cfg.kernel (infinite width), blocked by cfg.kernel.block_bytes."""
+  k = cfg.kernel
+  _, _, kernel_fn = kernel_network(k.arch, k.depth, k.W_std, k.b_std)
+  block_bytes = int(k.block_bytes)
+  return lambda x1, x2=None, get=None: kernel_fn(x1, x2, get, block_bytes=block_bytes)
+
+
+def uses_platt(cfg: ml_collections.ConfigDict) -> bool:
+  return cfg.method == 'rfad' and cfg.rfad.loss == 'platt'
+
+
+def make_distiller(cfg: ml_collections.ConfigDict, prep: Prepared):
+  """The distiller of cfg.method, its loss transform and the synthetic-set optimizer."""
+  if cfg.method == 'frepo':
+    fcfg = FRePoConfig(num_models=cfg.frepo.num_models,
+                       max_online_updates=cfg.frepo.max_online_updates,
+                       online_lr=cfg.frepo.online_lr, reg=cfg.frepo.reg,
+                       flip=config_lib.flip_enabled(cfg, prep.image_shape[-1]),
+                       label_margin=cfg.frepo.label_margin)
+    distiller = FRePo(build(cfg.model, prep.num_classes), fcfg, prep.image_shape)
+  elif cfg.method == 'kip':
+    distiller = KIP(make_kernel_fn(cfg), get=cfg.kernel.kind, reg=cfg.kip.reg)
+  elif cfg.method == 'rfad':
+    k = cfg.kernel
+    features = kernel_network(k.arch, k.depth, k.W_std, k.b_std, width=cfg.rfad.width,
+                              readout=False)
+    distiller = RFAD(features, cfg.rfad.num_models, prep.image_shape, W_std=k.W_std,
+                     b_std=k.b_std, reg=cfg.rfad.reg, loss=cfg.rfad.loss)
+  else:
+    raise ValueError(f'method={cfg.method!r} has no distiller; choose one of {config_lib.METHODS}.')
   transform = transforms_lib.from_config(cfg.transform)
   optimizer = step_lib.make_syn_optimizer(
       cfg.distill.optimizer, cfg.distill.lr, cfg.distill.label_lr, cfg.distill.steps,
-      learn_label=cfg.distill.learn_label, schedule=cfg.distill.schedule)
+      learn_label=cfg.distill.learn_label, schedule=cfg.distill.schedule,
+      extra_lrs={'log_temp': cfg.rfad.temp_lr} if uses_platt(cfg) else None)
   return distiller, transform, optimizer
 
 
@@ -88,7 +114,10 @@ def initial_synthetic(cfg: ml_collections.ConfigDict, prep: Prepared) -> tuple[d
                                 prep.num_classes, init=cfg.distill.init,
                                 label_init=cfg.distill.label_init)
   classes = np.repeat(np.arange(prep.num_classes), cfg.distill.ipc).astype(np.int32)
-  return {k: jnp.asarray(v) for k, v in syn.items()}, classes
+  syn = {k: jnp.asarray(v) for k, v in syn.items()}
+  if uses_platt(cfg):
+    syn['log_temp'] = jnp.zeros((), jnp.float32)    # RFAD's Platt temperature, exp(0) = 1
+  return syn, classes
 
 
 def distill(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str, mesh=None):
@@ -97,7 +126,7 @@ def distill(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str, mesh=N
   syn, classes = initial_synthetic(cfg, prep)
   if cfg.method == 'random_subset':
     return syn, classes, {'steps': 0, 'sec_per_step': 0.0, 'resumed_from': 0}
-  distiller, transform, optimizer = make_frepo(cfg, prep)
+  distiller, transform, optimizer = make_distiller(cfg, prep)
   mesh = mesh or sharding.make_mesh()
   sharding.check_batch_divisible(cfg.distill.batch_size, mesh)
   state = step_lib.init_state(distiller, transform, optimizer, syn,
@@ -129,6 +158,22 @@ def evaluate(cfg: ml_collections.ConfigDict, prep: Prepared, syn: dict) -> dict:
   return out
 
 
+def evaluate_kernel_krr(cfg: ml_collections.ConfigDict, prep: Prepared, syn: dict) -> dict:
+  """KRR test accuracy with the infinite-width kernel of cfg.kernel (RFAD's reg for RFAD)."""
+  n_test = cfg.eval.kernel_krr_test or len(prep.y_test)
+  idx = np.random.default_rng(cfg.seed).permutation(len(prep.y_test))[:n_test]
+  idx.sort()
+  reg = cfg.rfad.reg if cfg.method == 'rfad' else cfg.kip.reg
+  print(f'[eval] kernel KRR: {cfg.kernel.arch}-{cfg.kernel.depth} {cfg.kernel.kind}, '
+        f'{n_test} test images', flush=True)
+  t0 = time.perf_counter()
+  acc = kernel_krr_accuracy(make_kernel_fn(cfg), syn['x'], syn['y'], prep.x_test[idx],
+                            prep.y_test[idx], get=cfg.kernel.kind, reg=reg,
+                            progress=lambda line: print('[eval] ' + line, flush=True))
+  return {'acc': acc, 'kernel': f'{cfg.kernel.arch}-{cfg.kernel.depth}', 'get': cfg.kernel.kind,
+          'reg': reg, 'test_images': int(n_test), 'seconds': time.perf_counter() - t0}
+
+
 def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
         prep: Prepared | None = None) -> dict:
   """The whole job; returns the results dict also written to workdir/results.json."""
@@ -158,6 +203,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
     print(f'[eval] test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} %'
           + (f', KRR predictor {100 * ev["krr_acc"]:.2f} %' if 'krr_acc' in ev else ''),
           flush=True)
+  if cfg.eval.kernel_krr:
+    results['kernel_krr_eval'] = evaluate_kernel_krr(cfg, prep, syn)
+    print(f'[eval] kernel KRR accuracy {100 * results["kernel_krr_eval"]["acc"]:.2f} %', flush=True)
   results['wall_seconds'] = time.perf_counter() - t0
   files.write_json(os.path.join(workdir, 'results.json'), results)
   print(f'[done] {os.path.join(workdir, "results.json")}', flush=True)
@@ -165,7 +213,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
 
 
 def run_tag(cfg: ml_collections.ConfigDict) -> str:
-  """'frepo', 'frepo_isa' (any loss transform on), or 'random_subset'."""
+  """The method, with '_isa' when any loss transform is on ('frepo_isa', 'kip_isa', ...)."""
   if cfg.transform.drop_easiest > 0 or cfg.transform.isa_eps > 0:
     return cfg.method + '_isa'
   return cfg.method

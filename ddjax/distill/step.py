@@ -37,15 +37,22 @@ class DistillState:
   transform_state: PyTree
 
 
+OPTIMIZERS = ('lamb', 'adam', 'adabelief', 'sgd')
+
+
 def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
                        learn_label: bool = True, schedule: str = 'cosine',
-                       end_fraction: float = 0.0) -> optax.GradientTransformation:
+                       end_fraction: float = 0.0,
+                       extra_lrs: dict[str, float] | None = None) -> optax.GradientTransformation:
   """Optimizer of the synthetic set: images and labels each with their own learning rate.
 
-  name: 'lamb' (FRePo), 'adam' or 'sgd'. schedule: 'cosine' (decay to end_fraction * lr over
-  `steps`) or 'constant'. Labels are frozen (zero update) unless learn_label.
+  name: 'lamb' (FRePo), 'adam' (KIP), 'adabelief' (RFAD; optax's eps 1e-16 as RFAD's) or 'sgd'.
+  schedule: 'cosine' (decay to end_fraction * lr over `steps`) or 'constant'. Labels are frozen
+  (zero update) unless learn_label. extra_lrs: learning rates of further entries of the synthetic
+  pytree (e.g. RFAD's Platt temperature 'log_temp'), same optimizer and schedule.
   """
-  makers = {'lamb': optax.lamb, 'adam': optax.adam, 'sgd': optax.sgd}
+  makers = {'lamb': optax.lamb, 'adam': optax.adam, 'adabelief': optax.adabelief,
+            'sgd': optax.sgd}
   if name not in makers:
     raise ValueError(f'distill.optimizer={name!r}: choose one of {sorted(makers)}.')
   if schedule not in ('cosine', 'constant'):
@@ -58,6 +65,8 @@ def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
 
   transforms = {'x': makers[name](sched(lr)),
                 'y': makers[name](sched(label_lr)) if learn_label else optax.set_to_zero()}
+  for key, key_lr in (extra_lrs or {}).items():
+    transforms[key] = makers[name](sched(key_lr))
   return optax.multi_transform(transforms, lambda syn: {k: k for k in syn})
 
 

@@ -1,4 +1,5 @@
 """Evaluation: train-from-scratch protocols, test accuracy, the KRR predictor."""
+from ddjax.evaluate.kernel import kernel_krr_accuracy
 from ddjax.evaluate.protocols import (FREPO_STEPS_TABLE, PROTOCOLS, EvalProtocol, augment_pixels,
                                       frepo_steps, get_protocol, make_optimizer, make_schedule)
 from ddjax.evaluate.train import (accuracy, default_loop, evaluate_synthetic, krr_accuracy,
@@ -7,5 +8,5 @@ from ddjax.evaluate.train import (accuracy, default_loop, evaluate_synthetic, kr
 __all__ = [
     'FREPO_STEPS_TABLE', 'PROTOCOLS', 'EvalProtocol', 'augment_pixels', 'frepo_steps',
     'get_protocol', 'make_optimizer', 'make_schedule', 'accuracy', 'default_loop',
-    'evaluate_synthetic', 'krr_accuracy', 'predict', 'protocol_loss', 'train_from_scratch',
+    'evaluate_synthetic', 'kernel_krr_accuracy', 'krr_accuracy', 'predict', 'protocol_loss', 'train_from_scratch',
 ]
