@@ -1,8 +1,12 @@
-r"""Test accuracy of FRePo, FRePo + ISA and the random-subset baseline on Fashion-MNIST after a
-fixed CPU budget, next to the papers' numbers.
+r"""Test accuracy of the shipped configs on Fashion-MNIST after a fixed CPU budget, next to the
+papers' numbers (ISA Table 1).
 
     python benchmarks/accuracy.py --ipc 1 --steps 3000
     python benchmarks/accuracy.py --ipc 10 --steps 2000 --methods frepo_isa frepo random_subset
+    python benchmarks/accuracy.py --name kernel_accuracy --ipc 1 --methods rfad rfad_isa kip kip_isa
+
+--steps 0 keeps each config's own number of steps. --name picks the results file
+(benchmarks/results/<name>.{json,md}).
 
 Each (method, IPC) is one `ddjax.main` run of the shipped config (workdir benchmarks/runs/...,
 resumable) with `--config.distill.steps` set to --steps; rows are merged into
@@ -24,8 +28,9 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 from benchmarks import common  # noqa: E402
 from ddjax import main as main_lib  # noqa: E402
 
-# ISA Table 1 (Fashion-MNIST, ConvNet, test accuracy %): FRePo and FRePo + ISA ("Ours").
-PAPER = {('frepo', 1): 75.6, ('frepo', 10): 86.2, ('frepo_isa', 1): 77.1, ('frepo_isa', 10): 86.0}
+# ISA Table 1 (Fashion-MNIST, test accuracy %): FRePo, FRePo + ISA ("Ours"), KIP, RFAD.
+PAPER = {('frepo', 1): 75.6, ('frepo', 10): 86.2, ('frepo_isa', 1): 77.1, ('frepo_isa', 10): 86.0,
+         ('kip', 1): 73.5, ('kip', 10): 86.8, ('rfad', 1): 78.6, ('rfad', 10): 87.0}
 
 
 def config_of(method: str, ipc: int, steps: int, seed: int):
@@ -33,7 +38,7 @@ def config_of(method: str, ipc: int, steps: int, seed: int):
   cfg = module.get_config()
   cfg.distill.ipc = ipc
   cfg.seed = seed
-  if cfg.method != 'random_subset':
+  if cfg.method != 'random_subset' and steps > 0:
     cfg.distill.steps = steps
   return cfg
 
@@ -44,10 +49,11 @@ def main():
   ap.add_argument('--steps', type=int, default=3000)
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--methods', nargs='+', default=['frepo_isa', 'frepo', 'random_subset'])
+  ap.add_argument('--name', default='accuracy', help='results file name under benchmarks/results')
   args = ap.parse_args()
   out_dir = os.path.join(common.HERE, 'results')
   os.makedirs(out_dir, exist_ok=True)
-  json_path = os.path.join(out_dir, 'accuracy.json')
+  json_path = os.path.join(out_dir, args.name + '.json')
   rows = {}
   if os.path.exists(json_path):
     rows = {(r['method'], r['ipc']): r for r in json.load(open(json_path))['rows']}
@@ -55,7 +61,8 @@ def main():
   for ipc in args.ipc:
     for method in args.methods:
       cfg = config_of(method, ipc, args.steps, args.seed)
-      workdir = os.path.join(common.HERE, 'runs', f'{method}_ipc{ipc}_steps{args.steps}')
+      workdir = os.path.join(common.HERE, 'runs',
+                             f'{method}_ipc{ipc}_steps{cfg.distill.steps}')
       res = main_lib.run(cfg, workdir)
       for pic in ('distilled.png', 'curve.png'):
         if os.path.exists(os.path.join(workdir, pic)):
@@ -65,18 +72,25 @@ def main():
           'sec_per_step': res['distill']['sec_per_step'], 'wall_minutes': res['wall_seconds'] / 60,
           'acc_mean': res['eval']['acc_mean'], 'acc_std': res['eval']['acc_std'],
           'accs': res['eval']['accs'], 'krr_acc': res.get('krr_eval', {}).get('acc'),
+          'kernel_krr_acc': res.get('kernel_krr_eval', {}).get('acc'),
+          'kernel_krr': res.get('kernel_krr_eval'),
           'eval_protocol': res['eval']['protocol'], 'eval_steps': res['eval']['steps'],
           'paper': PAPER.get((method, ipc)), 'command': command}
       ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r['method']))
-      table = ['| method | IPC | distill steps | wall (min) | test acc % (5 nets) | KRR acc % '
-               '| paper % | command |', '|---|---|---|---|---|---|---|---|']
+      table = ['| method | IPC | distill steps | s/step | wall (min) | test acc % (5 nets) '
+               '| KRR on net features % | KRR infinite kernel % | paper % | command |',
+               '|---|---|---|---|---|---|---|---|---|---|']
+      pct = lambda v: f'{100 * v:.1f}' if v is not None else '-'
       for r in ordered:
-        krr = f"{100 * r['krr_acc']:.1f}" if r['krr_acc'] is not None else '-'
+        kk = r.get('kernel_krr')
+        kernel = (f"{pct(r['kernel_krr_acc'])} ({kk['kernel']} {kk['get']}, {kk['test_images']} "
+                  'test)') if kk else '-'
         paper = f"{r['paper']}" if r['paper'] is not None else '-'
         table.append(f"| {r['method']} | {r['ipc']} | {r['distill_steps']} | "
-                     f"{r['wall_minutes']:.1f} | {100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} "
-                     f"| {krr} | {paper} | `{r['command']}` |")
-      common.write('accuracy', {'rows': ordered}, '\n'.join(table), command)
+                     f"{r['sec_per_step']:.3f} | {r['wall_minutes']:.1f} | "
+                     f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} "
+                     f"| {pct(r['krr_acc'])} | {kernel} | {paper} | `{r['command']}` |")
+      common.write(args.name, {'rows': ordered}, '\n'.join(table), command)
 
 
 if __name__ == '__main__':
