@@ -1,8 +1,10 @@
-r"""Cost of the FRePo step and of ISA + drop-easiest on it, measured in one run.
+r"""Cost of a distillation step and of ISA + drop-easiest on it, measured in one run.
 
     python benchmarks/step_cost.py [--ipc 1 10] [--repeats 5] [--steps 40]
+    python benchmarks/step_cost.py --config rfad --name step_cost_rfad --ipc 1 10
 
-For each IPC it builds the default CPU config's FRePo step twice (plain; drop_easiest(0.2) + isa(1))
+For each IPC it builds the default CPU config's step (configs/<--config>.py; RFAD with its MSE
+loss in both arms, the loss ISA's closed form integrates) twice (plain; drop_easiest(0.2) + isa(1))
 and times them interleaved (A B A B ...) so that machine noise hits both alike; it reports the
 median seconds per step, the ratio, the XLA FLOP count of the step and the FLOP/s it achieves next
 to the measured float32 matmul peak of this machine.
@@ -22,7 +24,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import frepo as frepo_config  # noqa: E402
 from benchmarks import common  # noqa: E402
 from ddjax import main as main_lib  # noqa: E402
 from ddjax import transforms as T  # noqa: E402
@@ -52,12 +53,16 @@ def main():
   ap.add_argument('--ipc', type=int, nargs='+', default=[1, 10])
   ap.add_argument('--repeats', type=int, default=5)
   ap.add_argument('--steps', type=int, default=40)
+  ap.add_argument('--config', default='frepo', help='a config under configs/ (frepo, kip, rfad)')
+  ap.add_argument('--name', default='step_cost', help='results file under benchmarks/results')
   args = ap.parse_args()
   peak = common.matmul_flops_per_second()
   rows = []
   for ipc in args.ipc:
-    cfg = frepo_config.get_config()
+    cfg = __import__(args.config).get_config()
     cfg.distill.ipc = ipc
+    if cfg.method == 'rfad':
+      cfg.rfad.loss = "mse"
     prep = main_lib.Prepared(cfg)
     sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, 0)
     batches = [jax.device_put(sampler(s)) for s in range(args.steps)]
@@ -78,20 +83,21 @@ def main():
         built[name] = (step, state)
         times[name].append(sec)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    rows.append({'ipc': ipc, 'batch': cfg.distill.batch_size, 'width': cfg.model.width,
+    rows.append({'config': args.config, 'ipc': ipc, 'batch': cfg.distill.batch_size,
+                 'width': cfg.rfad.width if cfg.method == 'rfad' else cfg.model.width,
                  'sec_per_step': med, 'all_sec_per_step': times,
                  'isa_overhead': med['isa'] / med['plain'] - 1,
                  'step_gflop': {k: v / 1e9 for k, v in flops.items()},
                  'achieved_gflops': {k: flops[k] / med[k] / 1e9 for k in med},
                  'steps_per_sec': {k: 1 / v for k, v in med.items()}})
-  table = ['| IPC | plain s/step | +ISA+drop s/step | ISA overhead | steps/s (plain) | GFLOP/step '
+  table = [f'{args.config}:', '', '| IPC | plain s/step | +ISA+drop s/step | ISA overhead | steps/s (plain) | GFLOP/step '
            '| achieved GFLOP/s | matmul peak GFLOP/s |', '|---|---|---|---|---|---|---|---|']
   for r in rows:
     table.append(f"| {r['ipc']} | {r['sec_per_step']['plain']:.4f} | {r['sec_per_step']['isa']:.4f} "
                  f"| {100 * r['isa_overhead']:+.1f}% | {r['steps_per_sec']['plain']:.2f} "
                  f"| {r['step_gflop']['plain']:.1f} | {r['achieved_gflops']['plain']:.1f} "
                  f"| {peak / 1e9:.1f} |")
-  common.write('step_cost', {'rows': rows, 'matmul_peak_gflops': peak / 1e9}, '\n'.join(table),
+  common.write(args.name, {'rows': rows, 'matmul_peak_gflops': peak / 1e9}, '\n'.join(table),
                'python benchmarks/step_cost.py ' + ' '.join(sys.argv[1:]))
 
 
