@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -72,15 +73,15 @@ def _valid_mask(h: int, w: int, band: Band) -> Array:
 def _shifted(x: Array, band: Band) -> Array:
   """x (..., H, W) -> (..., H, W, 2bh+1, 2bw+1) with [..., h, w, i, j] = x[..., h+i-bh, w+j-bw].
 
-  Zero outside the image.
+  Zero outside the image. Built one axis at a time: 2bh+1 + 2bw+1 slices, not their product.
   """
   bh, bw = band
   h, w = x.shape[-2:]
   pad = [(0, 0)] * (x.ndim - 2) + [(bh, bh), (bw, bw)]
   xp = jnp.pad(x, pad)
-  rows = [jnp.stack([xp[..., i:i + h, j:j + w] for j in range(2 * bw + 1)], axis=-1)
-          for i in range(2 * bh + 1)]
-  return jnp.stack(rows, axis=-2)
+  rows = jnp.stack([xp[..., i:i + h, :] for i in range(2 * bh + 1)], axis=-1)   # (.., H, Wp, Bh)
+  both = jnp.stack([rows[..., j:j + w, :] for j in range(2 * bw + 1)], axis=-1)  # (.., H, W, Bh, Bw)
+  return both
 
 
 def _band_of(k: Array) -> Band:
@@ -351,18 +352,27 @@ _ACOS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046, 0.0308918810,
          0.0066700901, -0.0012624911)
 
 
-def _arccos(x: Array) -> Array:
-  """arccos on [-1, 1] to float32 precision, with a finite derivative at +-1.
+# |cos theta| within this of 1 counts as 1 (theta = 0 or pi, zero derivative): float32 rounding of
+# a point's covariance with itself leaves 1 - cos ~ 1e-7, where d theta / d cos ~ 1 / sqrt(1 - cos)
+# would amplify rounding noise ~1000x into the gradient. Costs at most ~1e-4 relative in Theta there.
+_COS_TOL = 3e-7
+
+
+def _arccos_sin(x: Array) -> tuple[Array, Array]:
+  """(arccos x, sqrt(1 - x^2)) on [-1, 1] to float32 precision, finite derivatives at +-1.
 
   A polynomial instead of XLA's arctan2/arccos: the ReLU kernel is evaluated for every entry of the
   first layer's band (176k per pair for ConvNet-3 on 28x28), and this is several times cheaper.
+  Both use the same thresholded 1 - |x|, so theta = 0 and sin = 0 together on the diagonal.
   """
   a = jnp.abs(x)
   poly = _ACOS[-1]
   for coef in _ACOS[-2::-1]:
     poly = poly * a + coef
-  pos = _safe_sqrt(1.0 - a) * poly
-  return jnp.where(x >= 0, pos, jnp.pi - pos)
+  gap = 1.0 - a
+  gap = jnp.where(gap > _COS_TOL, gap, 0.0)
+  pos = _safe_sqrt(gap) * poly
+  return jnp.where(x >= 0, pos, jnp.pi - pos), _safe_sqrt(gap * (1.0 + a))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,8 +388,8 @@ class _Relu(_Layer):
     ok = prod > 0
     norm = _safe_sqrt(prod)
     cos = jnp.clip(k12 * jnp.where(ok, lax.rsqrt(jnp.where(ok, prod, 1.0)), 0.0), -1.0, 1.0)
-    theta = _arccos(cos)
-    sin_part = norm * _safe_sqrt(1.0 - cos * cos)          # sqrt(k11 k22 - k12^2)
+    theta, sin = _arccos_sin(cos)
+    sin_part = norm * sin                                  # sqrt(k11 k22 - k12^2)
     nngp = (sin_part + (jnp.pi - theta) * k12) / (2 * jnp.pi)
     nngp = jnp.where(ok, nngp, 0.0)
     if ntk is not None and not _is_zero(ntk):
@@ -474,7 +484,12 @@ def serial(*layers):
 def _shapes(layers, in_shape):
   shapes = [tuple(in_shape)]
   for layer in layers:
-    shapes.append(tuple(layer.out_shape(shapes[-1])))
+    shape = tuple(layer.out_shape(shapes[-1]))
+    if _is_spatial(shape) and min(shape[1:3]) < 1:
+      raise ValueError(f'{type(layer).__name__.strip("_")} maps spatial shape {shapes[-1][1:3]} '
+                       f'to {shape[1:3]}: the input is too small for this network (fewer pools, '
+                       "padding='SAME', or larger images).")
+    shapes.append(shape)
   return shapes
 
 
@@ -648,8 +663,15 @@ def _triple(*layers):
       return values[get]
     return collections.namedtuple('Kernel', names)(*(values[n] for n in names))
 
-  kernel_fn._ddjax_layers = layers
-  return init_fn, apply_fn, kernel_fn
+  jitted = jax.jit(kernel_fn, static_argnames=('get', 'block_bytes'))
+
+  @functools.wraps(kernel_fn)
+  def kernel_fn_jit(x1, x2=None, get=None, *, block_bytes: int = 2 ** 28):
+    get = get if get is None or isinstance(get, str) else tuple(get)
+    return jitted(x1, x2, get, block_bytes=block_bytes)
+
+  kernel_fn_jit._ddjax_layers = layers
+  return init_fn, apply_fn, kernel_fn_jit
 
 
 def is_kernel_fn(obj: Any) -> bool:
