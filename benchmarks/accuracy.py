@@ -6,7 +6,8 @@ papers' numbers (ISA Table 1).
     python benchmarks/accuracy.py --name kernel_accuracy --ipc 1 --methods rfad rfad_isa kip kip_isa
 
 --steps 0 keeps each config's own number of steps. --name picks the results file
-(benchmarks/results/<name>.{json,md}).
+(benchmarks/results/<name>.{json,md}). --set key=value overrides config keys (e.g.
+--set eval.num_models=2 eval.kernel_krr_test=2000), recorded in each row.
 
 Each (method, IPC) is one `ddjax.main` run of the shipped config (workdir benchmarks/runs/...,
 resumable) with `--config.distill.steps` set to --steps; rows are merged into
@@ -33,13 +34,20 @@ PAPER = {('frepo', 1): 75.6, ('frepo', 10): 86.2, ('frepo_isa', 1): 77.1, ('frep
          ('kip', 1): 73.5, ('kip', 10): 86.8, ('rfad', 1): 78.6, ('rfad', 10): 87.0}
 
 
-def config_of(method: str, ipc: int, steps: int, seed: int):
+def config_of(method: str, ipc: int, steps: int, seed: int, overrides=()):
   module = __import__(method)
   cfg = module.get_config()
   cfg.distill.ipc = ipc
   cfg.seed = seed
   if cfg.method != 'random_subset' and steps > 0:
     cfg.distill.steps = steps
+  for item in overrides:
+    key, value = item.split('=', 1)
+    *path, leaf = key.split('.')
+    block = cfg
+    for name in path:
+      block = block[name]
+    block[leaf] = type(block[leaf])(value)
   return cfg
 
 
@@ -50,6 +58,7 @@ def main():
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--methods', nargs='+', default=['frepo_isa', 'frepo', 'random_subset'])
   ap.add_argument('--name', default='accuracy', help='results file name under benchmarks/results')
+  ap.add_argument('--set', nargs='*', default=[], help='config overrides key=value')
   args = ap.parse_args()
   out_dir = os.path.join(common.HERE, 'results')
   os.makedirs(out_dir, exist_ok=True)
@@ -60,7 +69,7 @@ def main():
   command = 'python benchmarks/accuracy.py ' + ' '.join(sys.argv[1:])
   for ipc in args.ipc:
     for method in args.methods:
-      cfg = config_of(method, ipc, args.steps, args.seed)
+      cfg = config_of(method, ipc, args.steps, args.seed, args.set)
       workdir = os.path.join(common.HERE, 'runs',
                              f'{method}_ipc{ipc}_steps{cfg.distill.steps}')
       res = main_lib.run(cfg, workdir)
@@ -75,7 +84,7 @@ def main():
           'kernel_krr_acc': res.get('kernel_krr_eval', {}).get('acc'),
           'kernel_krr': res.get('kernel_krr_eval'),
           'eval_protocol': res['eval']['protocol'], 'eval_steps': res['eval']['steps'],
-          'paper': PAPER.get((method, ipc)), 'command': command}
+          'paper': PAPER.get((method, ipc)), 'overrides': list(args.set), 'command': command}
       ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r['method']))
       table = ['| method | IPC | distill steps | s/step | wall (min) | test acc % (5 nets) '
                '| KRR on net features % | KRR infinite kernel % | paper % | command |',

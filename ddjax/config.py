@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distill.ipc = 1
   cfg.distill.steps = 3000            # FRePo: 500000 on a GPU
   cfg.distill.batch_size = 512        # real batch (FRePo: 1024)
+  cfg.distill.balanced_batch = False  # class-balanced real batches (KIP: True)
   cfg.distill.optimizer = 'adam'      # FRePo: lamb
   cfg.distill.lr = 3e-3               # FRePo: 3e-4
   cfg.distill.label_lr = 3e-3         # FRePo: 3e-4

@@ -132,7 +132,8 @@ def distill(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str, mesh=N
   state = step_lib.init_state(distiller, transform, optimizer, syn,
                               jax.random.fold_in(root, KEY_DISTILL_INIT))
   step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
-  sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, cfg.seed)
+  sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, cfg.seed,
+                              balanced=cfg.distill.balanced_batch)
   state, summary = loop.run(
       step_fn, state, sampler, num_steps=cfg.distill.steps,
       key=jax.random.fold_in(root, KEY_DISTILL), workdir=workdir,

@@ -172,3 +172,22 @@ def test_cli_end_to_end_kernel_methods(config, tiny_npz, tmp_path):
   kk = results['kernel_krr_eval']
   assert 0 <= kk['acc'] <= 1 and kk['test_images'] == 40
   assert (workdir / 'distilled.png').exists() and (workdir / 'distilled.npz').exists()
+
+
+def test_class_balanced_batches():
+  from ddjax.runtime.loop import balanced_batch_indices, make_sampler
+  labels = np.repeat(np.arange(4), [50, 30, 70, 20])
+  for step in range(3):
+    idx = balanced_batch_indices(0, step, labels, 42, 4)
+    assert len(np.unique(idx)) == 42
+    counts = np.bincount(labels[idx], minlength=4)
+    assert sorted(counts) == [10, 10, 11, 11], counts
+  assert not np.array_equal(balanced_batch_indices(0, 0, labels, 42, 4),
+                            balanced_batch_indices(0, 1, labels, 42, 4))
+  np.testing.assert_array_equal(balanced_batch_indices(3, 7, labels, 42, 4),
+                                balanced_batch_indices(3, 7, labels, 42, 4))
+  with pytest.raises(ValueError, match='class 3'):
+    balanced_batch_indices(0, 0, labels, 100, 4)
+  x = np.arange(len(labels), dtype=np.float32)[:, None]
+  batch = make_sampler(x, np.eye(4, dtype=np.float32)[labels], 40, 0, balanced=True)(5)
+  np.testing.assert_array_equal(batch['y'].sum(0), [10, 10, 10, 10])

@@ -31,13 +31,39 @@ def batch_indices(seed: int, step: int, num_examples: int, batch_size: int) -> n
   return np.sort(rng.choice(num_examples, size=batch_size, replace=False))
 
 
-def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Callable[[int], dict]:
-  """sampler(step) -> {'x': (B, H, W, C), 'y': (B, K)} host arrays for that step."""
+def balanced_batch_indices(seed: int, step: int, labels: np.ndarray, batch_size: int,
+                           num_classes: int) -> np.ndarray:
+  """A class-balanced batch (KIP's target batches): batch_size // K distinct examples per class,
+  the remainder spread over classes that rotate with the step; a pure function of (seed, step)."""
+  rng = np.random.default_rng([seed, 0xba1, step])
+  base, extra = divmod(batch_size, num_classes)
+  bonus = set(((np.arange(extra) + step * extra) % num_classes).tolist())
+  picks = []
+  for c in range(num_classes):
+    members = np.flatnonzero(labels == c)
+    count = base + (c in bonus)
+    if count > len(members):
+      raise ValueError(f'a class-balanced batch of {batch_size} needs {count} examples of class '
+                       f'{c}, which has {len(members)}; lower distill.batch_size.')
+    picks.append(rng.choice(members, size=count, replace=False))
+  return np.sort(np.concatenate(picks))
+
+
+def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+                 balanced: bool = False) -> Callable[[int], dict]:
+  """sampler(step) -> {'x': (B, H, W, C), 'y': (B, K)} host arrays for that step.
+
+  balanced: draw B // K examples of every class (classes = argmax of y) instead of B uniformly.
+  """
   if batch_size > len(x):
     raise ValueError(f'distill.batch_size={batch_size} exceeds the {len(x)} training examples.')
+  labels = np.asarray(y).argmax(-1) if balanced else None
 
   def sample(step: int) -> dict:
-    idx = batch_indices(seed, step, len(x), batch_size)
+    if balanced:
+      idx = balanced_batch_indices(seed, step, labels, batch_size, y.shape[-1])
+    else:
+      idx = batch_indices(seed, step, len(x), batch_size)
     return {'x': x[idx], 'y': y[idx]}
 
   return sample
