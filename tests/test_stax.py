@@ -406,6 +406,9 @@ ARCHITECTURES = {
     # between to clean up offsets that fall outside the image): 3x3 -> 3x3 -> 2x2 -> GAP.
     'linear_conv_pool_gap': ((3, 3), [CONV, ('relu',), ('conv', (3, 3), None, 'SAME', 1.2, 0.5),
                                       ('pool', (2, 2), None, 'SAME'), ('gap',), READOUT]),
+    # (d5) an FC network on images: Flatten first (kernel_fn takes the one-matmul path).
+    'flatten_first_fc': ((5, 4), [('flatten',), ('dense', 1.3, 0.2), ('relu',),
+                                  ('dense', 1.1, 0.1), ('relu',), READOUT]),
     # (e) Erf instead of Relu in (a).
     'conv_erf_x2_flatten': ((8, 8), [CONV, ERF, CONV, ERF, ('flatten',), READOUT]),
     # (e1) a erf(b x) + c with pooling and a GAP readout.

@@ -619,11 +619,19 @@ def _triple(*layers):
     shape = (1,) + tuple(x1.shape[1:])
     if len(shape) not in (2, 4):
       raise ValueError(f'inputs must be (n, d) or NHWC (n, H, W, C); got {x1.shape}.')
-    shapes = _shapes(layers, shape)
+    net = layers
+    if len(shape) == 4 and net and isinstance(net[0], _Flatten):
+      # Flatten first (FC networks on images): the kernel of the flat vectors is the same
+      # (mean over positions of x1 . x2 / C = x1 . x2 / (H W C)) and is one matmul.
+      same = x2 is x1
+      x1 = x1.reshape(x1.shape[0], -1)
+      x2 = x1 if same else x2.reshape(x2.shape[0], -1)
+      shape, net = (1, x1.shape[1]), net[1:]
+    shapes = _shapes(net, shape)
     if len(shapes[-1]) != 2:
       raise ValueError(f'the network output {shapes[-1]} is spatial: end it with Flatten() or '
                        'GlobalAvgPool() (and a Dense readout) to get an (n1, n2) kernel.')
-    bands = _bands(layers, shapes)
+    bands = _bands(net, shapes)
     # Largest per-pair band array over the layers (floats), for the block size.
     per_pair = max(
         (s[1] * s[2] * (2 * b[0] + 1) * (2 * b[1] + 1) if b is not None else 1)
@@ -633,7 +641,7 @@ def _triple(*layers):
 
     def self_pass(xb):
       k = _input_kernel(xb, xb, bands[0], pairwise=False)
-      _, _, var = _forward(layers, shapes, bands, k, None)
+      _, _, var = _forward(net, shapes, bands, k, None)
       return var
 
     var1 = _map_rows(self_pass, x1, budget)
@@ -648,7 +656,7 @@ def _triple(*layers):
       def inner(args2):
         x2b, v2b = args2
         k = _input_kernel(x1b, x2b, bands[0], pairwise=True)
-        k, ntk, _ = _forward(layers, shapes, bands, k, 0.0 if want_ntk else None, v1b, v2b)
+        k, ntk, _ = _forward(net, shapes, bands, k, 0.0 if want_ntk else None, v1b, v2b)
         if want_ntk and _is_zero(ntk):
           ntk = jnp.zeros_like(k)
         return tuple(a.T for a in ((k, ntk) if want_ntk else (k,)))   # (rows of x2, r1)
