@@ -59,25 +59,28 @@ def main():
   ap.add_argument('--methods', nargs='+', default=['frepo_isa', 'frepo', 'random_subset'])
   ap.add_argument('--name', default='accuracy', help='results file name under benchmarks/results')
   ap.add_argument('--set', nargs='*', default=[], help='config overrides key=value')
+  ap.add_argument('--label', default=None,
+                  help='row name (default: the method), to keep a variant next to the default row')
   args = ap.parse_args()
   out_dir = os.path.join(common.HERE, 'results')
   os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, args.name + '.json')
   rows = {}
   if os.path.exists(json_path):
-    rows = {(r['method'], r['ipc']): r for r in json.load(open(json_path))['rows']}
+    rows = {(r.get('label', r['method']), r['ipc']): r for r in json.load(open(json_path))['rows']}
   command = 'python benchmarks/accuracy.py ' + ' '.join(sys.argv[1:])
   for ipc in args.ipc:
     for method in args.methods:
       cfg = config_of(method, ipc, args.steps, args.seed, args.set)
+      label = args.label or method
       workdir = os.path.join(common.HERE, 'runs',
-                             f'{method}_ipc{ipc}_steps{cfg.distill.steps}')
+                             f'{label}_ipc{ipc}_steps{cfg.distill.steps}')
       res = main_lib.run(cfg, workdir)
       for pic in ('distilled.png', 'curve.png'):
         if os.path.exists(os.path.join(workdir, pic)):
-          shutil.copy(os.path.join(workdir, pic), os.path.join(out_dir, f'{method}_ipc{ipc}_{pic}'))
-      rows[(method, ipc)] = {
-          'method': method, 'ipc': ipc, 'distill_steps': res['distill']['steps'],
+          shutil.copy(os.path.join(workdir, pic), os.path.join(out_dir, f'{label}_ipc{ipc}_{pic}'))
+      rows[(label, ipc)] = {
+          'method': method, 'label': label, 'ipc': ipc, 'distill_steps': res['distill']['steps'],
           'sec_per_step': res['distill']['sec_per_step'], 'wall_minutes': res['wall_seconds'] / 60,
           'acc_mean': res['eval']['acc_mean'], 'acc_std': res['eval']['acc_std'],
           'accs': res['eval']['accs'], 'krr_acc': res.get('krr_eval', {}).get('acc'),
@@ -85,8 +88,8 @@ def main():
           'kernel_krr': res.get('kernel_krr_eval'),
           'eval_protocol': res['eval']['protocol'], 'eval_steps': res['eval']['steps'],
           'paper': PAPER.get((method, ipc)), 'overrides': list(args.set), 'command': command}
-      ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r['method']))
-      table = ['| method | IPC | distill steps | s/step | wall (min) | test acc % (5 nets) '
+      ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r.get('label', r['method'])))
+      table = ['| method | IPC | distill steps | s/step | wall (min) | test acc % (nets) '
                '| KRR on net features % | KRR infinite kernel % | paper % | command |',
                '|---|---|---|---|---|---|---|---|---|---|']
       pct = lambda v: f'{100 * v:.1f}' if v is not None else '-'
@@ -95,9 +98,9 @@ def main():
         kernel = (f"{pct(r['kernel_krr_acc'])} ({kk['kernel']} {kk['get']}, {kk['test_images']} "
                   'test)') if kk else '-'
         paper = f"{r['paper']}" if r['paper'] is not None else '-'
-        table.append(f"| {r['method']} | {r['ipc']} | {r['distill_steps']} | "
+        table.append(f"| {r.get('label', r['method'])} | {r['ipc']} | {r['distill_steps']} | "
                      f"{r['sec_per_step']:.3f} | {r['wall_minutes']:.1f} | "
-                     f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} "
+                     f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} ({len(r['accs'])}) "
                      f"| {pct(r['krr_acc'])} | {kernel} | {paper} | `{r['command']}` |")
       common.write(args.name, {'rows': ordered}, '\n'.join(table), command)
 

@@ -78,9 +78,11 @@ def main():
            '|---|---|---|---|---|---|---|---|']
   for r in rows:
     mem = f"{r['temp_bytes'] / 2 ** 20:.0f} MiB" if r['temp_bytes'] is not None else '-'
+    grad = ((f"{r['seconds_grad']:.3f} | {r['entries_per_s_grad']:.0f}")
+            if np.isfinite(r['seconds_grad']) else '- | -')
     table.append(f"| {r['arch']}-3 | {r['n1']} x {r['n2']} | {r['seconds']:.3f} "
-                 f"| {r['entries_per_s']:.0f} | {r['seconds_grad']:.3f} "
-                 f"| {r['entries_per_s_grad']:.0f} | {mem} | {r['first_layer_entries_per_pair']} |")
+                 f"| {r['entries_per_s']:.0f} | {grad} | {mem} "
+                 f"| {r['first_layer_entries_per_pair']} |")
   common.write('kernel_throughput', {'rows': rows}, '\n'.join(table),
                'python benchmarks/kernel_throughput.py ' + ' '.join(sys.argv[1:]))
 
