@@ -47,7 +47,12 @@ def config_of(method: str, ipc: int, steps: int, seed: int, overrides=()):
     block = cfg
     for name in path:
       block = block[name]
-    block[leaf] = type(block[leaf])(value)
+    if isinstance(block[leaf], bool):
+      if value.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(f'--set {item}: {key} is a bool; give true or false.')
+      block[leaf] = value.lower() in ('true', '1')
+    else:
+      block[leaf] = type(block[leaf])(value)
   return cfg
 
 

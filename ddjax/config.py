@@ -11,7 +11,8 @@ import difflib
 
 import ml_collections
 
-METHODS = ('frepo', 'kip', 'rfad', 'random_subset')
+METHODS = ('frepo', 'kip', 'rfad', 'dc', 'dm', 'random_subset')
+MATCHING_METHODS = ('dc', 'dm')
 PRESETS = ('', 'cpu', 'paper')
 
 
@@ -49,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distill.batch_size = 512        # real batch (FRePo: 1024)
   cfg.distill.balanced_batch = False  # class-balanced real batches (KIP: True)
   cfg.distill.optimizer = 'adam'      # FRePo: lamb
+  cfg.distill.momentum = 0.0          # SGD momentum (DC / DSA / DM: 0.5)
   cfg.distill.lr = 3e-3               # FRePo: 3e-4
   cfg.distill.label_lr = 3e-3         # FRePo: 3e-4
   cfg.distill.learn_label = True
@@ -81,6 +83,23 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.rfad.reg = 5e-3                 # RFAD's `jit`: lambda = reg * trace(K_SS) / n
   cfg.rfad.loss = 'platt'             # platt | mse
   cfg.rfad.temp_lr = 1e-2             # learning rate of the Platt temperature
+
+  cfg.dc = ml_collections.ConfigDict()     # gradient matching (DC; DSA = DC + dsa.strategy)
+  cfg.dc.iterations = 0               # > 0: DC iterations; distill.steps = iterations x outer_loop
+  cfg.dc.outer_loop = 0               # 0 -> DC's rule by IPC (1: 1, 10: 10, 50: 50)
+  cfg.dc.inner_loop = 0               # 0 -> DC's rule by IPC (1: 1, 10: 50, 50: 10)
+  cfg.dc.lr_net = 0.01                # SGD of the network on the synthetic set
+  cfg.dc.inner_batch = 256            # DC's batch_train
+  cfg.dc.metric = 'ours'              # ours (layer-wise) | mse | cos
+  cfg.dc.layer_fraction = 0.0         # PAD: leave the shallowest fraction of parameters unmatched
+  cfg.dc.bn_size = 16                 # real images per class setting batch-norm statistics
+
+  cfg.dsa = ml_collections.ConfigDict()    # differentiable siamese augmentation (DSA, DM)
+  cfg.dsa.strategy = ''               # '' = off; DSA / DM: 'auto' = color_crop_cutout_flip_scale_rotate
+                                      # without flip on digit datasets
+
+  cfg.idc = ml_collections.ConfigDict()    # IDC multi-formation parameterization
+  cfg.idc.factor = 1                  # 1 = off; IDC: 2 (each stored image holds 4 images)
 
   cfg.transform = ml_collections.ConfigDict()
   cfg.transform.drop_easiest = 0.0    # ISA: 0.2
@@ -185,6 +204,27 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
       and cfg.get('transform', {}).get('isa_eps', 0.0) > 0):
     errors.append("transform.isa_eps > 0 with rfad.loss='platt': ISA's closed form integrates "
                   "the squared loss; set rfad.loss='mse' (configs/rfad_isa.py does).")
+  dcc = cfg.get('dc', {})
+  _choice(errors, 'dc.metric', dcc.get('metric'), ('ours', 'mse', 'cos'))
+  for key in ('iterations', 'outer_loop', 'inner_loop'):
+    if not isinstance(dcc.get(key), int) or dcc.get(key) < 0:
+      errors.append(f'dc.{key} must be an integer >= 0 (0: DC\'s rule by IPC), got {dcc.get(key)!r}.')
+  if not 0.0 <= dcc.get('layer_fraction', 0.0) < 1.0:
+    errors.append(f'dc.layer_fraction must lie in [0, 1), got {dcc.get("layer_fraction")!r}.')
+  ic = cfg.get('idc', {})
+  if not isinstance(ic.get('factor'), int) or ic.get('factor') < 1:
+    errors.append(f'idc.factor must be an integer >= 1 (1: off), got {ic.get("factor")!r}.')
+  if cfg.get('method') in MATCHING_METHODS:
+    tr = cfg.get('transform', {})
+    if tr.get('drop_easiest', 0.0) > 0 or tr.get('isa_eps', 0.0) > 0:
+      errors.append(f"transform.drop_easiest / isa_eps apply to KRR-family predictions; "
+                    f"method={cfg.get('method')!r} matches gradients or embeddings: set them to 0.")
+    if not d.get('balanced_batch'):
+      errors.append(f"method={cfg.get('method')!r} matches per class: set "
+                    "distill.balanced_batch=True (batch_size = classes x real images per class).")
+    if cfg.get('method') == 'dm' and cfg.get('model', {}).get('norm') == 'batch':
+      errors.append("method='dm' with model.norm='batch': DM embeds each class with a fresh "
+                    "network; use 'instance' (DM's default) or 'none'.")
   t = cfg.get('transform', {})
   if not 0.0 <= t.get('drop_easiest', 0.0) < 1.0:
     errors.append(f'transform.drop_easiest must lie in [0, 1), got {t.get("drop_easiest")!r}.')

@@ -21,7 +21,11 @@ import numpy as np
 from ddjax import config as config_lib
 from ddjax import data as data_lib
 from ddjax import transforms as transforms_lib
+from ddjax.augment.dsa import dsa_strategy_for
+from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
+from ddjax.distill.dc import DC, dc_loops
+from ddjax.distill.dm import DM
 from ddjax.distill.frepo import FRePo, FRePoConfig
 from ddjax.distill.kip import KIP
 from ddjax.distill.rfad import RFAD
@@ -51,7 +55,8 @@ class Prepared:
 
   def __init__(self, cfg: ml_collections.ConfigDict):
     ds = data_lib.load_dataset(cfg.data.name, cfg.data.dir or None)
-    data_lib.check_ipc(ds.y_train, cfg.distill.ipc, ds.num_classes, ds.class_names)
+    data_lib.check_ipc(ds.y_train, cfg.distill.ipc * cfg.idc.factor ** 2, ds.num_classes,
+                       ds.class_names)
     kind = cfg.data.preprocessing
     if kind == 'auto':
       kind = data_lib.default_preprocessing(cfg.data.name)
@@ -81,6 +86,28 @@ def uses_platt(cfg: ml_collections.ConfigDict) -> bool:
   return cfg.method == 'rfad' and cfg.rfad.loss == 'platt'
 
 
+def dsa_strategy(cfg: ml_collections.ConfigDict) -> str:
+  """cfg.dsa.strategy with 'auto' resolved for the dataset ('' = no augmentation)."""
+  if cfg.dsa.strategy == 'auto':
+    return dsa_strategy_for(cfg.data.name)
+  return cfg.dsa.strategy
+
+
+def matching_loops(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+  """DC's (outer_loop, inner_loop): the config's, else DC's rule by IPC."""
+  if cfg.dc.outer_loop and cfg.dc.inner_loop:
+    return cfg.dc.outer_loop, cfg.dc.inner_loop
+  outer, inner = dc_loops(cfg.distill.ipc)
+  return cfg.dc.outer_loop or outer, cfg.dc.inner_loop or inner
+
+
+def distill_steps(cfg: ml_collections.ConfigDict) -> int:
+  """ddjax steps of the run: distill.steps, or DC iterations x outer_loop."""
+  if cfg.method == 'dc' and cfg.dc.iterations:
+    return cfg.dc.iterations * matching_loops(cfg)[0]
+  return cfg.distill.steps
+
+
 def make_distiller(cfg: ml_collections.ConfigDict, prep: Prepared):
   """The distiller of cfg.method, its loss transform and the synthetic-set optimizer."""
   if cfg.method == 'frepo':
@@ -98,21 +125,41 @@ def make_distiller(cfg: ml_collections.ConfigDict, prep: Prepared):
                               readout=False)
     distiller = RFAD(features, cfg.rfad.num_models, prep.image_shape, W_std=k.W_std,
                      b_std=k.b_std, reg=cfg.rfad.reg, loss=cfg.rfad.loss)
+  elif cfg.method == 'dm':
+    distiller = DM(build(cfg.model, prep.num_classes), prep.image_shape, prep.num_classes,
+                   dsa_strategy=dsa_strategy(cfg))
+  elif cfg.method == 'dc':
+    outer, inner = matching_loops(cfg)
+    distiller = DC(build(cfg.model, prep.num_classes), prep.image_shape, prep.num_classes,
+                   outer_loop=outer, inner_loop=inner, lr_net=cfg.dc.lr_net,
+                   inner_batch=cfg.dc.inner_batch, metric=cfg.dc.metric,
+                   layer_fraction=cfg.dc.layer_fraction, dsa_strategy=dsa_strategy(cfg),
+                   bn_size=cfg.dc.bn_size)
   else:
     raise ValueError(f'method={cfg.method!r} has no distiller; choose one of {config_lib.METHODS}.')
+  if cfg.idc.factor > 1:
+    distiller = idc_lib.MultiFormation(distiller, cfg.idc.factor)
   transform = transforms_lib.from_config(cfg.transform)
   optimizer = step_lib.make_syn_optimizer(
-      cfg.distill.optimizer, cfg.distill.lr, cfg.distill.label_lr, cfg.distill.steps,
+      cfg.distill.optimizer, cfg.distill.lr, cfg.distill.label_lr, distill_steps(cfg),
       learn_label=cfg.distill.learn_label, schedule=cfg.distill.schedule,
-      extra_lrs={'log_temp': cfg.rfad.temp_lr} if uses_platt(cfg) else None)
+      extra_lrs={'log_temp': cfg.rfad.temp_lr} if uses_platt(cfg) else None,
+      momentum=cfg.distill.momentum)
   return distiller, transform, optimizer
 
 
 def initial_synthetic(cfg: ml_collections.ConfigDict, prep: Prepared) -> tuple[dict, np.ndarray]:
-  """(syn, classes): class-balanced real (or noise) images and their initial labels."""
-  syn = data_lib.init_synthetic(cfg.seed, prep.x_train, prep.y_train, cfg.distill.ipc,
+  """(syn, classes): class-balanced real (or noise) images and their initial labels.
+
+  With IDC's multi-formation (idc.factor f > 1) each stored image is f^2 real images of its class,
+  downsampled into an f x f grid (IDC's initialisation).
+  """
+  f = cfg.idc.factor
+  syn = data_lib.init_synthetic(cfg.seed, prep.x_train, prep.y_train, cfg.distill.ipc * f * f,
                                 prep.num_classes, init=cfg.distill.init,
                                 label_init=cfg.distill.label_init)
+  if f > 1:
+    syn = {'x': np.asarray(idc_lib.encode(jnp.asarray(syn['x']), f)), 'y': syn['y'][::f * f]}
   classes = np.repeat(np.arange(prep.num_classes), cfg.distill.ipc).astype(np.int32)
   syn = {k: jnp.asarray(v) for k, v in syn.items()}
   if uses_platt(cfg):
@@ -135,7 +182,7 @@ def distill(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str, mesh=N
   sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, cfg.seed,
                               balanced=cfg.distill.balanced_batch)
   state, summary = loop.run(
-      step_fn, state, sampler, num_steps=cfg.distill.steps,
+      step_fn, state, sampler, num_steps=distill_steps(cfg),
       key=jax.random.fold_in(root, KEY_DISTILL), workdir=workdir,
       checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep, log_every=cfg.log.every,
       mesh=mesh, name=cfg.method)
@@ -145,6 +192,8 @@ def distill(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str, mesh=N
 def evaluate(cfg: ml_collections.ConfigDict, prep: Prepared, syn: dict) -> dict:
   """Train cfg.eval.num_models fresh networks on `syn` under the configured protocol."""
   overrides = {k: cfg.eval[k] for k in ('steps', 'batch_size', 'lr') if cfg.eval[k]}
+  if dsa_strategy(cfg):
+    overrides['dsa_strategy'] = dsa_strategy(cfg)     # DSA / DM evaluate with DSA
   protocol = get_protocol(cfg.eval.protocol, int(syn['x'].shape[0]), **overrides)
   model = build(cfg.eval.model, prep.num_classes)
   print(f'[eval] protocol {protocol.name}: {protocol.steps} steps, batch {protocol.batch_size}, '
@@ -185,6 +234,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
   files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
   print(f'[data] {prep.dataset!r}, preprocessing {prep.pre.kind}', flush=True)
   syn, classes, summary = distill(cfg, prep, workdir, mesh)
+  if cfg.idc.factor > 1:   # the training set is the decoded one (what IDC evaluates)
+    f = cfg.idc.factor
+    syn = {**syn, 'x': np.asarray(idc_lib.decode(jnp.asarray(syn['x']), f)),
+           'y': np.asarray(idc_lib.decode_labels(jnp.asarray(syn['y']), f))}
+    classes = np.asarray(idc_lib.decoded_classes(jnp.asarray(classes), f))
   paths = export.export_distilled(workdir, syn, classes, prep.pre, prep.dataset.class_names)
   export.plot_curve(workdir, f'{run_tag(cfg)} {cfg.data.name} IPC {cfg.distill.ipc}')
   print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)

@@ -20,7 +20,7 @@ def _cli(*args, timeout=600):
 
 
 @pytest.mark.parametrize('key,value,message', [
-    ('method', 'frepoo', "method='frepoo' is not one of ('frepo', 'kip', 'rfad', 'random_subset')"),
+    ('method', 'frepoo', "method='frepoo' is not one of ('frepo', 'kip', 'rfad', 'dc', 'dm', 'random_subset')"),
     ('data.name', 'imagenet21k', "data.name='imagenet21k' is not one of"),
     ('model.arch', 'resnet1000', "model.arch='resnet1000' is not one of"),
     ('eval.model.norm', 'groupish', "eval.model.norm='groupish' is not one of"),

@@ -43,16 +43,18 @@ OPTIMIZERS = ('lamb', 'adam', 'adabelief', 'sgd')
 def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
                        learn_label: bool = True, schedule: str = 'cosine',
                        end_fraction: float = 0.0,
-                       extra_lrs: dict[str, float] | None = None) -> optax.GradientTransformation:
+                       extra_lrs: dict[str, float] | None = None,
+                       momentum: float = 0.0) -> optax.GradientTransformation:
   """Optimizer of the synthetic set: images and labels each with their own learning rate.
 
   name: 'lamb' (FRePo), 'adam' (KIP), 'adabelief' (RFAD; optax's eps 1e-16 as RFAD's) or 'sgd'.
   schedule: 'cosine' (decay to end_fraction * lr over `steps`) or 'constant'. Labels are frozen
   (zero update) unless learn_label. extra_lrs: learning rates of further entries of the synthetic
-  pytree (e.g. RFAD's Platt temperature 'log_temp'), same optimizer and schedule.
+  pytree (e.g. RFAD's Platt temperature 'log_temp'), same optimizer and schedule. momentum: SGD's
+  (DC / DSA / DM: 0.5; ignored by the adaptive optimizers).
   """
   makers = {'lamb': optax.lamb, 'adam': optax.adam, 'adabelief': optax.adabelief,
-            'sgd': optax.sgd}
+            'sgd': lambda lr: optax.sgd(lr, momentum=momentum or None)}
   if name not in makers:
     raise ValueError(f'distill.optimizer={name!r}: choose one of {sorted(makers)}.')
   if schedule not in ('cosine', 'constant'):

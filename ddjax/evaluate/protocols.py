@@ -17,6 +17,9 @@ Two named protocols, every field overridable through `get_protocol(name, n, **ov
   evaluation only knows integer labels), 1000 epochs with lr x 0.1 at half, batch 256 (at most n),
   steps = epochs * ceil(n / batch). Augmentation: translate only.
 
+With `dsa_strategy` set (DSA and DM evaluate with DSA, as their official code), each training
+batch gets one DSA op per step instead of translate / cutout / flip.
+
 Augmentation sizes are fractions of the image side, converted to pixels at train time by
 `augment_pixels` (translate 0.125 ~ DSA's crop ratio: 4 px on 32 px; cutout 0.25: 8 px on 32 px).
 Both stand in for FRePo's augmax chain and DSA until ddjax's DSA lands: an approximation.
@@ -60,6 +63,7 @@ class EvalProtocol:
   translate_frac: float = 0.125    # max shift, fraction of the image side
   cutout_frac: float = 0.0         # cutout square side, fraction of the image side
   flip: bool = False
+  dsa_strategy: str = ''           # non-empty: DSA (ddjax.augment.dsa) instead of the basic ops
 
   def __post_init__(self):
     for field, value, allowed in (('optimizer', self.optimizer, OPTIMIZERS),

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from ddjax.augment.basic import augment_batch
+from ddjax.augment.dsa import dsa
 from ddjax.evaluate.protocols import EvalProtocol, augment_pixels, make_optimizer
 from ddjax.kernels.krr import krr_predict_from_features
 from ddjax.models import init_model
@@ -71,7 +72,10 @@ def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: 
     params, batch_stats, opt_state = carry
     k_idx, k_aug = jax.random.split(key)
     idx = jax.random.choice(k_idx, n, (batch,), replace=False)
-    xb = augment_batch(k_aug, x[idx], translate=translate, cutout=cutout, flip=flip)
+    if protocol.dsa_strategy and protocol.augment:
+      xb = dsa(k_aug, x[idx], protocol.dsa_strategy)
+    else:
+      xb = augment_batch(k_aug, x[idx], translate=translate, cutout=cutout, flip=flip)
     yb = y[idx]
 
     def loss_fn(p):

@@ -1,0 +1,104 @@
+r"""Seconds per iteration of DM and DC / DSA with their official defaults, as JSON.
+
+    python benchmarks/matching_speed.py [--methods dm dc dsa] [--ipc 1 10] [--iterations 3]
+
+Defaults of the official code (VICO-UoE/DatasetCondensation): ConvNet-3 width 128 with instance
+norm and average pooling, 256 real images per class (10 classes: 2560 per iteration), DSA on for DM
+and DSA ('color_crop_cutout_flip_scale_rotate'), 28x28x1 Fashion-MNIST-shaped inputs padded to 32
+as DC does. One iteration: DM = one image update; DC / DSA = DC's outer_loop image updates with
+inner_loop epochs of network training between them (IPC 1: 1 x 1, IPC 10: 10 x 50). Timed after
+compilation (the median of --iterations), with XLA's FLOP count of one image update and the FLOP/s
+it achieves next to this machine's measured float32 matmul peak. Prints the JSON and writes
+results/matching_speed.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from ddjax import transforms as T  # noqa: E402
+from ddjax.distill import step as step_lib  # noqa: E402
+from ddjax.distill.dc import DC, dc_loops  # noqa: E402
+from ddjax.distill.dm import DM  # noqa: E402
+from ddjax.models import build_model  # noqa: E402
+
+K, SHAPE, STRATEGY = 10, (28, 28, 1), 'color_crop_cutout_flip_scale_rotate'
+
+
+def build(method: str, ipc: int):
+  model = build_model('convnet', K, depth=3, width=128, norm='instance', pooling='avg')
+  if method == 'dm':
+    distiller, lr, updates = DM(model, SHAPE, K, dsa_strategy=STRATEGY), 1.0, 1
+  else:
+    outer, inner = dc_loops(ipc)
+    distiller = DC(model, SHAPE, K, outer_loop=outer, inner_loop=inner,
+                   dsa_strategy=STRATEGY if method == 'dsa' else '')
+    lr, updates = 0.1, outer
+  opt = step_lib.make_syn_optimizer('sgd', lr, 0.0, 1000, learn_label=False,
+                                    schedule='constant', momentum=0.5)
+  rng = np.random.default_rng(0)
+  syn = {'x': jnp.asarray(rng.normal(size=(K * ipc,) + SHAPE), jnp.float32),
+         'y': jnp.asarray(np.eye(K, dtype=np.float32).repeat(ipc, 0))}
+  state = step_lib.init_state(distiller, T.identity(), opt, syn, jax.random.PRNGKey(0))
+  step = jax.jit(step_lib.make_step(distiller, T.identity(), opt, jnp.repeat(jnp.arange(K), ipc)))
+  labels = np.repeat(np.arange(K), 256)
+  batch = {'x': jnp.asarray(rng.normal(size=(len(labels),) + SHAPE), jnp.float32),
+           'y': jnp.asarray(np.eye(K, dtype=np.float32)[labels])}
+  return step, state, batch, updates
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--methods', nargs='+', default=['dm', 'dc', 'dsa'])
+  ap.add_argument('--ipc', type=int, nargs='+', default=[1, 10])
+  ap.add_argument('--iterations', type=int, default=3)
+  args = ap.parse_args()
+  peak = common.matmul_flops_per_second()
+  rows = []
+  for method in args.methods:
+    for ipc in args.ipc:
+      step, state, batch, updates = build(method, ipc)
+      t0 = time.perf_counter()
+      compiled = step.lower(state, batch, jax.random.PRNGKey(0)).compile()
+      compile_s = time.perf_counter() - t0
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+      flops = float(cost.get('flops', float('nan')))
+      state, _ = step(state, batch, jax.random.PRNGKey(0))     # warm-up
+      jax.block_until_ready(state)
+      times = []
+      for it in range(args.iterations):
+        t = time.perf_counter()
+        for u in range(updates):
+          state, metrics = step(state, batch, jax.random.PRNGKey(1000 * it + u))
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t)
+      sec = float(np.median(times))
+      rows.append({'method': method, 'ipc': ipc, 'sec_per_iteration': sec, 'all': times,
+                   'updates_per_iteration': updates, 'compile_s': compile_s,
+                   'gflop_per_update': flops / 1e9,
+                   'achieved_gflops': flops * updates / sec / 1e9,
+                   'loss': float(metrics['loss'])})
+      print(json.dumps(rows[-1]), flush=True)
+  table = ['| method | IPC | s / iteration | image updates / iteration | GFLOP / update (XLA) '
+           '| achieved GFLOP/s | matmul peak GFLOP/s |', '|---|---|---|---|---|---|---|']
+  for r in rows:
+    table.append(f"| {r['method']} | {r['ipc']} | {r['sec_per_iteration']:.3f} "
+                 f"| {r['updates_per_iteration']} | {r['gflop_per_update']:.1f} "
+                 f"| {r['achieved_gflops']:.1f} | {peak / 1e9:.1f} |")
+  common.write('matching_speed', {'rows': rows, 'matmul_peak_gflops': peak / 1e9},
+               '\n'.join(table), 'python benchmarks/matching_speed.py ' + ' '.join(sys.argv[1:]))
+
+
+if __name__ == '__main__':
+  main()

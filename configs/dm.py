@@ -1,0 +1,27 @@
+r"""DM: distribution matching (Zhao & Bilen, WACV 2023), as the official main_DM.py.
+
+Per iteration a fresh randomly initialised ConvNet-3 (width 128, instance norm) embeds 256 real
+images per class and the synthetic images of that class, both after the same DSA augmentation;
+the loss is the sum over classes of the squared distance between the mean embeddings. Images by
+SGD lr 1.0, momentum 0.5, initialised from real images; hard labels; DC's evaluation protocol.
+The paper runs 20000 iterations (`:paper`); the CPU default runs 1000.
+
+    python -m ddjax.main --config=configs/dm.py
+    python -m ddjax.main --config=configs/dm.py:paper --config.distill.ipc=10
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dc  # noqa: E402  (sibling config file)
+
+
+def get_config(preset: str = ''):
+  cfg = dc.matching_config(preset, 'dm')
+  cfg.dsa.strategy = 'auto'
+  cfg.distill.lr = 1.0
+  cfg.distill.init = 'real'
+  cfg.distill.steps = 1000
+  if preset == 'paper':
+    cfg.distill.steps = 20000
+  return cfg

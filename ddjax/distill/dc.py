@@ -1,0 +1,219 @@
+"""DC / DSA: dataset condensation by gradient matching (Zhao et al., ICLR 2021; Zhao & Bilen,
+ICML 2021), as in the official VICO-UoE/DatasetCondensation `main.py`.
+
+One DC iteration, for a freshly initialised network theta:
+    for ol in range(outer_loop):
+      L(S) = sum_c D(grad_theta l(theta; A(B_c)), grad_theta l(theta; A(S_c)))      (DC Eq. 5)
+      S <- S - lr_img * momentum-SGD(grad_S L)
+      if ol == outer_loop - 1: break
+      theta <- inner_loop epochs of SGD(lr_net) on S (DSA applied when on)
+
+with D the layer-wise distance of `ddjax.distill.matching.gradient_distance`, l the cross-entropy
+on hard labels, A the siamese augmentation (same DSA parameters for real and synthetic of a class;
+none for plain DC). In ddjax one outer-loop update is one step of the shared step function:
+`update` trains theta (or, after the last outer loop, draws a new network), so a DC "iteration" is
+`outer_loop` ddjax steps and DC's 1000 iterations are `1000 * outer_loop` steps.
+
+Batch norm is handled as DC does: before matching, the network runs once in train mode on
+`bn_size` real images per class to set its statistics, then matches in eval mode.
+
+The real gradient is the batch mean of per-sample gradients, G_c = sum_i g(x_i) with
+g(x_i) = grad l(theta; x_i) / |B_c|; `per_sample_gradients` returns them (vmapped) for BiLP's ITE,
+`per_sample` uses the cheaper batch gradient. `per_sample` reports one row per class (loss =
+K * class distance, so its mean is DC's sum over classes); KRR loss transforms do not apply.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from ddjax.augment.dsa import DSAParams, dsa
+from ddjax.distill.matching import cross_entropy, depth_mask, gradient_distance, group_by_class
+from ddjax.transforms.base import PerSample
+
+Array = jax.Array
+PyTree = Any
+
+# DC's (outer_loop, inner_loop) by images per class (utils.get_loops).
+DC_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+def dc_loops(ipc: int) -> tuple[int, int]:
+  """DC's (outer_loop, inner_loop) for an IPC; other IPCs must set them explicitly."""
+  if ipc not in DC_LOOPS:
+    raise ValueError(f'DC defines its (outer_loop, inner_loop) only for IPC in {sorted(DC_LOOPS)}; '
+                     f'for IPC {ipc} set dc.outer_loop and dc.inner_loop.')
+  return DC_LOOPS[ipc]
+
+
+@flax.struct.dataclass
+class DCState:
+  """variables: the current network (params, batch_stats if any). count: () int32, outer-loop
+  updates done on this network."""
+  variables: PyTree
+  count: Array
+
+
+class DC:
+  """DC (dsa_strategy='') and DSA as a bundle of pure functions.
+
+  Args:
+    model: Flax module returning (logits, features).
+    image_shape: (H, W, C). num_classes: K (the synthetic set is class-grouped).
+    outer_loop, inner_loop: DC's loop sizes (`dc_loops(ipc)`).
+    lr_net: SGD learning rate of the inner network training (DC: 0.01).
+    inner_batch: synthetic batch of the inner training (DC's batch_train: 256).
+    metric: 'ours' (DC's layer-wise distance), 'mse' or 'cos'.
+    layer_fraction: PAD's deep-layer filter, the shallow fraction of parameters left unmatched.
+    dsa_strategy / dsa_params: DSA ('' = plain DC, no augmentation).
+    bn_size: real images per class that set the batch-norm statistics (DC: 16).
+  """
+
+  def __init__(self, model: nn.Module, image_shape: tuple, num_classes: int, outer_loop: int,
+               inner_loop: int, lr_net: float = 0.01, inner_batch: int = 256,
+               metric: str = 'ours', layer_fraction: float = 0.0, dsa_strategy: str = '',
+               dsa_params: DSAParams = DSAParams(), bn_size: int = 16):
+    self.model = model
+    self.image_shape = tuple(image_shape)
+    self.num_classes = num_classes
+    self.outer_loop = int(outer_loop)
+    self.inner_loop = int(inner_loop)
+    self.lr_net = lr_net
+    self.inner_batch = inner_batch
+    self.metric = metric
+    self.layer_fraction = layer_fraction
+    self.dsa_strategy = dsa_strategy
+    self.dsa_params = dsa_params
+    self.bn_size = bn_size
+    self.net_opt = optax.sgd(lr_net)
+    gradient_distance({}, {}, metric)          # validates the metric name early
+
+  # -- networks -----------------------------------------------------------------------------------
+  def fresh_network(self, key: Array) -> PyTree:
+    return dict(self.model.init(key, jnp.zeros((1,) + self.image_shape, jnp.float32),
+                                train=False))
+
+  def init(self, key: Array, syn: PyTree) -> DCState:
+    del syn
+    return DCState(variables=self.fresh_network(key), count=jnp.zeros((), jnp.int32))
+
+  def _augment(self, key: Array, x: Array) -> Array:
+    if not self.dsa_strategy:
+      return x
+    return dsa(key, x, self.dsa_strategy, params=self.dsa_params)
+
+  def _loss(self, params: PyTree, rest: PyTree, x: Array, labels: Array) -> Array:
+    logits, _ = self.model.apply({'params': params, **rest}, x, train=False)
+    return cross_entropy(logits, labels)
+
+  def _with_bn_stats(self, variables: PyTree, x_real: Array) -> PyTree:
+    """DC's batch-norm handling: one train-mode pass over bn_size real images per class."""
+    if 'batch_stats' not in variables:
+      return variables
+    x = x_real[:, :self.bn_size].reshape((-1,) + x_real.shape[2:])
+    _, upd = self.model.apply(variables, x, train=True, mutable=['batch_stats'])
+    return {**variables, 'batch_stats': upd['batch_stats']}
+
+  # -- the meta-loss ------------------------------------------------------------------------------
+  def class_gradients(self, variables: PyTree, x: Array, keys: Array) -> PyTree:
+    """Mean cross-entropy gradient per class: x (K, n, H, W, C) -> pytree with leading axis K."""
+    params = variables['params']
+    rest = {k: v for k, v in variables.items() if k != 'params'}
+
+    def one(key, xc, c):
+      xc = self._augment(key, xc)
+      labels = jnp.full((xc.shape[0],), c, jnp.int32)
+      return jax.grad(self._loss)(params, rest, xc, labels)
+
+    return jax.vmap(one)(keys, x, jnp.arange(self.num_classes))
+
+  def per_sample_gradients(self, variables: PyTree, x: Array, labels: Array,
+                           key: Array) -> PyTree:
+    """g(x_i) = grad l(theta; A(x_i)) / B for x (B, H, W, C), integer labels (B,): the additive
+    form of the real gradient (their sum over the leading axis is the batch-mean gradient).
+    The augmentation of sample i is the one `dsa(key, x)` gives it."""
+    params = variables['params']
+    rest = {k: v for k, v in variables.items() if k != 'params'}
+    x = self._augment(key, x)
+    g = jax.vmap(lambda xi, yi: jax.grad(self._loss)(params, rest, xi[None], yi[None]))(x, labels)
+    return jax.tree_util.tree_map(lambda a: a / x.shape[0], g)
+
+  def distance(self, g_real: PyTree, g_syn: PyTree) -> Array:
+    mask = depth_mask(g_real, self.layer_fraction) if self.layer_fraction > 0 else None
+    return gradient_distance(g_real, g_syn, self.metric, mask)
+
+  def per_sample(self, syn: PyTree, state: DCState, batch: dict[str, Array],
+                 key: Array) -> PerSample:
+    """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows)."""
+    keys = jax.random.split(key, self.num_classes)
+    xr = group_by_class(batch['x'], jnp.argmax(batch['y'], -1), self.num_classes)
+    xs = syn['x'].reshape((self.num_classes, -1) + syn['x'].shape[1:])
+    variables = self._with_bn_stats(state.variables, xr)
+    g_real = jax.lax.stop_gradient(self.class_gradients(variables, xr, keys))
+    g_syn = self.class_gradients(variables, xs, keys)
+    per_class = jax.vmap(self.distance)(g_real, g_syn)
+    zeros = jnp.zeros((self.num_classes, 1), jnp.float32)
+    return PerSample(pred=zeros, target=zeros, loss=self.num_classes * per_class)
+
+  def regularizer(self, syn: PyTree, classes: Array) -> Array:
+    del syn, classes
+    return jnp.zeros((), jnp.float32)
+
+  # -- the inner loop -----------------------------------------------------------------------------
+  def train_network(self, variables: PyTree, syn_x: Array, key: Array) -> PyTree:
+    """inner_loop epochs of SGD(lr_net) with cross-entropy on the synthetic set (hard labels by
+    class-grouped position), batches of at most inner_batch, DSA per batch when on. An epoch has
+    ceil(n / inner_batch) equal batches of a fresh permutation (the last one wraps around)."""
+    n = syn_x.shape[0]
+    labels = jnp.repeat(jnp.arange(self.num_classes), n // self.num_classes)
+    nb = -(-n // self.inner_batch)
+    size = -(-n // nb)
+    params = variables['params']
+    rest = {k: v for k, v in variables.items() if k != 'params'}
+    opt_state = self.net_opt.init(params)
+    syn_x = jax.lax.stop_gradient(syn_x)
+
+    def batch_step(carry, inputs):
+      params, rest, opt_state = carry
+      idx, k = inputs
+      x = self._augment(k, syn_x[idx])
+
+      def loss(p):
+        if not rest:
+          logits, _ = self.model.apply({'params': p}, x, train=True)
+          return cross_entropy(logits, labels[idx]), {}
+        (logits, _), upd = self.model.apply({'params': p, **rest}, x, train=True,
+                                            mutable=list(rest.keys()))
+        return cross_entropy(logits, labels[idx]), upd
+
+      (_, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
+      updates, opt_state = self.net_opt.update(g, opt_state, params)
+      return (optax.apply_updates(params, updates), {**rest, **upd}, opt_state), None
+
+    def epoch(carry, k):
+      k_perm, k_aug = jax.random.split(k)
+      perm = jax.random.permutation(k_perm, n)
+      idx = jnp.concatenate([perm, perm])[:nb * size].reshape(nb, size)
+      carry, _ = jax.lax.scan(batch_step, carry, (idx, jax.random.split(k_aug, nb)), unroll=True)
+      return carry, None
+
+    # Unrolled: XLA's CPU backend runs convolutions inside loop bodies far slower (see
+    # ddjax.evaluate.train.default_loop); inner_loop is at most 50.
+    (params, rest, _), _ = jax.lax.scan(epoch, (params, rest, opt_state),
+                                        jax.random.split(key, self.inner_loop), unroll=True)
+    return {'params': params, **rest}
+
+  def update(self, syn: PyTree, state: DCState, key: Array) -> DCState:
+    """After outer-loop update `count`: train the network on S, or, after the last outer loop,
+    draw a new network (the next DC iteration)."""
+    count = state.count + 1
+    last = count >= self.outer_loop
+    k_new, k_train = jax.random.split(key)
+    variables = jax.lax.cond(last, lambda: self.fresh_network(k_new),
+                             lambda: self.train_network(state.variables, syn['x'], k_train))
+    return DCState(variables=variables, count=jnp.where(last, 0, count).astype(jnp.int32))
