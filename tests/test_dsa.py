@@ -111,6 +111,20 @@ def test_siamese_choice_in_mode_s_depends_on_call_key_only():
   assert len(picked) >= 4
 
 
+def test_siamese_does_not_rely_on_prefix_consistent_rng():
+  # With jax_threefry_partitionable (the default in recent JAX) even jax.random.uniform(key, (n,))
+  # shares its first values across n; the per-sample fold_in must not depend on that.
+  real = _images(0, 12)
+  key = jax.random.PRNGKey(4)
+  with jax.threefry_partitionable(False):
+    assert np.abs(np.asarray(jax.random.uniform(key, (12,)))[:3]
+                  - np.asarray(jax.random.uniform(key, (3,)))).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(D._uniform_per_sample(key, 12, False, 3))[:3],
+                                  np.asarray(D._uniform_per_sample(key, 3, False, 3)))
+    np.testing.assert_allclose(np.asarray(dsa(key, real, 'color'))[:3],
+                               np.asarray(dsa(key, real[:3], 'color')), atol=1e-5)
+
+
 @pytest.mark.parametrize('op', OPS)
 def test_samples_get_different_params_and_batchmode_shares_sample0(op):
   # Identical images: without batchmode, samples are augmented differently; with it, identically.

@@ -17,7 +17,10 @@ Siamese property: every random parameter of sample i is drawn from
 `jax.random.fold_in(op_key, i)`, so it does not depend on the batch size. Calling `dsa` with the
 same key on a real batch and on a synthetic batch therefore augments sample i of both the same
 way (and in mode 'S' picks the same op family, which depends on the call key only). With
-`batchmode=True` every sample uses sample 0's parameters.
+`batchmode=True` every sample uses sample 0's parameters. Note that the official code turns its
+batchmode on whenever a seed is passed, i.e. in the matching loops of DC/DSA/DM (where it
+reseeds for the real and the synthetic batch), and off in evaluation training (no seed); pass
+`batchmode=True` to reproduce the former.
 
 Everything is pure and differentiable w.r.t. `x`: crop / cutout / flip are gathers and masks
 (the gradient reaches the kept pixels), scale / rotate are bilinear. The public functions are

@@ -102,10 +102,12 @@ class DC:
     del syn
     return DCState(variables=self.fresh_network(key), count=jnp.zeros((), jnp.int32))
 
-  def _augment(self, key: Array, x: Array) -> Array:
+  def _augment(self, key: Array, x: Array, batchmode: bool = True) -> Array:
+    """DSA. Matching passes a seed to DiffAugment, which turns on its batch mode (one draw per
+    class batch, shared by real and synthetic); the inner training augments per sample."""
     if not self.dsa_strategy:
       return x
-    return dsa(key, x, self.dsa_strategy, params=self.dsa_params)
+    return dsa(key, x, self.dsa_strategy, params=self.dsa_params, batchmode=batchmode)
 
   def _loss(self, params: PyTree, rest: PyTree, x: Array, labels: Array) -> Array:
     logits, _ = self.model.apply({'params': params, **rest}, x, train=False)
@@ -136,7 +138,8 @@ class DC:
                            key: Array) -> PyTree:
     """g(x_i) = grad l(theta; A(x_i)) / B for x (B, H, W, C), integer labels (B,): the additive
     form of the real gradient (their sum over the leading axis is the batch-mean gradient).
-    The augmentation of sample i is the one `dsa(key, x)` gives it."""
+    The augmentation is the matching's (one DSA draw from `key` for the whole class batch), so
+    the sum equals the real gradient `class_gradients` matches."""
     params = variables['params']
     rest = {k: v for k, v in variables.items() if k != 'params'}
     x = self._augment(key, x)
@@ -181,7 +184,7 @@ class DC:
     def batch_step(carry, inputs):
       params, rest, opt_state = carry
       idx, k = inputs
-      x = self._augment(k, syn_x[idx])
+      x = self._augment(k, syn_x[idx], batchmode=False)
 
       def loss(p):
         if not rest:

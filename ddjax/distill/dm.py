@@ -63,7 +63,10 @@ class DM:
     """x (K, n, H, W, C), keys (K,): DSA per class, the same parameters for real and synthetic."""
     if not self.dsa_strategy:
       return x
-    return jax.vmap(lambda k, xc: dsa(k, xc, self.dsa_strategy, params=self.dsa_params))(keys, x)
+    # DSA's matching passes a seed, which turns on its batch mode: one parameter draw per class
+    # batch, shared by the real and the synthetic images (DiffAugment in DC's utils.py).
+    return jax.vmap(lambda k, xc: dsa(k, xc, self.dsa_strategy, params=self.dsa_params,
+                                      batchmode=True))(keys, x)
 
   def _embed(self, variables: PyTree, x: Array) -> Array:
     """x (K, n, H, W, C) -> features (K, n, D)."""

@@ -1,20 +1,31 @@
-"""IDC's multi-formation parameterization (Kim et al., ICML 2022; snu-mllab/Efficient-Dataset-
-Condensation, `decode_zoom`).
+"""IDC's multi-formation parameterization (Kim et al., "Dataset Condensation via Efficient
+Synthetic-Data Parameterization", ICML 2022; snu-mllab/Efficient-Dataset-Condensation, condense.py
+`Synthesizer.decode_zoom` and `Synthesizer.init(init_type='mix')`).
 
-A stored synthetic image (H, W) holds factor^2 images at reduced resolution, laid out as a
-factor x factor grid of tiles of size ceil(H / f) x ceil(W / f) (the bottom / right are zero-padded
-when H or W is not divisible by f). Decoding cuts the grid and upsamples every tile back to (H, W)
-bilinearly (PyTorch's `nn.Upsample(mode='bilinear')`, align_corners=False, which
-`jax.image.resize(..., 'bilinear')` matches when upsampling). Decoding is linear, hence
+A stored synthetic image (H, W, C) holds f^2 images at reduced resolution, laid out as an f x f grid
+of tiles of size (th, tw) = (ceil(H / f), ceil(W / f)); when H or W is not divisible by f the
+bottom / right are padded first so that the grid covers (f * th, f * tw). Decoding cuts the grid
+and upsamples every tile back to (H, W) bilinearly, like PyTorch's
+`nn.Upsample(size=(H, W), mode='bilinear')` (align_corners=False: half-pixel centres, source
+coordinate (dst + 0.5) * in / out - 0.5 clamped at the borders), which `jax.image.resize(...,
+'bilinear')` reproduces when upsampling. Decoding is linear in the stored pixels, hence
 differentiable, so any distiller's meta-loss can be taken through it (`MultiFormation`).
 
-Order: the f^2 tiles of stored image i are rows i * f^2 ... (i + 1) * f^2 - 1 of the decoded set
-(row-major over the grid), so a class-grouped stored set stays class-grouped; IDC's own code
-concatenates crop-major. The set is the same, only the order differs.
+Order: the f^2 tiles of stored image i are rows i * f^2 ... (i + 1) * f^2 - 1 of the decoded set,
+row-major over the grid (tile t sits at grid row t // f, column t % f), so a class-grouped stored
+set stays class-grouped. IDC's own code concatenates crop-major (all images' tile 0, then all
+images' tile 1, ...): the decoded set is the same, only its order differs.
+
+Padding: IDC pads with the value 0.5 in raw [0, 1] pixel space (mid-grey). ddjax stores images
+standardized (or ZCA-whitened), where 0 is the per-channel train mean, so the padding here is 0.
+
+Everything is a pure function of arrays with static shapes; `factor` must be a Python (or numpy)
+integer, i.e. static under `jax.jit`.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import jax
@@ -26,21 +37,38 @@ Array = jax.Array
 PyTree = Any
 
 
-def _check(x: Array, factor: int) -> None:
-  if not isinstance(factor, int) or factor < 1:
+def _check_factor(factor: Any) -> int:
+  """`factor` as an int, or ValueError if it is not an integer >= 1 (bools are rejected)."""
+  if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
     raise ValueError(f'idc.factor must be an integer >= 1 (1: off), got {factor!r}.')
+  return int(factor)
+
+
+def _check_images(x: Array, what: str) -> None:
   if x.ndim != 4:
-    raise ValueError(f'IDC expects NHWC images (n, H, W, C), got shape {x.shape}.')
+    raise ValueError(f'IDC expects {what} as NHWC images (n, H, W, C), got shape {x.shape}.')
 
 
 def tile_shape(h: int, w: int, factor: int) -> tuple[int, int]:
-  """(th, tw) = (ceil(H / f), ceil(W / f)), the size of one stored tile."""
+  """(th, tw) = (ceil(H / f), ceil(W / f)), the size of one tile of a stored image."""
+  factor = _check_factor(factor)
   return math.ceil(h / factor), math.ceil(w / factor)
 
 
 def decode(x: Array, factor: int) -> Array:
-  """Stored images (n, H, W, C) -> decoded images (n * f^2, H, W, C)."""
-  _check(x, factor)
+  """Stored images -> the images they parameterize.
+
+  Args:
+    x: (n, H, W, C) stored images.
+    factor: f >= 1; each stored image holds an f x f grid of tiles of size
+      (ceil(H / f), ceil(W / f)), zero-padded at the bottom / right when needed.
+
+  Returns:
+    (n * f^2, H, W, C): row i * f^2 + t is tile t (row-major over the grid) of stored image i,
+    upsampled bilinearly (align_corners=False) to (H, W). f = 1 returns x unchanged.
+  """
+  factor = _check_factor(factor)
+  _check_images(x, 'the stored images')
   if factor == 1:
     return x
   n, h, w, c = x.shape
@@ -48,50 +76,84 @@ def decode(x: Array, factor: int) -> Array:
   x = jnp.pad(x, ((0, 0), (0, th * factor - h), (0, tw * factor - w), (0, 0)))
   tiles = x.reshape(n, factor, th, factor, tw, c).transpose(0, 1, 3, 2, 4, 5)
   tiles = tiles.reshape(n * factor * factor, th, tw, c)
-  return jax.image.resize(tiles, (tiles.shape[0], h, w, c), 'bilinear')
+  # Upsampling (th <= H, tw <= W): jax's triangle kernel is not widened, so this is exactly
+  # PyTorch's half-pixel bilinear interpolation with border clamping.
+  return jax.image.resize(tiles, (n * factor * factor, h, w, c), 'bilinear')
 
 
 def decode_labels(y: Array, factor: int) -> Array:
-  """(n, ...) -> (n * f^2, ...): each stored image's label for each of its tiles."""
+  """Labels of the decoded set: (n, ...) -> (n * f^2, ...), each row repeated f^2 times in a row
+  (the order of `decode`)."""
+  factor = _check_factor(factor)
   return jnp.repeat(y, factor * factor, axis=0)
 
 
 def decoded_classes(classes: Array, factor: int) -> Array:
-  """Class of every decoded image, (n,) -> (n * f^2,)."""
+  """Class of every decoded image: int (n,) -> (n * f^2,), in the order of `decode`."""
+  factor = _check_factor(factor)
   return jnp.repeat(classes, factor * factor, axis=0)
 
 
 def encode(x_real: Array, factor: int) -> Array:
-  """IDC's initialisation: (n * f^2, H, W, C) real images -> (n, H, W, C) stored images; each
-  group of f^2 consecutive images is downsampled to the tile size (bilinear with antialiasing,
-  i.e. area-like averaging) and placed row-major into the grid that `decode` reads."""
-  _check(x_real, factor)
+  """IDC's initialization from real data: f^2 real images per stored image.
+
+  Each group of f^2 consecutive real images (rows j * f^2 ... (j + 1) * f^2 - 1) becomes stored
+  image j: image t of the group is downsampled to the tile size (ceil(H / f), ceil(W / f)) and
+  placed at grid row t // f, column t % f, the position `decode` reads tile t from. Downsampling
+  is `jax.image.resize(..., 'bilinear', antialias=True)`: a triangle filter stretched by the
+  downscale ratio (for H = f * th and f = 2, per-axis weights [1, 3, 3, 1] / 8, renormalized at
+  the borders), so constant images stay exactly constant. IDC itself uses `F.interpolate`'s
+  default mode='nearest' (plain subsampling). When H or W is not divisible by f the grid overhangs
+  the stored image and the overhanging last rows / columns of the bottom / right tiles are dropped
+  (`decode` reads zeros there).
+
+  Args:
+    x_real: (n * f^2, H, W, C) real images, grouped as above (e.g. class-grouped with a multiple
+      of f^2 images per class, so that every stored image holds one class).
+    factor: f >= 1.
+
+  Returns:
+    (n, H, W, C) stored images. f = 1 returns x_real unchanged.
+  """
+  factor = _check_factor(factor)
+  _check_images(x_real, 'the real images')
   if factor == 1:
     return x_real
   m, h, w, c = x_real.shape
-  if m % (factor * factor):
-    raise ValueError(f'encoding {m} real images into factor {factor} stored images needs a '
-                     f'multiple of {factor * factor} images.')
+  per = factor * factor
+  if m % per:
+    raise ValueError(f'encoding real images with factor {factor} needs a multiple of {per} '
+                     f'images ({per} per stored image), got {m}; pass {m - m % per} or '
+                     f'{m + per - m % per}.')
   th, tw = tile_shape(h, w, factor)
   small = jax.image.resize(x_real, (m, th, tw, c), 'bilinear', antialias=True)
-  n = m // (factor * factor)
+  n = m // per
   grid = small.reshape(n, factor, factor, th, tw, c).transpose(0, 1, 3, 2, 4, 5)
   grid = grid.reshape(n, factor * th, factor * tw, c)
   return grid[:, :h, :w]
 
 
 class MultiFormation:
-  """Any distiller on IDC's parameterization: the stored set {'x': (n, H, W, C), 'y': (n, K),
-  ...} is decoded to (n * f^2, ...) before the base distiller sees it."""
+  """Any distiller on IDC's parameterization.
+
+  The stored set {'x': (n, H, W, C), 'y': (n, K), ...} is what the optimizer updates; every method
+  decodes it to {'x': (n * f^2, H, W, C), 'y': (n * f^2, K), other keys unchanged} before calling
+  the base distiller, so the base's meta-loss is differentiated through `decode` onto the stored
+  pixels. `base` needs init(key, syn), per_sample(syn, state, batch, key), regularizer(syn,
+  classes) and update(syn, state, key); the wrapper exposes the same four methods.
+  """
 
   def __init__(self, base, factor: int):
-    if not isinstance(factor, int) or factor < 1:
-      raise ValueError(f'idc.factor must be an integer >= 1 (1: off), got {factor!r}.')
     self.base = base
-    self.factor = factor
+    self.factor = _check_factor(factor)
 
   def decoded(self, syn: PyTree) -> PyTree:
-    return {**syn, 'x': decode(syn['x'], self.factor), 'y': decode_labels(syn['y'], self.factor)}
+    """The synthetic set the base distiller sees: x and y decoded, other keys unchanged."""
+    if syn['y'].shape[0] != syn['x'].shape[0]:
+      raise ValueError(f"syn['y'] has {syn['y'].shape[0]} rows but syn['x'] holds "
+                       f"{syn['x'].shape[0]} stored images; they must match.")
+    return {**syn, 'x': decode(syn['x'], self.factor),
+            'y': decode_labels(syn['y'], self.factor)}
 
   def init(self, key: Array, syn: PyTree) -> Any:
     return self.base.init(key, self.decoded(syn))
@@ -100,6 +162,7 @@ class MultiFormation:
     return self.base.per_sample(self.decoded(syn), state, batch, key)
 
   def regularizer(self, syn: PyTree, classes: Array) -> Array:
+    """classes: int (n,) class of each stored image; the base gets those of the decoded set."""
     return self.base.regularizer(self.decoded(syn), decoded_classes(classes, self.factor))
 
   def update(self, syn: PyTree, state: Any, key: Array) -> Any:
