@@ -29,9 +29,10 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 from benchmarks import common  # noqa: E402
 from ddjax import main as main_lib  # noqa: E402
 
-# ISA Table 1 (Fashion-MNIST, test accuracy %): FRePo, FRePo + ISA ("Ours"), KIP, RFAD.
+# ISA Table 1 (Fashion-MNIST, test accuracy %): FRePo, FRePo + ISA ("Ours"), KIP, RFAD, DSA, DM.
 PAPER = {('frepo', 1): 75.6, ('frepo', 10): 86.2, ('frepo_isa', 1): 77.1, ('frepo_isa', 10): 86.0,
-         ('kip', 1): 73.5, ('kip', 10): 86.8, ('rfad', 1): 78.6, ('rfad', 10): 87.0}
+         ('kip', 1): 73.5, ('kip', 10): 86.8, ('rfad', 1): 78.6, ('rfad', 10): 87.0,
+         ('dsa', 1): 70.6, ('dsa', 10): 84.8, ('dm', 1): 71.5, ('dm', 10): 83.6}
 
 
 def config_of(method: str, ipc: int, steps: int, seed: int, overrides=()):

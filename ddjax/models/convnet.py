@@ -23,14 +23,84 @@ evaluation network is norm='none'.
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
 NORMS = ('none', 'instance', 'batch', 'layer')
 POOLINGS = ('avg', 'max', 'none')
 _EPS = 1e-5  # PyTorch's default norm epsilon, as in DC/MTT.
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+_DW_CHUNK_ELEMENTS = 2 ** 24   # im2col entries per weight-gradient matmul (64 MiB)
+
+
+def conv2d(x: Array, w: Array, padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+  """Stride-1 NHWC convolution, x (N, H, W, C) * w (kh, kw, C, O) -> (N, H', W', O), the same
+  values and gradients as `lax.conv_general_dilated`.
+
+  Its weight gradient is computed as kh * kw matmuls, dw[a, b] = x_pad[:, a:a+H', b:b+W']^T dy
+  (contracting N * H' * W'), instead of XLA's backward-filter convolution, which runs about 6x
+  slower than the forward convolution on CPU (8.4 s vs 1.4 s for the 16 x 16 x 128 layer of
+  DC's ConvNet on 2560 images). The input gradient stays XLA's transposed convolution.
+  """
+  return _conv2d(x, w, tuple(tuple(p) for p in padding))
+
+
+def _conv_lax(x, w, padding):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d(x, w, padding):
+  return _conv_lax(x, w, padding)
+
+
+def _conv2d_fwd(x, w, padding):
+  return _conv_lax(x, w, padding), (x, w)
+
+
+def _conv2d_bwd(padding, res, dy):
+  x, w = res
+  kh, kw = w.shape[:2]
+  _, vjp_x = jax.vjp(lambda x_: _conv_lax(x_, w, padding), x)
+  (dx,) = vjp_x(dy)
+  (pt, pb), (pl, pr) = padding
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  n, h, wd, o = dy.shape
+  c = x.shape[-1]
+
+  def chunk_dw(xp_c, dy_c):
+    cols = jnp.concatenate([xp_c[:, a:a + h, b:b + wd] for a in range(kh) for b in range(kw)], -1)
+    m = xp_c.shape[0] * h * wd
+    return jnp.dot(cols.reshape(m, kh * kw * c).T, dy_c.reshape(m, o),
+                   preferred_element_type=jnp.float32)
+
+  size = max(1, _DW_CHUNK_ELEMENTS // (h * wd * kh * kw * c))
+  dw = sum(chunk_dw(xp[i:i + size], dy[i:i + size]) for i in range(0, n, size))
+  dw = dw.reshape(kh, kw, c, o)
+  return dx, dw.astype(w.dtype)
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _flax_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+               dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+  """`nn.Conv`'s convolution hook: `conv2d` for what ConvNet uses (stride 1, explicit padding,
+  no dilation or groups), `lax.conv_general_dilated` otherwise."""
+  plain = (tuple(window_strides) == (1, 1) and not isinstance(padding, str)
+           and all(d in (None, 1) for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
+           and feature_group_count == 1 and lhs.ndim == 4 and precision is None and not kwargs)
+  if plain:
+    return conv2d(lhs, rhs, padding)
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      precision=precision, **kwargs)
 
 
 def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -67,7 +137,7 @@ class ConvNet(nn.Module):
         pad = k // 2 + 2
       ch = self.width * (2 ** i) if self.double_width else self.width
       x = nn.Conv(ch, (k, k), padding=((pad, pad), (pad, pad)), use_bias=True,
-                  name=f'conv{i}')(x)
+                  conv_general_dilated=_flax_conv, name=f'conv{i}')(x)
       x = self._norm(x, train, i)
       x = nn.relu(x)
       if self.pooling == 'avg':
