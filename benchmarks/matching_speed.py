@@ -64,6 +64,11 @@ def main():
   ap.add_argument('--iterations', type=int, default=3)
   args = ap.parse_args()
   peak = common.matmul_flops_per_second()
+  command = 'python benchmarks/matching_speed.py ' + ' '.join(sys.argv[1:])
+  json_path = os.path.join(common.HERE, 'results', 'matching_speed.json')
+  kept = {}
+  if os.path.exists(json_path):   # rows of other (method, IPC) pairs stay, with their commands
+    kept = {(r['method'], r['ipc']): r for r in json.load(open(json_path))['rows']}
   rows = []
   for method in args.methods:
     for ipc in args.ipc:
@@ -88,16 +93,20 @@ def main():
                    'updates_per_iteration': updates, 'compile_s': compile_s,
                    'gflop_per_update': flops / 1e9,
                    'achieved_gflops': flops * updates / sec / 1e9,
-                   'loss': float(metrics['loss'])})
+                   'matmul_peak_gflops': peak / 1e9, 'loss': float(metrics['loss']),
+                   'command': command})
       print(json.dumps(rows[-1]), flush=True)
+  kept.update({(r['method'], r['ipc']): r for r in rows})
+  rows = sorted(kept.values(), key=lambda r: (r['method'], r['ipc']))
   table = ['| method | IPC | s / iteration | image updates / iteration | GFLOP / update (XLA) '
-           '| achieved GFLOP/s | matmul peak GFLOP/s |', '|---|---|---|---|---|---|---|']
+           '| achieved GFLOP/s | matmul peak GFLOP/s (same run) | command |',
+           '|---|---|---|---|---|---|---|---|']
   for r in rows:
     table.append(f"| {r['method']} | {r['ipc']} | {r['sec_per_iteration']:.3f} "
                  f"| {r['updates_per_iteration']} | {r['gflop_per_update']:.1f} "
-                 f"| {r['achieved_gflops']:.1f} | {peak / 1e9:.1f} |")
-  common.write('matching_speed', {'rows': rows, 'matmul_peak_gflops': peak / 1e9},
-               '\n'.join(table), 'python benchmarks/matching_speed.py ' + ' '.join(sys.argv[1:]))
+                 f"| {r['achieved_gflops']:.1f} | {r.get('matmul_peak_gflops', float('nan')):.1f} "
+                 f"| `{r.get('command', '')}` |")
+  common.write('matching_speed', {'rows': rows}, '\n'.join(table), command)
 
 
 if __name__ == '__main__':

@@ -101,6 +101,20 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.idc = ml_collections.ConfigDict()    # IDC multi-formation parameterization
   cfg.idc.factor = 1                  # 1 = off; IDC: 2 (each stored image holds 4 images)
 
+  cfg.bilp = ml_collections.ConfigDict()   # BiLP data pruning (ddjax.scoring, ddjax.distill.bilp)
+  cfg.bilp.prune_fraction = 0.0       # preemptive: drop this fraction of every class before distilling
+  cfg.bilp.prune_by = 'drop_largest'  # drop_largest (BiLP: large loss) | drop_smallest | random
+  cfg.bilp.score_trials = 2           # short training runs of the loss criterion (BiLP: 50)
+  cfg.bilp.score_epochs = 5           # epochs per run (early epochs suffice, BiLP Fig. 3)
+  cfg.bilp.score_epoch = -1           # epoch the smoothed loss curve is read at (-1: last)
+  cfg.bilp.score_sigma = 3.0          # Gaussian smoothing of the curve over epochs
+  cfg.bilp.score_width = 32           # ConvNet-3 width of the scoring networks
+  cfg.bilp.adaptive_beta = 0.0        # adaptive ITE pruning rate (BiLP: 0.3); 0 = off
+  cfg.bilp.adaptive_mode = 'both'     # both | drop_large | drop_small (BiLP Table 5)
+  cfg.bilp.adaptive_every = 10        # lazy reselection period (the real batch is held as long)
+  cfg.bilp.adaptive_momentum = 0.1    # running ITE statistics (Eq. 8)
+  cfg.bilp.ite = 'first_order'        # first_order (Taylor, Eq. 7) | exact (leave-one-out)
+
   cfg.transform = ml_collections.ConfigDict()
   cfg.transform.drop_easiest = 0.0    # ISA: 0.2
   cfg.transform.isa_eps = 0.0         # ISA: 1.0
@@ -225,6 +239,23 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if cfg.get('method') == 'dm' and cfg.get('model', {}).get('norm') == 'batch':
       errors.append("method='dm' with model.norm='batch': DM embeds each class with a fresh "
                     "network; use 'instance' (DM's default) or 'none'.")
+  b = cfg.get('bilp', {})
+  if not 0.0 <= b.get('prune_fraction', 0.0) < 1.0:
+    errors.append(f'bilp.prune_fraction must lie in [0, 1), got {b.get("prune_fraction")!r}.')
+  _choice(errors, 'bilp.prune_by', b.get('prune_by'), ('drop_largest', 'drop_smallest', 'random'))
+  for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every'):
+    if not isinstance(b.get(key), int) or b.get(key) < 1:
+      errors.append(f'bilp.{key} must be an integer >= 1, got {b.get(key)!r}.')
+  if not 0.0 <= b.get('adaptive_beta', 0.0) < 1.0:
+    errors.append(f'bilp.adaptive_beta must lie in [0, 1), got {b.get("adaptive_beta")!r}.')
+  _choice(errors, 'bilp.adaptive_mode', b.get('adaptive_mode'), ('both', 'drop_large', 'drop_small'))
+  _choice(errors, 'bilp.ite', b.get('ite'), ('first_order', 'exact'))
+  if not 0.0 < b.get('adaptive_momentum', 0.1) <= 1.0:
+    errors.append(f'bilp.adaptive_momentum must lie in (0, 1], got {b.get("adaptive_momentum")!r}.')
+  if b.get('adaptive_beta', 0.0) > 0 and cfg.get('method') not in MATCHING_METHODS:
+    errors.append(f"bilp.adaptive_beta > 0 needs an additive-separable matching meta-loss "
+                  f"(method in {MATCHING_METHODS}), got method={cfg.get('method')!r}; "
+                  "preemptive pruning (bilp.prune_fraction) works for every method.")
   t = cfg.get('transform', {})
   if not 0.0 <= t.get('drop_easiest', 0.0) < 1.0:
     errors.append(f'transform.drop_easiest must lie in [0, 1), got {t.get("drop_easiest")!r}.')

@@ -22,7 +22,9 @@ from ddjax import config as config_lib
 from ddjax import data as data_lib
 from ddjax import transforms as transforms_lib
 from ddjax.augment.dsa import dsa_strategy_for
+from ddjax import scoring
 from ddjax.distill import idc as idc_lib
+from ddjax.distill.bilp import AdaptivePruning
 from ddjax.distill import step as step_lib
 from ddjax.distill.dc import DC, dc_loops
 from ddjax.distill.dm import DM
@@ -35,7 +37,7 @@ from ddjax.models import build_model
 from ddjax.runtime import export, files, loop, sharding
 
 # Purposes folded into the root key, so every consumer of randomness has its own stream.
-KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL, KEY_EVAL = 0, 1, 2, 3
+KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL, KEY_EVAL, KEY_SCORE = 0, 1, 2, 3, 4
 
 
 def model_kwargs(m: ml_collections.ConfigDict) -> dict:
@@ -72,6 +74,54 @@ class Prepared:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.x_train.shape[1:])
+
+  def subset(self, indices: np.ndarray) -> 'Prepared':
+    """The same dataset with only the training examples at `indices` (test set unchanged)."""
+    out = object.__new__(Prepared)
+    out.__dict__.update(self.__dict__)
+    out.x_train, out.y_train = self.x_train[indices], self.y_train[indices]
+    out.targets_train = self.targets_train[indices]
+    return out
+
+
+def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
+                     workdir: str) -> tuple[Prepared, dict]:
+  """BiLP's preemptive pruning (Sec. 4.1): drop bilp.prune_fraction of every class by the
+  empirical-loss criterion before distilling.
+
+  Criterion: `bilp.score_trials` ConvNet-3 (width `bilp.score_width`) trained `score_epochs`
+  epochs each on the whole training set; every example's loss after every epoch, averaged over
+  trials, Gaussian-smoothed over epochs (sigma `score_sigma`) and read at `score_epoch`
+  (`ddjax.scoring.bilp.empirical_loss_score`). Scores are cached in workdir/scores/ under a name
+  of the setting, so reruns and resumed runs do not train again. The kept indices (into the
+  training set, ascending) go to workdir/kept_indices.npz.
+  """
+  b = cfg.bilp
+  name = scoring.cache_name(dataset=cfg.data.name, n=len(prep.y_train), seed=cfg.seed,
+                            trials=b.score_trials, epochs=b.score_epochs, width=b.score_width,
+                            preprocessing=prep.pre.kind)
+  key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_SCORE)
+
+  def compute():
+    print(f'[bilp] scoring {len(prep.y_train)} examples: {b.score_trials} trials x '
+          f'{b.score_epochs} epochs', flush=True)
+    model = build_model('convnet', prep.num_classes, depth=3, width=b.score_width)
+    out = scoring.score_trials(key, model, prep.x_train, prep.y_train, b.score_trials,
+                               b.score_epochs, progress=lambda l: print('[bilp] ' + l, flush=True))
+    return {'loss': out['loss'], 'el2n': out['el2n']}
+
+  arrays = scoring.cached_scores(os.path.join(workdir, 'scores'), name, compute)
+  score = scoring.empirical_loss_score(arrays['loss'], sigma=b.score_sigma, epoch=b.score_epoch)
+  kept = scoring.prune_classwise(score, prep.y_train, alpha=b.prune_fraction,
+                                 direction=b.prune_by, key=jax.random.fold_in(key, 1))
+  files.write_npz(os.path.join(workdir, 'kept_indices.npz'), indices=kept, score=score)
+  data_lib.check_ipc(prep.y_train[kept], cfg.distill.ipc * cfg.idc.factor ** 2,
+                     prep.num_classes, prep.dataset.class_names)
+  print(f'[bilp] preemptive pruning kept {len(kept)} of {len(prep.y_train)} examples '
+        f'({b.prune_by}, fraction {b.prune_fraction})', flush=True)
+  return prep.subset(kept), {'kept': int(len(kept)), 'of': int(len(prep.y_train)),
+                             'fraction': b.prune_fraction, 'by': b.prune_by,
+                             'scores': name}
 
 
 def make_kernel_fn(cfg: ml_collections.ConfigDict):
@@ -137,6 +187,11 @@ def make_distiller(cfg: ml_collections.ConfigDict, prep: Prepared):
                    bn_size=cfg.dc.bn_size)
   else:
     raise ValueError(f'method={cfg.method!r} has no distiller; choose one of {config_lib.METHODS}.')
+  if cfg.bilp.adaptive_beta > 0:
+    b = cfg.bilp
+    distiller = AdaptivePruning(distiller, cfg.distill.batch_size, beta=b.adaptive_beta,
+                                mode=b.adaptive_mode, momentum=b.adaptive_momentum,
+                                every=b.adaptive_every, ite_method=b.ite)
   if cfg.idc.factor > 1:
     distiller = idc_lib.MultiFormation(distiller, cfg.idc.factor)
   transform = transforms_lib.from_config(cfg.transform)
@@ -179,8 +234,9 @@ def distill(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str, mesh=N
   state = step_lib.init_state(distiller, transform, optimizer, syn,
                               jax.random.fold_in(root, KEY_DISTILL_INIT))
   step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
+  hold = cfg.bilp.adaptive_every if cfg.bilp.adaptive_beta > 0 else 1
   sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, cfg.seed,
-                              balanced=cfg.distill.balanced_batch)
+                              balanced=cfg.distill.balanced_batch, hold=hold)
   state, summary = loop.run(
       step_fn, state, sampler, num_steps=distill_steps(cfg),
       key=jax.random.fold_in(root, KEY_DISTILL), workdir=workdir,
@@ -233,6 +289,9 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
   os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
   print(f'[data] {prep.dataset!r}, preprocessing {prep.pre.kind}', flush=True)
+  pruning = None
+  if cfg.bilp.prune_fraction > 0:
+    prep, pruning = preemptive_prune(cfg, prep, workdir)
   syn, classes, summary = distill(cfg, prep, workdir, mesh)
   if cfg.idc.factor > 1:   # the training set is the decoded one (what IDC evaluates)
     f = cfg.idc.factor
@@ -249,6 +308,11 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, mesh=None,
       'distill': {'steps': summary['steps'], 'sec_per_step': summary['sec_per_step'],
                   'resumed_from': summary['resumed_from'], 'devices': jax.device_count()},
   }
+  if pruning is not None:
+    results['preemptive_pruning'] = pruning
+  if cfg.bilp.adaptive_beta > 0:
+    results['adaptive_pruning'] = {k: cfg.bilp[k] for k in ('adaptive_beta', 'adaptive_mode',
+                                                            'adaptive_every', 'ite')}
   if cfg.eval.num_models > 0:
     ev = evaluate(cfg, prep, syn)
     results['eval'] = {k: ev[k] for k in ('accs', 'acc_mean', 'acc_std', 'protocol', 'steps')}

@@ -109,9 +109,14 @@ class DC:
       return x
     return dsa(key, x, self.dsa_strategy, params=self.dsa_params, batchmode=batchmode)
 
-  def _loss(self, params: PyTree, rest: PyTree, x: Array, labels: Array) -> Array:
+  def _loss(self, params: PyTree, rest: PyTree, x: Array, labels: Array,
+            weights: Array | None = None) -> Array:
+    """Mean cross-entropy over x (B, ...), or its `weights`-weighted mean (B,) when given."""
     logits, _ = self.model.apply({'params': params, **rest}, x, train=False)
-    return cross_entropy(logits, labels)
+    if weights is None:
+      return cross_entropy(logits, labels)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1e-12)
 
   def _with_bn_stats(self, variables: PyTree, x_real: Array) -> PyTree:
     """DC's batch-norm handling: one train-mode pass over bn_size real images per class."""
@@ -122,17 +127,21 @@ class DC:
     return {**variables, 'batch_stats': upd['batch_stats']}
 
   # -- the meta-loss ------------------------------------------------------------------------------
-  def class_gradients(self, variables: PyTree, x: Array, keys: Array) -> PyTree:
-    """Mean cross-entropy gradient per class: x (K, n, H, W, C) -> pytree with leading axis K."""
+  def class_gradients(self, variables: PyTree, x: Array, keys: Array,
+                      weights: Array | None = None) -> PyTree:
+    """Mean cross-entropy gradient per class: x (K, n, H, W, C) -> pytree with leading axis K.
+    weights (K, n): the weighted mean instead (0/1 weights: the mean over the kept samples)."""
     params = variables['params']
     rest = {k: v for k, v in variables.items() if k != 'params'}
+    if weights is None:
+      weights = jnp.ones(x.shape[:2], jnp.float32)
 
-    def one(key, xc, c):
+    def one(key, xc, c, wc):
       xc = self._augment(key, xc)
       labels = jnp.full((xc.shape[0],), c, jnp.int32)
-      return jax.grad(self._loss)(params, rest, xc, labels)
+      return jax.grad(self._loss)(params, rest, xc, labels, wc)
 
-    return jax.vmap(one)(keys, x, jnp.arange(self.num_classes))
+    return jax.vmap(one)(keys, x, jnp.arange(self.num_classes), weights)
 
   def per_sample_gradients(self, variables: PyTree, x: Array, labels: Array,
                            key: Array) -> PyTree:
@@ -152,12 +161,18 @@ class DC:
 
   def per_sample(self, syn: PyTree, state: DCState, batch: dict[str, Array],
                  key: Array) -> PerSample:
-    """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows)."""
+    """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows).
+
+    An optional batch['weight'] (B,) weights the real samples in their class gradient (BiLP's
+    adaptive pruning passes its 0/1 keep mask)."""
     keys = jax.random.split(key, self.num_classes)
-    xr = group_by_class(batch['x'], jnp.argmax(batch['y'], -1), self.num_classes)
+    labels = jnp.argmax(batch['y'], -1)
+    xr = group_by_class(batch['x'], labels, self.num_classes)
+    wr = (group_by_class(batch['weight'], labels, self.num_classes) if 'weight' in batch
+          else None)
     xs = syn['x'].reshape((self.num_classes, -1) + syn['x'].shape[1:])
     variables = self._with_bn_stats(state.variables, xr)
-    g_real = jax.lax.stop_gradient(self.class_gradients(variables, xr, keys))
+    g_real = jax.lax.stop_gradient(self.class_gradients(variables, xr, keys, wr))
     g_syn = self.class_gradients(variables, xs, keys)
     per_class = jax.vmap(self.distance)(g_real, g_syn)
     zeros = jnp.zeros((self.num_classes, 1), jnp.float32)

@@ -59,6 +59,11 @@ class DM:
     """Variables of a newly initialised network (DM draws one per iteration)."""
     return self.model.init(key, jnp.zeros((1,) + self.image_shape, jnp.float32), train=False)
 
+  def network_and_keys(self, key: Array) -> tuple[PyTree, Array]:
+    """The fresh network and the K per-class DSA keys that `per_sample(..., key)` uses."""
+    k_net, k_aug = jax.random.split(key)
+    return self.fresh_network(k_net), jax.random.split(k_aug, self.num_classes)
+
   def _augment(self, keys: Array, x: Array) -> Array:
     """x (K, n, H, W, C), keys (K,): DSA per class, the same parameters for real and synthetic."""
     if not self.dsa_strategy:
@@ -96,14 +101,20 @@ class DM:
 
   def per_sample(self, syn: PyTree, state: tuple, batch: dict[str, Array],
                  key: Array) -> PerSample:
-    """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows)."""
+    """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows).
+
+    An optional batch['weight'] (B,) weights the real samples in their class mean (BiLP's
+    adaptive pruning passes its 0/1 keep mask)."""
     del state
-    k_net, k_aug = jax.random.split(key)
-    variables = self.fresh_network(k_net)
-    keys = jax.random.split(k_aug, self.num_classes)
-    xr = group_by_class(batch['x'], jnp.argmax(batch['y'], -1), self.num_classes)
+    variables, keys = self.network_and_keys(key)
+    labels = jnp.argmax(batch['y'], -1)
+    xr = group_by_class(batch['x'], labels, self.num_classes)
     xs = syn['x'].reshape((self.num_classes, -1) + syn['x'].shape[1:])
-    g_sum = jax.lax.stop_gradient(self.real_statistic(variables, xr, keys).sum(axis=1))
+    g = self.real_statistic(variables, xr, keys)
+    if 'weight' in batch:     # weighted class means: sum_i w_i psi_i / sum_i w_i
+      wr = group_by_class(batch['weight'], labels, self.num_classes).astype(g.dtype)
+      g = g * (wr * (wr.shape[1] / jnp.maximum(wr.sum(1, keepdims=True), 1e-12)))[..., None]
+    g_sum = jax.lax.stop_gradient(g.sum(axis=1))
     fs = self._embed(variables, self._augment(keys, xs)).mean(axis=1)
     per_class = jnp.sum(jnp.square(g_sum - fs), axis=-1)
     return PerSample(pred=fs, target=g_sum, loss=self.num_classes * per_class)

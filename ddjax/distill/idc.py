@@ -165,5 +165,10 @@ class MultiFormation:
     """classes: int (n,) class of each stored image; the base gets those of the decoded set."""
     return self.base.regularizer(self.decoded(syn), decoded_classes(classes, self.factor))
 
+  def before_loss(self, syn: PyTree, state: Any, batch: dict, key: Array, step: Array) -> Any:
+    """The base's optional `before_loss` hook on the decoded set (identity when it has none)."""
+    hook = getattr(self.base, 'before_loss', None)
+    return state if hook is None else hook(self.decoded(syn), state, batch, key, step)
+
   def update(self, syn: PyTree, state: Any, key: Array) -> Any:
     return self.base.update(self.decoded(syn), state, key)

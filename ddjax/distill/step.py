@@ -77,16 +77,22 @@ def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTran
   """Build `step(state, batch, key) -> (state, metrics)`.
 
   distiller: has per_sample(syn, inner, batch, key), regularizer(syn, classes) and
-    update(syn, inner, key). classes: (n,) class of each prototype (for label regularizers).
+    update(syn, inner, key); optionally before_loss(syn, inner, batch, key, step) -> inner, run
+    first with per_sample's key (BiLP's adaptive selection). classes: (n,) class of each prototype (for label regularizers).
   metrics: loss (the optimized scalar), meta_loss (plain mean over the whole batch, before any
   transform), kept (rows left after selection), grad_norm.
   """
 
+  before_loss = getattr(distiller, 'before_loss', None)
+
   def step(state: DistillState, batch: dict[str, Array], key: Array):
     k_loss, k_transform, k_update = jax.random.split(key, 3)
+    inner = state.inner
+    if before_loss is not None:       # e.g. BiLP's adaptive selection of the real batch
+      inner = before_loss(state.syn, inner, batch, k_loss, state.step)
 
     def loss_fn(syn):
-      ps = distiller.per_sample(syn, state.inner, batch, k_loss)
+      ps = distiller.per_sample(syn, inner, batch, k_loss)
       out, t_state = transform.apply(ps, state.transform_state, k_transform)
       loss = mean_loss(out) + distiller.regularizer(syn, classes)
       return loss, (mean_loss(ps), out.batch_size, t_state)
@@ -94,7 +100,7 @@ def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTran
     (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)
     syn = optax.apply_updates(state.syn, updates)
-    inner = distiller.update(syn, state.inner, k_update)
+    inner = distiller.update(syn, inner, k_update)
     metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
                'grad_norm': optax.tree.norm(grads)}
     new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state, inner=inner,

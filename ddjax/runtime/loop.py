@@ -50,16 +50,21 @@ def balanced_batch_indices(seed: int, step: int, labels: np.ndarray, batch_size:
 
 
 def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                 balanced: bool = False) -> Callable[[int], dict]:
+                 balanced: bool = False, hold: int = 1) -> Callable[[int], dict]:
   """sampler(step) -> {'x': (B, H, W, C), 'y': (B, K)} host arrays for that step.
 
   balanced: draw B // K examples of every class (classes = argmax of y) instead of B uniformly.
+  hold: each batch serves `hold` consecutive steps (steps k * hold ... (k + 1) * hold - 1 get batch
+  k; BiLP's lazy selection keeps a selected batch for its reselection period).
   """
+  if hold < 1:
+    raise ValueError(f'hold must be >= 1, got {hold}.')
   if batch_size > len(x):
     raise ValueError(f'distill.batch_size={batch_size} exceeds the {len(x)} training examples.')
   labels = np.asarray(y).argmax(-1) if balanced else None
 
   def sample(step: int) -> dict:
+    step = step // hold
     if balanced:
       idx = balanced_batch_indices(seed, step, labels, batch_size, y.shape[-1])
     else:

@@ -1,0 +1,20 @@
+r"""A composition no paper has run: BiLP's preemptive pruning (drop the 50% of every class with the
+largest smoothed early-training loss) before FRePo + ISA (drop the 20% easiest of each batch by
+meta-loss, then ISA's closed-form interpolation loss). The two selections act at different levels:
+BiLP on the dataset, once; ISA's crucial-sample dropping on every batch. (BiLP's adaptive ITE
+pruning needs an additive-separable matching meta-loss, so it stays off for FRePo.)
+
+    python -m ddjax.main --config=configs/frepo_isa_bilp.py
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import frepo_isa  # noqa: E402  (sibling config file)
+
+
+def get_config(preset: str = ''):
+  cfg = frepo_isa.get_config(preset)
+  cfg.bilp.prune_fraction = 0.5
+  cfg.bilp.prune_by = 'drop_largest'
+  return cfg
