@@ -1,0 +1,133 @@
+r"""BiLP Table 6 on this machine: the cost of each level of BiLP's ITE computation on top of a DC
+step, measured in one run, as JSON + markdown.
+
+    python benchmarks/bilp_overhead.py [--ipc 10] [--per-class 256] [--steps 10] [--chunk 32]
+
+Setting: DC's ConvNet-3 (width 128, instance norm), Fashion-MNIST-shaped 28x28x1 inputs, 10
+classes, `--per-class` real images per class (DC: 256), DC's loops for the IPC; one ddjax step =
+one outer-loop image update (plus the inner network training when the loop says so). Rows:
+
+- base step: the DC step alone (median over --steps steps).
+- exact ITE, batch only (with running statistics): leave-one-out ITE of every real sample of the
+  batch (`ddjax.scoring.ite`, method 'exact'), timed once. Without running statistics BiLP would
+  score the whole dataset every iteration: that row is this one x (dataset size / batch), an
+  extrapolation, not a run.
+- + first-order (Taylor / JVP) ITE: the same scores by one linearization and vmapped JVPs.
+- + lazy selection: the whole BiLP step (`AdaptivePruning`, reselection every 10 steps, held batch)
+  over --steps consecutive steps, against as many base steps, interleaved.
+The ratios are what to quote on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from ddjax import transforms as T  # noqa: E402
+from ddjax.distill import step as step_lib  # noqa: E402
+from ddjax.distill.bilp import AdaptivePruning  # noqa: E402
+from ddjax.distill.dc import DC, dc_loops  # noqa: E402
+from ddjax.distill.matching import group_by_class  # noqa: E402
+from ddjax.models import build_model  # noqa: E402
+from ddjax.scoring import ite as ite_lib  # noqa: E402
+
+K, SHAPE, DATASET_SIZE = 10, (28, 28, 1), 60000
+
+
+def timed(fn, *args):
+  t = time.perf_counter()
+  out = fn(*args)
+  jax.block_until_ready(out)
+  return time.perf_counter() - t, out
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--ipc', type=int, default=10)
+  ap.add_argument('--per-class', type=int, default=256)
+  ap.add_argument('--steps', type=int, default=10)
+  ap.add_argument('--chunk', type=int, default=32, help='samples per vmapped ITE chunk')
+  args = ap.parse_args()
+  command = 'python benchmarks/bilp_overhead.py ' + ' '.join(sys.argv[1:])
+  outer, inner = dc_loops(args.ipc)
+  model = build_model('convnet', K, depth=3, width=128, norm='instance', pooling='avg')
+  dc = DC(model, SHAPE, K, outer_loop=outer, inner_loop=inner)
+  bilp = AdaptivePruning(dc, K * args.per_class, beta=0.3, every=10, chunk_size=args.chunk)
+  rng = np.random.default_rng(0)
+  syn = {'x': jnp.asarray(rng.normal(size=(K * args.ipc,) + SHAPE), jnp.float32),
+         'y': jnp.asarray(np.eye(K, dtype=np.float32).repeat(args.ipc, 0))}
+  labels = np.repeat(np.arange(K), args.per_class)
+  batch = {'x': jnp.asarray(rng.normal(size=(len(labels),) + SHAPE), jnp.float32),
+           'y': jnp.asarray(np.eye(K, dtype=np.float32)[labels])}
+  opt = step_lib.make_syn_optimizer('sgd', 0.1, 0.0, 1000, learn_label=False,
+                                    schedule='constant', momentum=0.5)
+  classes = jnp.repeat(jnp.arange(K), args.ipc)
+  steps = {}
+  states = {}
+  for name, distiller in (('base', dc), ('bilp', bilp)):
+    states[name] = step_lib.init_state(distiller, T.identity(), opt, syn, jax.random.PRNGKey(0))
+    steps[name] = jax.jit(step_lib.make_step(distiller, T.identity(), opt, classes))
+    states[name], _ = steps[name](states[name], batch, jax.random.PRNGKey(0))   # compile
+  times = {'base': [], 'bilp': []}
+  for s in range(1, args.steps + 1):          # interleaved; BiLP reselects at step 10
+    for name in ('base', 'bilp'):
+      t, (states[name], _) = timed(steps[name], states[name], batch, jax.random.PRNGKey(s))
+      times[name].append(t)
+  print('steps', {k: np.round(v, 3).tolist() for k, v in times.items()}, flush=True)
+
+  xr = group_by_class(batch['x'], jnp.asarray(labels), K)
+  xs = syn['x'].reshape((K, args.ipc) + SHAPE)
+  keys = jax.random.split(jax.random.PRNGKey(1), K)
+  variables = states['base'].inner.variables
+  ite = {}
+  for method in ('first_order', 'exact'):
+    fn = jax.jit(lambda v, xr, xs, k, m=method: ite_lib.dc_ite_scores(dc, v, xr, xs, k, m,
+                                                                     args.chunk))
+    fn(variables, xr, xs, keys).block_until_ready()              # compile
+    t, scores = timed(fn, variables, xr, xs, keys)
+    ite[method] = (t, np.asarray(scores))
+    print(method, f'{t:.2f} s', flush=True)
+  rank_err = float(np.mean([ite_lib.rank_error(ite['exact'][1][c], ite['first_order'][1][c])
+                            for c in range(K)]))
+  base = float(np.median(times['base']))
+  bilp_mean = float(np.mean(times['bilp']))
+  base_mean = float(np.mean(times['base']))
+  batch_size = K * args.per_class
+  rows = [
+      ('ITE on the whole dataset every step (extrapolated: exact x dataset / batch)',
+       ite['exact'][0] * DATASET_SIZE / batch_size),
+      ('exact ITE on the batch (+ running statistics)', ite['exact'][0]),
+      ('first-order (JVP) ITE on the batch (+ Taylor approximation)', ite['first_order'][0]),
+      ('BiLP overhead per step with lazy selection every 10 (+ lazy selection)',
+       bilp_mean - base_mean),
+  ]
+  table = [f'DC, IPC {args.ipc} (loops {outer} x {inner}), real batch {args.per_class} per class '
+           f'({batch_size}), ConvNet-3 width 128 instance norm, 28x28x1.', '',
+           '| ITE computation | s per step | total s per step | overhead vs base step |',
+           '|---|---|---|---|']
+  for label, sec in rows:
+    table.append(f'| {label} | {sec:.3f} | {base + sec:.3f} | {100 * sec / base:.1f}% |')
+  table.append(f'| base step alone (median of {args.steps}) | - | {base:.3f} | - |')
+  table += ['', f"exact / first-order ITE time: {ite['exact'][0] / ite['first_order'][0]:.1f}x; "
+                f'rank error of first-order vs exact (BiLP supp. 8 metric, mean over classes): '
+                f'{100 * rank_err:.2f}%; full BiLP step / base step over {args.steps} interleaved '
+                f'steps: {bilp_mean / base_mean:.3f}.']
+  payload = {'ipc': args.ipc, 'per_class': args.per_class, 'loops': [outer, inner],
+             'step_seconds': times, 'base_step_median': base,
+             'ite_exact_seconds': ite['exact'][0], 'ite_first_order_seconds': ite['first_order'][0],
+             'exact_over_first_order': ite['exact'][0] / ite['first_order'][0],
+             'rank_error': rank_err, 'bilp_over_base': bilp_mean / base_mean,
+             'rows': [{'what': label, 'seconds': sec} for label, sec in rows]}
+  common.write('bilp_overhead', payload, '\n'.join(table), command)
+
+
+if __name__ == '__main__':
+  main()
