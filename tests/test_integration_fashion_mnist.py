@@ -57,3 +57,19 @@ def test_dm_beats_random_subset_on_fashion_mnist(tmp_path):
   baseline = main_lib.run(_dm_cfg('random_subset', 0), str(tmp_path / 'random'))
   # same initial images (DM starts from the random subset), same evaluation (DC's, with DSA)
   assert distilled['eval']['acc_mean'] > baseline['eval']['acc_mean'] + 0.03, (distilled, baseline)
+
+
+def test_dsa_beats_random_subset_on_fashion_mnist(tmp_path):
+  # gradient matching (DC's code path, with DSA) from the same real initial images, same evaluation
+  cfg = _dm_cfg('dc', 0)
+  cfg.dc.iterations = 40
+  cfg.distill.lr = 0.1                   # DC / DSA's image learning rate (DM's is 1.0)
+  cfg.model.width = 32
+  cfg.eval.model.width = 32
+  cfg.distill.batch_size = 32 * 10       # 32 real images per class
+  distilled = main_lib.run(cfg, str(tmp_path / 'dsa'))
+  base = _dm_cfg('random_subset', 0)
+  base.eval.model.width = 32
+  baseline = main_lib.run(base, str(tmp_path / 'random'))
+  assert distilled['distill']['steps'] == 40
+  assert distilled['eval']['acc_mean'] > baseline['eval']['acc_mean'] + 0.03, (distilled, baseline)
