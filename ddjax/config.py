@@ -113,7 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.bilp.adaptive_mode = 'both'     # both | drop_large | drop_small (BiLP Table 5)
   cfg.bilp.adaptive_every = 10        # lazy reselection period (the real batch is held as long)
   cfg.bilp.adaptive_momentum = 0.1    # running ITE statistics (Eq. 8)
-  cfg.bilp.ite = 'first_order'        # first_order (Taylor, Eq. 7) | exact (leave-one-out)
+  cfg.bilp.ite = 'first_order'        # first_order (Taylor, Eq. 7) | exact (leave-one-out) | sketch
+  cfg.bilp.sketch_dim = 64            # random projections of the 'sketch' ITE scores
 
   cfg.transform = ml_collections.ConfigDict()
   cfg.transform.drop_easiest = 0.0    # ISA: 0.2
@@ -243,13 +244,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not 0.0 <= b.get('prune_fraction', 0.0) < 1.0:
     errors.append(f'bilp.prune_fraction must lie in [0, 1), got {b.get("prune_fraction")!r}.')
   _choice(errors, 'bilp.prune_by', b.get('prune_by'), ('drop_largest', 'drop_smallest', 'random'))
-  for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every'):
+  for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every', 'sketch_dim'):
     if not isinstance(b.get(key), int) or b.get(key) < 1:
       errors.append(f'bilp.{key} must be an integer >= 1, got {b.get(key)!r}.')
   if not 0.0 <= b.get('adaptive_beta', 0.0) < 1.0:
     errors.append(f'bilp.adaptive_beta must lie in [0, 1), got {b.get("adaptive_beta")!r}.')
   _choice(errors, 'bilp.adaptive_mode', b.get('adaptive_mode'), ('both', 'drop_large', 'drop_small'))
-  _choice(errors, 'bilp.ite', b.get('ite'), ('first_order', 'exact'))
+  _choice(errors, 'bilp.ite', b.get('ite'), ('first_order', 'exact', 'sketch'))
   if not 0.0 < b.get('adaptive_momentum', 0.1) <= 1.0:
     errors.append(f'bilp.adaptive_momentum must lie in (0, 1], got {b.get("adaptive_momentum")!r}.')
   if b.get('adaptive_beta', 0.0) > 0 and cfg.get('method') not in MATCHING_METHODS:

@@ -414,3 +414,30 @@ def test_score_cache_round_trip_and_corrupt_file(tmp_path):
     f.write(b'not a zip file')
   with pytest.raises(ValueError, match='delete it'):
     bilp.cached_scores(str(tmp_path), name, compute)
+
+
+def test_sketched_ite_scores_estimate_the_first_order_scores():
+  """The sketch is unbiased for ||ITE_i||^2 (averaged over many probe draws it matches the
+  first-order squared scores) and with 512 probes ranks the samples like the first-order ITE."""
+  dc = DC(_model(), SHAPE, K, outer_loop=1, inner_loop=1)
+  x, y, _, _ = make_tiny_arrays(per_class=24)
+  xr = jnp.asarray(x[y == 0])
+  xs = jnp.asarray(np.random.default_rng(3).uniform(size=(2,) + SHAPE), jnp.float32)
+  variables = dc.fresh_network(jax.random.PRNGKey(0))
+  sep = ite.dc_separable(dc, variables, xr, xs, 0, jax.random.PRNGKey(5))
+  first = np.asarray(ite.ite_score(ite.ite_first_order(*sep.problem)))
+  sketch = jax.jit(lambda k, d: ite.ite_sketch_scores(sep.distance, sep.features, sep.G, sep.S,
+                                                      sep.g, k, d), static_argnums=1)
+  draws = np.stack([np.asarray(sketch(jax.random.PRNGKey(i), 64)) for i in range(16)])
+  mean_sq = np.mean(draws ** 2, axis=0)             # 16 x 64 = 1024 probes in all
+  np.testing.assert_allclose(mean_sq, first ** 2, rtol=0.2)
+  assert ite.rank_error(np.asarray(sketch(jax.random.PRNGKey(99), 512)), first) < 0.05
+  # through the class-batched entry point
+  xr3 = jnp.asarray(np.stack([x[y == c] for c in range(K)]))
+  xs3 = jnp.asarray(np.random.default_rng(4).uniform(size=(K, 2) + SHAPE), jnp.float32)
+  keys = jax.random.split(jax.random.PRNGKey(9), K)
+  a = ite.dc_ite_scores(dc, variables, xr3, xs3, keys, 'sketch', sketch_dim=512)
+  b = ite.dc_ite_scores(dc, variables, xr3, xs3, keys, 'first_order')
+  assert np.mean([ite.rank_error(a[c], b[c]) for c in range(K)]) < 0.06
+  with pytest.raises(ValueError, match='sketch'):
+    ite.dc_ite_scores(dc, variables, xr3, xs3, keys, 'taylor')

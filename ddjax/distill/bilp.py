@@ -3,7 +3,8 @@ Sec. 4.2 and Alg. 1): drop the real samples whose individual treatment effect on
 is too small or too large.
 
 Every `every` steps (lazy selection, BiLP: 10) the wrapper scores each real sample of the batch by
-||ITE(x_r)||_2 (`ddjax.scoring.ite`: the first-order JVP by default, or the exact leave-one-out),
+||ITE(x_r)||_2 (`ddjax.scoring.ite`: the first-order JVP by default, the exact leave-one-out, or
+the random-projection sketch of the first-order scores),
 folds the batch's scores into running statistics (momentum 0.1, Eq. 8) and keeps the samples inside
 the (beta/2, 1 - beta/2) quantile window of N(mu, sigma^2) (`ddjax.scoring.selection`; one-sided
 modes for BiLP Table 5). The keep mask reaches the base distiller as `batch['weight']`, so its real
@@ -52,17 +53,19 @@ class AdaptivePruning:
     batch_size: B, the real batch (the mask's length).
     beta: pruning rate (BiLP: 0.3). mode: 'both' | 'drop_large' | 'drop_small'.
     momentum: running-statistics momentum (0.1). every: reselect every `every` steps (10).
-    ite_method: 'first_order' (BiLP's Taylor approximation) or 'exact' (leave-one-out).
+    ite_method: 'first_order' (BiLP's Taylor approximation), 'exact' (leave-one-out) or
+      'sketch' (the first-order scores estimated from `sketch_dim` random projections).
     chunk_size: per-class samples scored at once (bounded memory; None: the whole class).
   """
 
   def __init__(self, base, batch_size: int, beta: float = 0.3, mode: str = 'both',
                momentum: float = 0.1, every: int = 10, ite_method: str = 'first_order',
-               chunk_size: int | None = None):
+               chunk_size: int | None = None, sketch_dim: int = 64):
     if not isinstance(base, (DC, DM)):
       raise ValueError('BiLP adaptive pruning needs an additive-separable matching distiller '
                        f'(DC, DSA or DM), got {type(base).__name__}; set bilp.adaptive_beta=0 '
-                       'for other methods (preemptive pruning, bilp.prune_fraction, works for all).')
+                       'for other methods (preemptive pruning, bilp.prune_fraction, works for '
+                       'all).')
     if ite_method not in ite_lib.METHODS:
       raise ValueError(f'bilp.ite={ite_method!r} is not one of {ite_lib.METHODS}.')
     self.base = base
@@ -71,6 +74,7 @@ class AdaptivePruning:
                                                    mode=mode)
     self.ite_method = ite_method
     self.chunk_size = chunk_size
+    self.sketch_dim = int(sketch_dim)
 
   def init(self, key: Array, syn: PyTree) -> BiLPState:
     return BiLPState(base=self.base.init(key, syn), selection=self.selector.init(self.batch_size))
@@ -86,11 +90,11 @@ class AdaptivePruning:
     if isinstance(self.base, DC):
       variables = self.base._with_bn_stats(base_state.variables, xr)
       scores = ite_lib.dc_ite_scores(self.base, variables, xr, xs, jax.random.split(key, k),
-                                     self.ite_method, self.chunk_size)
+                                     self.ite_method, self.chunk_size, self.sketch_dim)
     else:
       variables, keys = self.base.network_and_keys(key)
       scores = ite_lib.dm_ite_scores(self.base, variables, xr, xs, keys, self.ite_method,
-                                     self.chunk_size)
+                                     self.chunk_size, self.sketch_dim)
     order = jnp.argsort(labels, stable=True)          # group_by_class's order
     return jnp.zeros_like(scores.reshape(-1)).at[order].set(scores.reshape(-1))
 

@@ -78,7 +78,8 @@ def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTran
 
   distiller: has per_sample(syn, inner, batch, key), regularizer(syn, classes) and
     update(syn, inner, key); optionally before_loss(syn, inner, batch, key, step) -> inner, run
-    first with per_sample's key (BiLP's adaptive selection). classes: (n,) class of each prototype (for label regularizers).
+    first with per_sample's key (BiLP's adaptive selection).
+  classes: (n,) class of each prototype (for label regularizers).
   metrics: loss (the optimized scalar), meta_loss (plain mean over the whole batch, before any
   transform), kept (rows left after selection), grad_norm.
   """

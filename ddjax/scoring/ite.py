@@ -14,6 +14,18 @@ exact when grad_S L is affine in G (L quadratic in G, e.g. DM's squared mean dis
 error is the Taylor remainder otherwise (DC's cosine distance). BiLP's criterion is
 `ite_score = ||ITE_i||_2` over the flattened pytree.
 
+`ite_sketch_scores` estimates the first-order scores without a synthetic-side pass per sample,
+for meta-losses of the form L(G, S) = D(G, h(S)) (DC: h = the synthetic gradient; DM: the
+synthetic mean embedding). With p_1..p_r ~ N(0, I) in S-space,
+
+    p_k . ITE_i = (J_h p_k)^T (d^2 D / dh dG) g_i = g_i . w_k,   w_k = d/de grad_G D(G, h + e J_h p_k)
+
+so r JVPs of h (on the few synthetic images) and r JVPs of grad_G D (on the distance alone) give
+the r vectors w_k, and ||ITE_i||^2 ~ (1/r) sum_k (g_i . w_k)^2, an unbiased estimate (relative
+spread sqrt(2 / r) per sample) from one (B, P) x (P, r) product. The vmapped first-order ITE
+needs one VJP through the synthetic gradient per real sample instead, which in JAX costs about as
+much as the leave-one-out (vmap shares the synthetic forward pass in both).
+
 `dc_ite_problem` / `dm_ite_problem` build (meta_loss, G, S, g) for one class from ddjax's DC and
 DM exactly as their `per_sample` computes that class's meta-loss (same DSA key on the real and the
 synthetic side), and `dc_ite_scores` / `dm_ite_scores` return (K, B_c) scores for a class-grouped
@@ -31,7 +43,7 @@ Array = jax.Array
 PyTree = Any
 MetaLoss = Callable[[PyTree, PyTree], Array]
 
-METHODS = ('first_order', 'exact')
+METHODS = ('first_order', 'exact', 'sketch')
 
 
 def _sub(a: PyTree, b: PyTree) -> PyTree:
@@ -87,11 +99,42 @@ def ite_score(ite: PyTree) -> Array:
   return jnp.sqrt(sq)
 
 
+def _tree_dot_batched(g: PyTree, w: PyTree) -> Array:
+  """(B, r) inner products of per-sample pytrees g (leading B) with w (leading r)."""
+  return sum(jnp.einsum('bp,rp->br', a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
+             for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(w)))
+
+
+def ite_sketch_scores(distance: Callable[[PyTree, PyTree], Array], features: Callable,
+                      G: PyTree, S: PyTree, g: PyTree, key: Array, dim: int = 64) -> Array:
+  """Sketched first-order ITE scores (module docstring) for L(G, S) = distance(G, features(S)).
+
+  Args:
+    distance: D(G, h) -> scalar. features: h(S) -> pytree.
+    G: the real statistic; S: the synthetic data; g: per-sample statistics (leading axis B).
+    key: PRNG key of the r Gaussian directions in S-space. dim: r.
+
+  Returns (B,) estimates of ||ITE_i||_2 (first-order), E[score_i^2] = ||ITE_i||^2.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(S)
+  keys = jax.random.split(key, len(leaves))
+  probes = jax.tree_util.tree_unflatten(treedef, [
+      jax.random.normal(k, (dim,) + jnp.shape(a), jnp.result_type(a))
+      for k, a in zip(keys, leaves)])
+  h, h_jvp = jax.linearize(features, S)
+  v = jax.vmap(h_jvp)(probes)                                     # J_h p_k, (r, ...)
+  grad_g = lambda h_: jax.grad(distance, argnums=0)(G, h_)
+  _, w_jvp = jax.linearize(grad_g, h)
+  w = jax.vmap(w_jvp)(v)                                          # (r, G's shape)
+  proj = _tree_dot_batched(g, w)                                  # (B, r)
+  return jnp.sqrt(jnp.mean(jnp.square(proj), axis=1))
+
+
 def compute_ite(meta_loss: MetaLoss, G: PyTree, S: PyTree, g: PyTree,
                 method: str = 'first_order', chunk_size: int | None = None) -> PyTree:
   """`ite_first_order` or `ite_exact` by name."""
-  if method not in METHODS:
-    raise ValueError(f'unknown ITE method {method!r}; allowed: {", ".join(METHODS)}')
+  if method not in ('first_order', 'exact'):
+    raise ValueError(f'unknown ITE method {method!r}; allowed: first_order, exact')
   fn = ite_first_order if method == 'first_order' else ite_exact
   return fn(meta_loss, G, S, g, chunk_size=chunk_size)
 
@@ -127,16 +170,28 @@ class ITEProblem(NamedTuple):
   g: PyTree
 
 
-def dc_ite_problem(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array
-                   ) -> ITEProblem:
-  """One class of DC / DSA gradient matching as an ITE problem.
+class Separable(NamedTuple):
+  """A meta-loss L(G, S) = distance(G, features(S)) with its real statistic G and the per-sample
+  g (leading axis B): what `ite_sketch_scores` needs; `problem` is the same as an `ITEProblem`."""
+  distance: Callable[[PyTree, PyTree], Array]
+  features: Callable[[PyTree], PyTree]
+  G: PyTree
+  S: PyTree
+  g: PyTree
 
-  g_i = grad_theta l(theta; A(x_i)) / B (`DC.per_sample_gradients`), G = sum_i g_i (the real class
-  gradient DC matches), S = x_syn, and L(G, S) = DC.distance(G, grad_theta l(theta; A(S))) with A
-  the class's DSA draw from `key` on both sides, as `DC.per_sample` does with
-  `keys = split(key, K)` (pass keys[c] here). L is the class's distance, whose S-gradient is that of
-  DC's meta-loss (the other classes do not depend on S_c; DC's `per_sample` scales by K only so
-  that its mean is the class sum).
+  @property
+  def problem(self) -> ITEProblem:
+    return ITEProblem(lambda G_, S_: self.distance(G_, self.features(S_)), self.G, self.S, self.g)
+
+
+def dc_separable(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array
+                 ) -> Separable:
+  """One class of DC / DSA gradient matching, L(G, S) = DC.distance(G, grad_theta l(theta; A(S)))
+  with g_i = grad_theta l(theta; A(x_i)) / B (`DC.per_sample_gradients`) and G = sum_i g_i (the
+  real class gradient DC matches); A is the class's DSA draw from `key` on both sides, as
+  `DC.per_sample` does with `keys = split(key, K)` (pass keys[c] here). L is the class's
+  distance, whose S-gradient is that of DC's meta-loss (the other classes do not depend on S_c;
+  DC's `per_sample` scales by K only so that its mean is the class sum).
 
   Args:
     dc: a `ddjax.distill.dc.DC`.
@@ -152,57 +207,77 @@ def dc_ite_problem(dc, variables: PyTree, x_real: Array, x_syn: Array, label, ke
       variables, x_real, jnp.full((x_real.shape[0],), label, jnp.int32), key))
   G = jax.tree_util.tree_map(lambda a: a.sum(axis=0), g)
 
-  def meta_loss(G_, S):
+  def features(S):
     xs = dc._augment(key, S)
-    g_syn = jax.grad(dc._loss)(params, rest, xs, jnp.full((S.shape[0],), label, jnp.int32))
-    return dc.distance(G_, g_syn)
+    return jax.grad(dc._loss)(params, rest, xs, jnp.full((S.shape[0],), label, jnp.int32))
 
-  return ITEProblem(meta_loss, G, x_syn, g)
+  return Separable(dc.distance, features, G, x_syn, g)
 
 
-def dm_ite_problem(dm, variables: PyTree, x_real: Array, x_syn: Array, key: Array) -> ITEProblem:
-  """One class of DM as an ITE problem.
+def dc_ite_problem(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array
+                   ) -> ITEProblem:
+  """One class of DC / DSA gradient matching as an ITE problem (see `dc_separable`)."""
+  return dc_separable(dc, variables, x_real, x_syn, label, key).problem
 
-  g_i = psi(A(x_i)) / B (`DM.real_statistic`), G = sum_i g_i (the real mean embedding), S = x_syn,
-  L(G, S) = ||G - mean_s psi(A(s))||^2 (`DM.loss_from_statistic`), A the class's DSA draw from
-  `key` on both sides, as `DM.per_sample` does with `keys = split(k_aug, K)` (pass keys[c]). L is
-  quadratic in G, so the first-order ITE is exact here.
+
+def dm_separable(dm, variables: PyTree, x_real: Array, x_syn: Array, key: Array) -> Separable:
+  """One class of DM: g_i = psi(A(x_i)) / B (`DM.real_statistic`), G = sum_i g_i (the real mean
+  embedding), L(G, S) = ||G - mean_s psi(A(s))||^2 (`DM.loss_from_statistic`), A the class's DSA
+  draw from `key` on both sides, as `DM.per_sample` does with `keys = split(k_aug, K)` (pass
+  keys[c]). L is quadratic in G, so the first-order ITE is exact here.
 
   Args: dm, a `ddjax.distill.dm.DM`; variables, the (fresh) network; x_real (B, H, W, C);
   x_syn (ipc, H, W, C).
   """
   g = jax.lax.stop_gradient(dm.real_statistic(variables, x_real[None], key[None])[0])
-  G = g.sum(axis=0)
-
-  def meta_loss(G_, S):
-    return dm.loss_from_statistic(G_[None], S[None], variables, key[None])[0]
-
-  return ITEProblem(meta_loss, G, x_syn, g)
+  features = lambda S: dm._embed(variables, dm._augment(key[None], S[None])).mean(axis=1)[0]
+  distance = lambda G_, h: jnp.sum(jnp.square(G_ - h))
+  return Separable(distance, features, g.sum(axis=0), x_syn, g)
 
 
-def _class_scores(build: Callable, method: str, chunk_size: int | None) -> Callable:
+def dm_ite_problem(dm, variables: PyTree, x_real: Array, x_syn: Array, key: Array) -> ITEProblem:
+  """One class of DM as an ITE problem (see `dm_separable`)."""
+  return dm_separable(dm, variables, x_real, x_syn, key).problem
+
+
+def _class_scores(build: Callable, method: str, chunk_size: int | None,
+                  sketch_dim: int) -> Callable:
   def one(*args):
-    p = build(*args)
+    sep = build(*args)
+    if method == 'sketch':
+      return ite_sketch_scores(sep.distance, sep.features, sep.G, sep.S, sep.g,
+                               jax.random.fold_in(args[-1], 1), sketch_dim)
+    p = sep.problem
     return ite_score(compute_ite(p.meta_loss, p.G, p.S, p.g, method, chunk_size))
   return one
 
 
+def _check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f'unknown ITE method {method!r}; allowed: {", ".join(METHODS)}')
+
+
 def dc_ite_scores(dc, variables: PyTree, x_real: Array, x_syn: Array, keys: Array,
-                  method: str = 'first_order', chunk_size: int | None = None) -> Array:
+                  method: str = 'first_order', chunk_size: int | None = None,
+                  sketch_dim: int = 64) -> Array:
   """||ITE||_2 of every real sample of a class-grouped DC batch: x_real (K, B_c, H, W, C), x_syn
   (K, ipc, H, W, C), keys (K,) the per-class DSA keys of `DC.per_sample` -> (K, B_c). Jit-able;
-  variables as in `dc_ite_problem`."""
-  one = _class_scores(lambda xr, xs, c, k: dc_ite_problem(dc, variables, xr, xs, c, k), method,
-                      chunk_size)
+  variables as in `dc_separable`. method: 'first_order', 'exact' or 'sketch' (`sketch_dim`
+  probes, directions drawn from the class key)."""
+  _check_method(method)
+  one = _class_scores(lambda xr, xs, c, k: dc_separable(dc, variables, xr, xs, c, k), method,
+                      chunk_size, sketch_dim)
   return jax.vmap(one)(x_real, x_syn, jnp.arange(x_real.shape[0]), keys)
 
 
 def dm_ite_scores(dm, variables: PyTree, x_real: Array, x_syn: Array, keys: Array,
-                  method: str = 'first_order', chunk_size: int | None = None) -> Array:
+                  method: str = 'first_order', chunk_size: int | None = None,
+                  sketch_dim: int = 64) -> Array:
   """||ITE||_2 of every real sample of a class-grouped DM batch: x_real (K, B_c, ...), x_syn
   (K, ipc, ...), keys (K,) the per-class DSA keys of `DM.per_sample` -> (K, B_c). Jit-able."""
-  one = _class_scores(lambda xr, xs, k: dm_ite_problem(dm, variables, xr, xs, k), method,
-                      chunk_size)
+  _check_method(method)
+  one = _class_scores(lambda xr, xs, k: dm_separable(dm, variables, xr, xs, k), method,
+                      chunk_size, sketch_dim)
   return jax.vmap(one)(x_real, x_syn, keys)
 
 
