@@ -13,6 +13,7 @@ one outer-loop image update (plus the inner network training when the loop says 
   score the whole dataset every iteration: that row is this one x (dataset size / batch), an
   extrapolation, not a run.
 - + first-order (Taylor / JVP) ITE: the same scores by one linearization and vmapped JVPs.
+- sketch of the first-order scores (`--sketch-dim` random projections; ddjax's addition).
 - + lazy selection: the whole BiLP step (`AdaptivePruning`, reselection every 10 steps, held batch)
   over --steps consecutive steps, against as many base steps, interleaved.
 The ratios are what to quote on a shared machine.
@@ -55,12 +56,15 @@ def main():
   ap.add_argument('--per-class', type=int, default=256)
   ap.add_argument('--steps', type=int, default=10)
   ap.add_argument('--chunk', type=int, default=32, help='samples per vmapped ITE chunk')
+  ap.add_argument('--sketch-dim', type=int, default=64)
+  ap.add_argument('--ite', default='first_order', help="the BiLP arm's ITE method")
   args = ap.parse_args()
   command = 'python benchmarks/bilp_overhead.py ' + ' '.join(sys.argv[1:])
   outer, inner = dc_loops(args.ipc)
   model = build_model('convnet', K, depth=3, width=128, norm='instance', pooling='avg')
   dc = DC(model, SHAPE, K, outer_loop=outer, inner_loop=inner)
-  bilp = AdaptivePruning(dc, K * args.per_class, beta=0.3, every=10, chunk_size=args.chunk)
+  bilp = AdaptivePruning(dc, K * args.per_class, beta=0.3, every=10, chunk_size=args.chunk,
+                         ite_method=args.ite, sketch_dim=args.sketch_dim)
   rng = np.random.default_rng(0)
   syn = {'x': jnp.asarray(rng.normal(size=(K * args.ipc,) + SHAPE), jnp.float32),
          'y': jnp.asarray(np.eye(K, dtype=np.float32).repeat(args.ipc, 0))}
@@ -88,15 +92,17 @@ def main():
   keys = jax.random.split(jax.random.PRNGKey(1), K)
   variables = states['base'].inner.variables
   ite = {}
-  for method in ('first_order', 'exact'):
-    fn = jax.jit(lambda v, xr, xs, k, m=method: ite_lib.dc_ite_scores(dc, v, xr, xs, k, m,
-                                                                     args.chunk))
+  for method in ('sketch', 'first_order', 'exact'):
+    fn = jax.jit(lambda v, xr, xs, k, m=method: ite_lib.dc_ite_scores(
+        dc, v, xr, xs, k, m, args.chunk, args.sketch_dim))
     fn(variables, xr, xs, keys).block_until_ready()              # compile
     t, scores = timed(fn, variables, xr, xs, keys)
     ite[method] = (t, np.asarray(scores))
     print(method, f'{t:.2f} s', flush=True)
   rank_err = float(np.mean([ite_lib.rank_error(ite['exact'][1][c], ite['first_order'][1][c])
                             for c in range(K)]))
+  rank_err_sketch = float(np.mean([ite_lib.rank_error(ite['first_order'][1][c],
+                                                      ite['sketch'][1][c]) for c in range(K)]))
   base = float(np.median(times['base']))
   bilp_mean = float(np.mean(times['bilp']))
   base_mean = float(np.mean(times['base']))
@@ -106,7 +112,9 @@ def main():
        ite['exact'][0] * DATASET_SIZE / batch_size),
       ('exact ITE on the batch (+ running statistics)', ite['exact'][0]),
       ('first-order (JVP) ITE on the batch (+ Taylor approximation)', ite['first_order'][0]),
-      ('BiLP overhead per step with lazy selection every 10 (+ lazy selection)',
+      (f'sketched first-order ITE on the batch ({args.sketch_dim} projections)',
+       ite['sketch'][0]),
+      (f'BiLP overhead per step, {args.ite} ITE, lazy selection every 10 (+ lazy selection)',
        bilp_mean - base_mean),
   ]
   table = [f'DC, IPC {args.ipc} (loops {outer} x {inner}), real batch {args.per_class} per class '
@@ -118,13 +126,16 @@ def main():
   table.append(f'| base step alone (median of {args.steps}) | - | {base:.3f} | - |')
   table += ['', f"exact / first-order ITE time: {ite['exact'][0] / ite['first_order'][0]:.1f}x; "
                 f'rank error of first-order vs exact (BiLP supp. 8 metric, mean over classes): '
-                f'{100 * rank_err:.2f}%; full BiLP step / base step over {args.steps} interleaved '
+                f'{100 * rank_err:.2f}%; of the sketch vs first-order: {100 * rank_err_sketch:.2f}%; '
+                f'full BiLP step ({args.ite} ITE) / base step over {args.steps} interleaved '
                 f'steps: {bilp_mean / base_mean:.3f}.']
   payload = {'ipc': args.ipc, 'per_class': args.per_class, 'loops': [outer, inner],
              'step_seconds': times, 'base_step_median': base,
              'ite_exact_seconds': ite['exact'][0], 'ite_first_order_seconds': ite['first_order'][0],
              'exact_over_first_order': ite['exact'][0] / ite['first_order'][0],
-             'rank_error': rank_err, 'bilp_over_base': bilp_mean / base_mean,
+             'ite_sketch_seconds': ite['sketch'][0], 'sketch_dim': args.sketch_dim,
+             'rank_error': rank_err, 'rank_error_sketch_vs_first_order': rank_err_sketch,
+             'bilp_ite': args.ite, 'bilp_over_base': bilp_mean / base_mean,
              'rows': [{'what': label, 'seconds': sec} for label, sec in rows]}
   common.write('bilp_overhead', payload, '\n'.join(table), command)
 
