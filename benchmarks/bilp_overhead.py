@@ -79,9 +79,11 @@ def main():
   for name, distiller in (('base', dc), ('bilp', bilp)):
     states[name] = step_lib.init_state(distiller, T.identity(), opt, syn, jax.random.PRNGKey(0))
     steps[name] = jax.jit(step_lib.make_step(distiller, T.identity(), opt, classes))
-    states[name], _ = steps[name](states[name], batch, jax.random.PRNGKey(0))   # compile
+    for warm in range(2):                     # compile, then one more untimed step
+      states[name], _ = steps[name](states[name], batch, jax.random.PRNGKey(1000 + warm))
+      jax.block_until_ready(states[name])
   times = {'base': [], 'bilp': []}
-  for s in range(1, args.steps + 1):          # interleaved; BiLP reselects at step 10
+  for s in range(2, args.steps + 2):          # interleaved; BiLP reselects at step 10
     for name in ('base', 'bilp'):
       t, (states[name], _) = timed(steps[name], states[name], batch, jax.random.PRNGKey(s))
       times[name].append(t)
