@@ -104,6 +104,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.bilp = ml_collections.ConfigDict()   # BiLP data pruning (ddjax.scoring, ddjax.distill.bilp)
   cfg.bilp.prune_fraction = 0.0       # preemptive: drop this fraction of every class before distilling
   cfg.bilp.prune_by = 'drop_largest'  # drop_largest (BiLP: large loss) | drop_smallest | random
+  cfg.bilp.prune_score = 'loss'       # loss (BiLP) | el2n (PAD's difficulty: drop_largest drops the
+                                      # hardest, for small IPC; drop_smallest the easiest, large IPC)
   cfg.bilp.score_trials = 2           # short training runs of the loss criterion (BiLP: 50)
   cfg.bilp.score_epochs = 5           # epochs per run (early epochs suffice, BiLP Fig. 3)
   cfg.bilp.score_epoch = -1           # epoch the smoothed loss curve is read at (-1: last)
@@ -244,6 +246,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not 0.0 <= b.get('prune_fraction', 0.0) < 1.0:
     errors.append(f'bilp.prune_fraction must lie in [0, 1), got {b.get("prune_fraction")!r}.')
   _choice(errors, 'bilp.prune_by', b.get('prune_by'), ('drop_largest', 'drop_smallest', 'random'))
+  _choice(errors, 'bilp.prune_score', b.get('prune_score'), ('loss', 'el2n'))
   for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every', 'sketch_dim'):
     if not isinstance(b.get(key), int) or b.get(key) < 1:
       errors.append(f'bilp.{key} must be an integer >= 1, got {b.get(key)!r}.')

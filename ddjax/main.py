@@ -87,12 +87,13 @@ class Prepared:
 def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
                      workdir: str) -> tuple[Prepared, dict]:
   """BiLP's preemptive pruning (Sec. 4.1): drop bilp.prune_fraction of every class by the
-  empirical-loss criterion before distilling.
+  empirical-loss criterion before distilling (or, with bilp.prune_score='el2n', by PAD's EL2N
+  difficulty, PAD appendix A.1's filter for DC and DM).
 
   Criterion: `bilp.score_trials` ConvNet-3 (width `bilp.score_width`) trained `score_epochs`
-  epochs each on the whole training set; every example's loss after every epoch, averaged over
-  trials, Gaussian-smoothed over epochs (sigma `score_sigma`) and read at `score_epoch`
-  (`ddjax.scoring.bilp.empirical_loss_score`). Scores are cached in workdir/scores/ under a name
+  epochs each on the whole training set; every example's loss (or EL2N) after every epoch,
+  averaged over trials, Gaussian-smoothed over epochs (sigma `score_sigma`) and read at
+  `score_epoch` (`ddjax.scoring.bilp.empirical_loss_score`). Scores are cached in workdir/scores/ under a name
   of the setting, so reruns and resumed runs do not train again. The kept indices (into the
   training set, ascending) go to workdir/kept_indices.npz.
   """
@@ -111,7 +112,8 @@ def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
     return {'loss': out['loss'], 'el2n': out['el2n']}
 
   arrays = scoring.cached_scores(os.path.join(workdir, 'scores'), name, compute)
-  score = scoring.empirical_loss_score(arrays['loss'], sigma=b.score_sigma, epoch=b.score_epoch)
+  score = scoring.empirical_loss_score(arrays[b.prune_score], sigma=b.score_sigma,
+                                       epoch=b.score_epoch)
   kept = scoring.prune_classwise(score, prep.y_train, alpha=b.prune_fraction,
                                  direction=b.prune_by, key=jax.random.fold_in(key, 1))
   files.write_npz(os.path.join(workdir, 'kept_indices.npz'), indices=kept, score=score)
@@ -121,6 +123,7 @@ def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
         f'({b.prune_by}, fraction {b.prune_fraction})', flush=True)
   return prep.subset(kept), {'kept': int(len(kept)), 'of': int(len(prep.y_train)),
                              'fraction': b.prune_fraction, 'by': b.prune_by,
+                             'score': b.prune_score,
                              'scores': name}
 
 

@@ -175,12 +175,23 @@ def test_preemptive_pruning_in_a_run_keeps_the_lowest_loss_half_and_caches_score
     chosen = np.intersect1d(idx, members)
     assert len(chosen) == len(members) // 2
     assert score[chosen].max() <= np.sort(score[members])[len(members) // 2 - 1] + 1e-7
-  # a second run (new workdir for the distillation, same scores dir) does not train scorers again
+  # a second run in the same workdir does not train scorers again; PAD's EL2N filter (drop the
+  # easiest) reads the cached EL2N curves instead of the losses
   from ddjax import scoring
   monkeypatch.setattr(scoring, 'score_trials', lambda *a, **k: pytest.fail('scored twice'))
-  cfg.distill.steps = 3
   res2 = main_lib.run(cfg, workdir)
   assert res2['preemptive_pruning'] == res['preemptive_pruning']
+  cfg.bilp.prune_score, cfg.bilp.prune_by = 'el2n', 'drop_smallest'
+  res3 = main_lib.run(cfg, workdir)
+  kept3 = np.load(os.path.join(workdir, 'kept_indices.npz'))
+  cached = np.load(os.path.join(workdir, 'scores', os.listdir(os.path.join(workdir, 'scores'))[0]))
+  np.testing.assert_allclose(kept3['score'], scoring.empirical_loss_score(cached['el2n']),
+                             rtol=1e-6)
+  for c in range(3):                       # the half with the largest EL2N (hardest) stays
+    members = np.flatnonzero(prep.y_train == c)
+    chosen = np.intersect1d(kept3['indices'], members)
+    assert kept3['score'][chosen].min() >= np.sort(kept3['score'][members])[len(members) // 2] - 1e-7
+  assert res3['preemptive_pruning']['score'] == 'el2n'
 
 
 def test_cli_bilp_dm_end_to_end(tiny_npz, tmp_path):
