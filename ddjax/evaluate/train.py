@@ -49,6 +49,21 @@ def _merge(params, batch_stats) -> dict:
   return variables
 
 
+def make_init_carry(model: nn.Module, opt: optax.GradientTransformation, image_shape: tuple,
+                    has_batch_stats: bool) -> Callable:
+  """Jitted init(key) -> carry = (params, batch_stats or None, opt_state) of a fresh network, the
+  starting point of every train-from-scratch loop (evaluation, scoring trials)."""
+
+  @jax.jit
+  def init(key):
+    variables = init_model(model, key, (1,) + tuple(image_shape))
+    params = variables['params']
+    batch_stats = variables.get('batch_stats') if has_batch_stats else None
+    return params, batch_stats, opt.init(params)
+
+  return init
+
+
 @functools.lru_cache(maxsize=64)
 def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: int,
                has_batch_stats: bool, unroll: int | str):
@@ -60,13 +75,7 @@ def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: 
   opt = make_optimizer(protocol)
   batch = min(protocol.batch_size, n)
   translate, cutout, flip = augment_pixels(protocol, image_shape)
-
-  @jax.jit
-  def init(key):
-    variables = init_model(model, key, (1,) + image_shape)
-    params = variables['params']
-    batch_stats = variables.get('batch_stats') if has_batch_stats else None
-    return params, batch_stats, opt.init(params)
+  init = make_init_carry(model, opt, image_shape, has_batch_stats)
 
   def step(carry, key, x, y):
     params, batch_stats, opt_state = carry

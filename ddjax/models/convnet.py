@@ -66,8 +66,8 @@ def _conv2d_fwd(x, w, padding):
 def _conv2d_bwd(padding, res, dy):
   x, w = res
   kh, kw = w.shape[:2]
-  _, vjp_x = jax.vjp(lambda x_: _conv_lax(x_, w, padding), x)
-  (dx,) = vjp_x(dy)
+  # the input gradient is the transpose of the (linear in x) convolution: no forward pass
+  (dx,) = jax.linear_transpose(lambda x_: _conv_lax(x_, w, padding), x)(dy)
   (pt, pb), (pl, pr) = padding
   xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   n, h, wd, o = dy.shape

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ddjax.evaluate.train import make_init_carry
 from ddjax.models import init_model
 
 Array = jax.Array
@@ -198,13 +199,7 @@ def _trial_fns(model: nn.Module, image_shape: tuple, optimizer: str, learning_ra
                momentum: float, has_batch_stats: bool):
   """Jitted init(key) -> carry and step(carry, x, labels, idx) -> carry (one mini-batch)."""
   opt = make_optimizer(optimizer, learning_rate, momentum)
-
-  @jax.jit
-  def init(key):
-    variables = init_model(model, key, (1,) + image_shape)
-    params = variables['params']
-    stats = variables.get('batch_stats') if has_batch_stats else None
-    return params, stats, opt.init(params)
+  init = make_init_carry(model, opt, image_shape, has_batch_stats)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(carry, x, labels, idx):
