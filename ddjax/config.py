@@ -111,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.bilp.score_epoch = -1           # epoch the smoothed loss curve is read at (-1: last)
   cfg.bilp.score_sigma = 3.0          # Gaussian smoothing of the curve over epochs
   cfg.bilp.score_width = 32           # ConvNet-3 width of the scoring networks
+  cfg.bilp.score_dir = ''             # score cache; '' = <workdir>/scores (share one across runs)
   cfg.bilp.adaptive_beta = 0.0        # adaptive ITE pruning rate (BiLP: 0.3); 0 = off
   cfg.bilp.adaptive_mode = 'both'     # both | drop_large | drop_small (BiLP Table 5)
   cfg.bilp.adaptive_every = 10        # lazy reselection period (the real batch is held as long)

@@ -84,18 +84,14 @@ class Prepared:
     return out
 
 
-def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
-                     workdir: str) -> tuple[Prepared, dict]:
-  """BiLP's preemptive pruning (Sec. 4.1): drop bilp.prune_fraction of every class by the
-  empirical-loss criterion before distilling (or, with bilp.prune_score='el2n', by PAD's EL2N
-  difficulty, PAD appendix A.1's filter for DC and DM).
+def loss_scores(cfg: ml_collections.ConfigDict, prep: Prepared, workdir: str) -> dict:
+  """Per-epoch scores of BiLP's criterion on prep's training set, computed once and cached.
 
-  Criterion: `bilp.score_trials` ConvNet-3 (width `bilp.score_width`) trained `score_epochs`
-  epochs each on the whole training set; every example's loss (or EL2N) after every epoch,
-  averaged over trials, Gaussian-smoothed over epochs (sigma `score_sigma`) and read at
-  `score_epoch` (`ddjax.scoring.bilp.empirical_loss_score`). Scores are cached in workdir/scores/ under a name
-  of the setting, so reruns and resumed runs do not train again. The kept indices (into the
-  training set, ascending) go to workdir/kept_indices.npz.
+  `bilp.score_trials` ConvNet-3 (width `bilp.score_width`) are trained `score_epochs` epochs each
+  on the whole training set, recording every example's loss and EL2N after every epoch. Cached
+  in `bilp.score_dir` (default workdir/scores/) under a name of the setting, so reruns, resumed
+  runs and other runs sharing the directory do not train again.
+  Returns {'loss': (T, E, N), 'el2n': (T, E, N), 'name': str}.
   """
   b = cfg.bilp
   name = scoring.cache_name(dataset=cfg.data.name, n=len(prep.y_train), seed=cfg.seed,
@@ -111,7 +107,24 @@ def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
                                b.score_epochs, progress=lambda l: print('[bilp] ' + l, flush=True))
     return {'loss': out['loss'], 'el2n': out['el2n']}
 
-  arrays = scoring.cached_scores(os.path.join(workdir, 'scores'), name, compute)
+  arrays = scoring.cached_scores(b.score_dir or os.path.join(workdir, 'scores'), name, compute)
+  return {**arrays, 'name': name}
+
+
+def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
+                     workdir: str) -> tuple[Prepared, dict]:
+  """BiLP's preemptive pruning (Sec. 4.1): drop bilp.prune_fraction of every class by the
+  empirical-loss criterion before distilling (or, with bilp.prune_score='el2n', by PAD's EL2N
+  difficulty, PAD appendix A.1's filter for DC and DM).
+
+  Criterion (`loss_scores`): every example's loss (or EL2N) after every epoch of short training
+  runs, averaged over trials, Gaussian-smoothed over epochs (sigma `score_sigma`) and read at
+  `score_epoch` (`ddjax.scoring.bilp.empirical_loss_score`). The kept indices (into the
+  training set, ascending) go to workdir/kept_indices.npz.
+  """
+  b = cfg.bilp
+  arrays = loss_scores(cfg, prep, workdir)
+  key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_SCORE)
   score = scoring.empirical_loss_score(arrays[b.prune_score], sigma=b.score_sigma,
                                        epoch=b.score_epoch)
   kept = scoring.prune_classwise(score, prep.y_train, alpha=b.prune_fraction,
@@ -124,7 +137,7 @@ def preemptive_prune(cfg: ml_collections.ConfigDict, prep: Prepared,
   return prep.subset(kept), {'kept': int(len(kept)), 'of': int(len(prep.y_train)),
                              'fraction': b.prune_fraction, 'by': b.prune_by,
                              'score': b.prune_score,
-                             'scores': name}
+                             'scores': arrays['name']}
 
 
 def make_kernel_fn(cfg: ml_collections.ConfigDict):

@@ -192,6 +192,13 @@ def test_preemptive_pruning_in_a_run_keeps_the_lowest_loss_half_and_caches_score
     chosen = np.intersect1d(kept3['indices'], members)
     assert kept3['score'][chosen].min() >= np.sort(kept3['score'][members])[len(members) // 2] - 1e-7
   assert res3['preemptive_pruning']['score'] == 'el2n'
+  # runs sharing bilp.score_dir share one score cache (the benchmarks' setting)
+  shared = str(tmp_path / 'shared_scores')
+  os.replace(os.path.join(workdir, 'scores'), shared)
+  cfg.bilp.score_dir = shared
+  res4 = main_lib.run(cfg, str(tmp_path / 'other_run'))     # scoring would fail the test
+  assert res4['preemptive_pruning'] == res3['preemptive_pruning']
+  assert not os.path.exists(str(tmp_path / 'other_run' / 'scores'))
 
 
 def test_cli_bilp_dm_end_to_end(tiny_npz, tmp_path):

@@ -389,6 +389,30 @@ def test_prune_classwise_counts_and_direction():
     bilp.prune_classwise(scores, labels, alpha=0.1, direction='random')
 
 
+def test_stratify_classwise_partitions_each_class_by_descending_score():
+  rng = np.random.default_rng(1)
+  labels = np.repeat([0, 1, 2], [20, 13, 10])
+  scores = rng.normal(size=43)
+  strata = bilp.stratify_classwise(scores, labels, num_strata=4)
+  assert len(strata) == 4
+  np.testing.assert_array_equal(np.sort(np.concatenate(strata)), np.arange(43))  # a partition
+  for k, idx in enumerate(strata):
+    assert np.all(np.diff(idx) > 0)
+    # class-balanced: np.array_split sizes of each class (13 -> 4, 3, 3, 3)
+    counts = np.bincount(labels[idx], minlength=3)
+    np.testing.assert_array_equal(counts, [5, [4, 3, 3, 3][k], [3, 3, 2, 2][k]])
+  for c in range(3):        # within a class, every score of S_k is >= every score of S_{k+1}
+    for a, b in zip(strata[:-1], strata[1:]):
+      sa, sb = scores[a][labels[a] == c], scores[b][labels[b] == c]
+      assert sa.min() >= sb.max()
+  np.testing.assert_array_equal(bilp.stratify_classwise(scores, np.eye(3)[labels], 4)[2],
+                                strata[2])
+  with pytest.raises(ValueError, match='smallest class'):
+    bilp.stratify_classwise(scores, labels, num_strata=11)
+  with pytest.raises(ValueError, match='NaN'):
+    bilp.stratify_classwise(np.full(43, np.nan), labels, 2)
+
+
 def test_score_cache_round_trip_and_corrupt_file(tmp_path):
   name = bilp.cache_name(dataset='tiny', trials=2, epochs=3, lr=0.01)
   assert '/' not in name and 'trials=2' in name

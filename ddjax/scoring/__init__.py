@@ -10,7 +10,8 @@
 - `selection`: BiLP's adaptive pruning: running statistics, the quantile window, lazy reselection.
 """
 from ddjax.scoring.bilp import (cache_name, cached_scores, empirical_loss_score, gaussian_smooth,
-                                load_scores, prune_classwise, save_scores)
+                                load_scores, prune_classwise, save_scores,
+                                stratify_classwise)
 from ddjax.scoring.ite import (ITEProblem, Separable, dc_ite_problem, dc_ite_scores, dc_separable,
                                dm_ite_problem, dm_separable, ite_sketch_scores,
                                dm_ite_scores, compute_ite, ite_exact, ite_first_order, ite_score,
@@ -29,5 +30,5 @@ __all__ = [
     'gaussian_smooth', 'grand_norms', 'ite_exact', 'ite_first_order', 'ite_score',
     'load_scores', 'margin', 'masked_statistic', 'never_learned', 'prune_classwise',
     'quantile_window', 'rank_error', 'save_scores', 'score_dataset', 'score_trials',
-    'update_statistics', 'window_bounds',
+    'stratify_classwise',     'update_statistics', 'window_bounds',
 ]

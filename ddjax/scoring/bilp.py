@@ -165,6 +165,36 @@ def prune_classwise(scores, labels, alpha: float | None = None,
   return np.sort(np.concatenate(kept)) if kept else np.zeros((0,), np.int64)
 
 
+def stratify_classwise(scores, labels, num_strata: int = 10) -> list[np.ndarray]:
+  """BiLP's stratified analysis (Sec. 5.4, Fig. 3): split every class, sorted by score from large
+  to small, into `num_strata` contiguous parts of (nearly) equal size; stratum k is the union of
+  the classes' k-th parts, so every stratum is class-balanced. S1 holds the largest scores.
+
+  Args: scores (N,) finite floats; labels (N,) integers or (N, K) (argmax); num_strata >= 1, at
+  most the smallest class size (else a stratum would miss a class).
+  Returns num_strata ascending (M_k,) int64 index arrays that partition range(N). Ties by index.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim == 2:
+    labels = labels.argmax(-1)
+  scores = np.asarray(scores, np.float64)
+  if scores.shape != labels.shape[:1]:
+    raise ValueError(f'scores must be (N,) with N = {labels.shape[0]} labels, got {scores.shape}.')
+  if not np.all(np.isfinite(scores)):
+    raise ValueError('stratify_classwise: scores contain NaN or inf.')
+  classes, counts = np.unique(labels, return_counts=True)
+  if num_strata < 1 or num_strata > counts.min():
+    raise ValueError(f'num_strata must lie in [1, {counts.min()}] (the smallest class), got '
+                     f'{num_strata}.')
+  strata = [[] for _ in range(num_strata)]
+  for c in classes:
+    idx = np.flatnonzero(labels == c)
+    order = idx[np.argsort(-scores[idx], kind='stable')]
+    for k, part in enumerate(np.array_split(order, num_strata)):
+      strata[k].append(part)
+  return [np.sort(np.concatenate(parts)).astype(np.int64) for parts in strata]
+
+
 # -- the score cache ------------------------------------------------------------------------------
 def cache_name(**setting: Any) -> str:
   """A file-name-safe name describing a scoring setting, e.g. cache_name(dataset='cifar10',
