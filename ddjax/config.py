@@ -13,6 +13,7 @@ import ml_collections
 
 METHODS = ('frepo', 'kip', 'rfad', 'dc', 'dm', 'random_subset')
 MATCHING_METHODS = ('dc', 'dm')
+ADAPTIVE_PRUNING_METHODS = MATCHING_METHODS + ('frepo', 'kip', 'rfad')   # BiLP's ITE pruning
 PRESETS = ('', 'cpu', 'paper')
 
 
@@ -257,10 +258,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _choice(errors, 'bilp.ite', b.get('ite'), ('first_order', 'exact', 'sketch'))
   if not 0.0 < b.get('adaptive_momentum', 0.1) <= 1.0:
     errors.append(f'bilp.adaptive_momentum must lie in (0, 1], got {b.get("adaptive_momentum")!r}.')
-  if b.get('adaptive_beta', 0.0) > 0 and cfg.get('method') not in MATCHING_METHODS:
-    errors.append(f"bilp.adaptive_beta > 0 needs an additive-separable matching meta-loss "
-                  f"(method in {MATCHING_METHODS}), got method={cfg.get('method')!r}; "
-                  "preemptive pruning (bilp.prune_fraction) works for every method.")
+  if b.get('adaptive_beta', 0.0) > 0 and cfg.get('method') not in ADAPTIVE_PRUNING_METHODS:
+    errors.append(f"bilp.adaptive_beta > 0 needs an additive-separable matching meta-loss or "
+                  f"per-sample KRR meta-losses (method in {ADAPTIVE_PRUNING_METHODS}), got "
+                  f"method={cfg.get('method')!r}; preemptive pruning (bilp.prune_fraction) "
+                  "works for every method.")
   t = cfg.get('transform', {})
   if not 0.0 <= t.get('drop_easiest', 0.0) < 1.0:
     errors.append(f'transform.drop_easiest must lie in [0, 1), got {t.get("drop_easiest")!r}.')

@@ -133,12 +133,110 @@ def test_sampler_holds_each_batch_for_its_period():
     loop.make_sampler(x, y, 6, seed=0, hold=0)
 
 
+# -- the KRR family: per-sample meta-losses -------------------------------------------------------
+def _kip_problem(seed=0, b=14, ipc=1):
+  from ddjax.distill.kip import KIP
+  from ddjax.kernels.architectures import kernel_network
+  _, _, kernel_fn = kernel_network('fc', depth=2)
+  batch, _ = _batch(seed, b // K)
+  batch = {'x': batch['x'], 'y': batch['y'] - 1.0 / K}            # centred one-hot targets
+  return KIP(kernel_fn, get='ntk', reg=1e-3), _syn(seed + 1, ipc), batch
+
+
+def test_per_sample_ite_equals_leave_one_out_recomputation_on_kip():
+  """ITE_r = grad_S [sum_i l_i / B] - grad_S [sum_{i != r} l_i / B], recomputed on the batch
+  without row r (BiLP Eq. 6 in the sum convention), for KIP's per-sample KRR losses."""
+  from ddjax.scoring import ite as ite_lib
+  kip, syn, batch = _kip_problem()
+  b = batch['x'].shape[0]
+  bilp = AdaptivePruning(kip, b, ite_method='exact')
+  scores = np.asarray(jax.jit(bilp.ite_scores)(syn, (), batch, jax.random.PRNGKey(0)))
+
+  def total(x, bt):              # sum_i l_i(S) / B over the rows of bt
+    return jnp.sum(kip.per_sample({**syn, 'x': x}, (), bt, None).loss) / b
+
+  full = jax.grad(total)(syn['x'], batch)
+  brute = []
+  for r in range(b):
+    rest = {k: jnp.delete(v, r, axis=0) for k, v in batch.items()}
+    brute.append(float(jnp.linalg.norm(full - jax.grad(total)(syn['x'], rest))))
+  np.testing.assert_allclose(scores, brute, rtol=1e-4, atol=1e-8)
+  assert scores.std() > 0.1 * scores.mean()            # the samples do differ
+  first = AdaptivePruning(kip, b, ite_method='first_order').ite_scores(syn, (), batch, None)
+  np.testing.assert_allclose(first, scores, rtol=1e-5)  # linear in l_i: Taylor is exact
+  chunked = ite_lib.per_sample_ite_scores(
+      lambda x: kip.per_sample({**syn, 'x': x}, (), batch, None).loss, syn['x'], chunk_size=4)
+  np.testing.assert_allclose(chunked, scores, rtol=1e-5)
+
+
+def test_per_sample_sketch_estimates_the_exact_scores():
+  from ddjax.scoring import ite as ite_lib
+  kip, syn, batch = _kip_problem(seed=3, b=30)
+  losses = lambda x: kip.per_sample({**syn, 'x': x}, (), batch, None).loss
+  exact = np.asarray(ite_lib.per_sample_ite_scores(losses, syn['x']))
+  sketch = np.asarray(jax.jit(lambda k: ite_lib.per_sample_ite_scores(
+      losses, syn['x'], 'sketch', k, sketch_dim=512))(jax.random.PRNGKey(1)))
+  # unbiased for ||ITE||^2: the batch mean of squares within 20% (spread sqrt(2/512) per sample)
+  assert abs(np.mean(sketch ** 2) / np.mean(exact ** 2) - 1) < 0.2
+  assert ite_lib.rank_error(sketch, exact) < 0.05
+  with pytest.raises(ValueError, match='key'):
+    ite_lib.per_sample_ite_scores(losses, syn['x'], 'sketch')
+
+
+def test_weighted_records_mean_over_the_kept_rows_through_isa_transforms():
+  rng = np.random.default_rng(0)
+  pred, target = (jnp.asarray(rng.normal(size=(10, 3)), jnp.float32) for _ in range(2))
+  w = jnp.asarray([1, 0, 1, 1, 0, 1, 1, 1, 0, 1], jnp.float32)
+  ps = T.per_sample_mse(pred, target).replace(weight=w)
+  keep = np.asarray(w, bool)
+  np.testing.assert_allclose(T.mean_loss(ps), np.asarray(ps.loss)[keep].mean(), rtol=1e-6)
+  assert float(ps.num_kept) == 7
+  out, _ = T.chain(T.drop_easiest(0.2), T.isa(1.0)).apply(ps, T.chain(
+      T.drop_easiest(0.2), T.isa(1.0)).init(), jax.random.PRNGKey(0))
+  assert out.batch_size == 8 and out.weight.shape == (8,)
+  # drop_easiest ranks by loss alone; the gathered weights are those of the kept rows
+  idx = np.argsort(-np.asarray(ps.loss))[:8]
+  np.testing.assert_array_equal(np.sort(np.asarray(out.weight)), np.sort(np.asarray(w)[idx]))
+  zero = ps.replace(weight=jnp.zeros(10))
+  assert float(T.mean_loss(zero)) == 0.0
+
+
+def test_bilp_on_frepo_isa_runs_jitted_and_trains_only_on_the_kept_rows():
+  from ddjax.distill.frepo import FRePo, FRePoConfig
+  batch, _ = _batch(8, 8)
+  batch = {'x': batch['x'], 'y': batch['y'] - 1.0 / K}
+  b = batch['x'].shape[0]
+  frepo = FRePo(build_model('convnet', K, depth=2, width=8), FRePoConfig(num_models=2), SHAPE)
+  transform = T.chain(T.drop_easiest(0.2), T.isa(1.0))
+  bilp = AdaptivePruning(frepo, b, beta=0.3, every=3, ite_method='sketch', sketch_dim=16)
+  opt = step_lib.make_syn_optimizer('adam', 1e-2, 1e-2, 20)
+  syn = _syn(9, 2)
+  state = step_lib.init_state(bilp, transform, opt, syn, jax.random.PRNGKey(0))
+  step = jax.jit(step_lib.make_step(bilp, transform, opt, jnp.repeat(jnp.arange(K), 2)))
+  masks, kept = [], []
+  for i in range(6):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i))
+    masks.append(np.asarray(state.inner.selection.mask))
+    kept.append(float(metrics['kept']))
+    assert np.isfinite(float(metrics['loss']))
+  np.testing.assert_array_equal(masks[1], masks[0])          # lazy: reselect at steps 0 and 3
+  np.testing.assert_array_equal(masks[2], masks[0])
+  assert 0 < masks[0].mean() < 1
+  # after ISA's drop_easiest (8 of 10 of the batch rows... here ceil(0.8 b)) only kept rows count
+  assert all(k <= m.sum() for k, m in zip(kept, masks))
+  # the meta-loss the step reports is the mean over the kept rows
+  inner = state.inner
+  ps = frepo.per_sample(state.syn, inner.base, batch, None)
+  got = bilp.per_sample(state.syn, inner, batch, None)
+  np.testing.assert_allclose(T.mean_loss(got), np.asarray(ps.loss)[masks[-1]].mean(), rtol=1e-5)
+
+
 def _load_config(name):
   sys.path.insert(0, os.path.join(ROOT, 'configs'))
   return __import__(name).get_config()
 
 
-def test_bilp_configs_validate_and_reject_adaptive_pruning_off_matching():
+def test_bilp_configs_validate_and_reject_adaptive_pruning_without_its_meta_loss():
   from ddjax import config as config_lib
   for name in ('bilp_dc', 'bilp_dm', 'bilp_idc', 'frepo_isa_bilp'):
     cfg = _load_config(name)
@@ -146,7 +244,10 @@ def test_bilp_configs_validate_and_reject_adaptive_pruning_off_matching():
     assert cfg.bilp.prune_fraction == 0.5
   assert _load_config('bilp_idc').idc.factor == 2
   assert _load_config('frepo_isa_bilp').transform.isa_eps == 1.0
-  bad = _load_config('frepo_isa_bilp')
+  both = _load_config('frepo_isa_bilp')       # the KRR family takes adaptive pruning too
+  both.bilp.adaptive_beta = 0.3
+  config_lib.validate(both)
+  bad = _load_config('random_subset')
   bad.bilp.adaptive_beta = 0.3
   with pytest.raises(ValueError, match='additive-separable'):
     config_lib.validate(bad)
@@ -219,3 +320,16 @@ def test_cli_bilp_dm_end_to_end(tiny_npz, tmp_path):
   assert results['preemptive_pruning']['kept'] == 60
   assert results['adaptive_pruning']['adaptive_beta'] == 0.3
   assert os.path.exists(workdir / 'kept_indices.npz')
+
+
+def test_run_frepo_isa_with_adaptive_pruning(tiny_npz, tmp_path):
+  cfg = tiny_config(tiny_npz)                 # FRePo, the base config's method
+  cfg.transform.drop_easiest, cfg.transform.isa_eps = 0.2, 1.0
+  cfg.bilp.adaptive_beta, cfg.bilp.adaptive_every, cfg.bilp.ite = 0.3, 2, 'exact'
+  cfg.eval.num_models = 0
+  res = main_lib.run(cfg, str(tmp_path / 'run'))
+  assert res['method'] == 'frepo' and res['adaptive_pruning']['ite'] == 'exact'
+  log = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
+  kept = [r['kept'] for r in log if 'kept' in r]
+  # ISA keeps ceil(0.8 * 32) = 26 rows; the BiLP mask zeroes some of them
+  assert kept and all(0 < k < 26 for k in kept), kept

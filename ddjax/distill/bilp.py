@@ -17,6 +17,13 @@ Bases: `DC` (DC / DSA) and `DM`, or IDC's `MultiFormation` around either (put th
 The ITE uses the base's own network and DSA draw of the step: DC's current network (with its
 batch-norm statistics set from the real batch, as `DC.per_sample` does) and, for DM, the fresh
 network and keys that `DM.per_sample` draws from the same key.
+
+The KRR family (`FRePo`, `KIP`, `RFAD`) works through its per-sample meta-losses: L(S) is the
+mean of per-real-sample terms l_i(S), so ITE_i = grad_S l_i / B exactly
+(`ddjax.scoring.ite.per_sample_ite_scores`, taken with respect to the synthetic images at the
+step's own network / random features), and the mask reaches the loss as the record's row weights
+(`PerSample.weight`): the meta-loss is the mean over the kept rows. ISA's transforms still see every
+row (they rank by loss and carry the weights), so drop_easiest and the mask compose.
 """
 from __future__ import annotations
 
@@ -28,12 +35,19 @@ import jax.numpy as jnp
 
 from ddjax.distill.dc import DC
 from ddjax.distill.dm import DM
+from ddjax.distill.frepo import FRePo
+from ddjax.distill.kip import KIP
+from ddjax.distill.rfad import RFAD
 from ddjax.distill.matching import group_by_class
 from ddjax.scoring import ite as ite_lib
 from ddjax.scoring import selection as selection_lib
 
 Array = jax.Array
 PyTree = Any
+
+
+SEPARABLE = (DC, DM)              # G = sum_i g(x_i): `ddjax.scoring.ite.dc_/dm_ite_scores`
+PER_SAMPLE = (FRePo, KIP, RFAD)   # L = mean_i l_i(S): `ddjax.scoring.ite.per_sample_ite_scores`
 
 
 @flax.struct.dataclass
@@ -49,7 +63,8 @@ class AdaptivePruning:
   `before_loss(syn, state, batch, key, step)` hook that `ddjax.distill.step.make_step` calls.
 
   Args:
-    base: a `DC` or `DM` instance.
+    base: a `DC` or `DM` instance (additive-separable matching), or `FRePo`, `KIP` or `RFAD`
+      (per-sample meta-losses).
     batch_size: B, the real batch (the mask's length).
     beta: pruning rate (BiLP: 0.3). mode: 'both' | 'drop_large' | 'drop_small'.
     momentum: running-statistics momentum (0.1). every: reselect every `every` steps (10).
@@ -61,11 +76,11 @@ class AdaptivePruning:
   def __init__(self, base, batch_size: int, beta: float = 0.3, mode: str = 'both',
                momentum: float = 0.1, every: int = 10, ite_method: str = 'first_order',
                chunk_size: int | None = None, sketch_dim: int = 64):
-    if not isinstance(base, (DC, DM)):
+    if not isinstance(base, SEPARABLE + PER_SAMPLE):
       raise ValueError('BiLP adaptive pruning needs an additive-separable matching distiller '
-                       f'(DC, DSA or DM), got {type(base).__name__}; set bilp.adaptive_beta=0 '
-                       'for other methods (preemptive pruning, bilp.prune_fraction, works for '
-                       'all).')
+                       '(DC, DSA, DM) or a per-sample KRR meta-loss (FRePo, KIP, RFAD), got '
+                       f'{type(base).__name__}; set bilp.adaptive_beta=0 for it (preemptive '
+                       'pruning, bilp.prune_fraction, works for every method).')
     if ite_method not in ite_lib.METHODS:
       raise ValueError(f'bilp.ite={ite_method!r} is not one of {ite_lib.METHODS}.')
     self.base = base
@@ -83,6 +98,12 @@ class AdaptivePruning:
                  key: Array) -> Array:
     """||ITE||_2 of every real sample of `batch`, (B,) in batch order, for the meta-loss that
     `base.per_sample(syn, base_state, batch, key)` computes."""
+    if isinstance(self.base, PER_SAMPLE):
+      frozen = jax.lax.stop_gradient(syn)
+      losses = lambda x: self.base.per_sample({**frozen, 'x': x}, base_state, batch, key).loss
+      probe_key = jax.random.fold_in(key, 1) if self.ite_method == 'sketch' else None
+      return ite_lib.per_sample_ite_scores(losses, frozen['x'], self.ite_method, probe_key,
+                                           self.sketch_dim, self.chunk_size)
     k = self.base.num_classes
     labels = jnp.argmax(batch['y'], -1)
     xr = group_by_class(batch['x'], labels, k)
@@ -110,6 +131,8 @@ class AdaptivePruning:
 
   def per_sample(self, syn: PyTree, state: BiLPState, batch: dict[str, Array], key: Array):
     weight = state.selection.mask.astype(jnp.float32)
+    if isinstance(self.base, PER_SAMPLE):      # the mean over the kept rows (PerSample.weight)
+      return self.base.per_sample(syn, state.base, batch, key).replace(weight=weight)
     return self.base.per_sample(syn, state.base, {**batch, 'weight': weight}, key)
 
   def regularizer(self, syn: PyTree, classes: Array) -> Array:

@@ -80,8 +80,9 @@ def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTran
     update(syn, inner, key); optionally before_loss(syn, inner, batch, key, step) -> inner, run
     first with per_sample's key (BiLP's adaptive selection).
   classes: (n,) class of each prototype (for label regularizers).
-  metrics: loss (the optimized scalar), meta_loss (plain mean over the whole batch, before any
-  transform), kept (rows left after selection), grad_norm.
+  metrics: loss (the optimized scalar), meta_loss (mean over the whole batch before any transform,
+  weighted by a BiLP keep mask when the record has one), kept (rows left after selection, or
+  their total weight), grad_norm.
   """
 
   before_loss = getattr(distiller, 'before_loss', None)
@@ -96,7 +97,7 @@ def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTran
       ps = distiller.per_sample(syn, inner, batch, k_loss)
       out, t_state = transform.apply(ps, state.transform_state, k_transform)
       loss = mean_loss(out) + distiller.regularizer(syn, classes)
-      return loss, (mean_loss(ps), out.batch_size, t_state)
+      return loss, (mean_loss(ps), out.num_kept, t_state)
 
     (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)

@@ -26,6 +26,14 @@ spread sqrt(2 / r) per sample) from one (B, P) x (P, r) product. The vmapped fir
 needs one VJP through the synthetic gradient per real sample instead, which in JAX costs about as
 much as the leave-one-out (vmap shares the synthetic forward pass in both).
 
+`per_sample_ite_scores` covers meta-losses that are already means of per-real-sample terms,
+L(S) = (1/B) sum_i l_i(S) (the KRR family: FRePo, KIP, RFAD, whose per-sample losses
+`per_sample(...).loss` ISA transforms). In the same sum convention the leave-one-out difference is
+ITE_i = grad_S l_i(S) / B exactly, and the first-order approximation coincides with it (L is
+linear in its per-sample terms): one VJP per real sample (`jax.vjp` once, then vmapped), or the
+same random-projection sketch from r Jacobian-vector products of the loss vector (taken in reverse
+mode, so custom_vjp layers need no JVP rule).
+
 `dc_ite_problem` / `dm_ite_problem` build (meta_loss, G, S, g) for one class from ddjax's DC and
 DM exactly as their `per_sample` computes that class's meta-loss (same DSA key on the real and the
 synthetic side), and `dc_ite_scores` / `dm_ite_scores` return (K, B_c) scores for a class-grouped
@@ -128,6 +136,45 @@ def ite_sketch_scores(distance: Callable[[PyTree, PyTree], Array], features: Cal
   w = jax.vmap(w_jvp)(v)                                          # (r, G's shape)
   proj = _tree_dot_batched(g, w)                                  # (B, r)
   return jnp.sqrt(jnp.mean(jnp.square(proj), axis=1))
+
+
+def per_sample_ite_scores(losses: Callable[[PyTree], Array], S: PyTree, method: str = 'exact',
+                          key: Array | None = None, sketch_dim: int = 64,
+                          chunk_size: int | None = None) -> Array:
+  """||ITE_i||_2 for a meta-loss L(S) = mean_i l_i(S) of per-real-sample terms (module docstring).
+
+  Args:
+    losses: S -> (B,) the per-sample meta-losses l_i(S) (e.g. `FRePo.per_sample(...).loss` as a
+      function of the synthetic images).
+    S: the synthetic data (any pytree).
+    method: 'exact' or 'first_order' (the same here: ||grad_S l_i|| / B from B vmapped VJPs of one
+      `jax.vjp`), or 'sketch' (`sketch_dim` Jacobian-vector products along Gaussian probes drawn
+      from `key`; E[score_i^2] = ||ITE_i||^2).
+    chunk_size: VJPs evaluated at once (bounded memory; None: all B).
+
+  Returns (B,) scores.
+  """
+  _check_method(method)
+  if method == 'sketch':
+    if key is None:
+      raise ValueError("per_sample_ite_scores(method='sketch') needs a PRNG key.")
+    leaves, treedef = jax.tree_util.tree_flatten(S)
+    keys = jax.random.split(key, len(leaves))
+    probes = jax.tree_util.tree_unflatten(treedef, [
+        jax.random.normal(k, (sketch_dim,) + jnp.shape(a), jnp.result_type(a))
+        for k, a in zip(keys, leaves)])
+    l0, vjp = jax.vjp(losses, S)
+    # J p_k by reverse over reverse (u -> <J^T u, p_k> is linear; its gradient is J p_k): no
+    # forward mode, so it also runs through custom_vjp layers (ddjax's ConvNet conv2d)
+    vdot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                           jax.tree_util.tree_leaves(b)))
+    jp = lambda p: jax.grad(lambda u: vdot(vjp(u)[0], p))(jnp.zeros_like(l0))
+    proj = jax.vmap(jp)(probes)                                    # (r, B): p_k . grad l_i
+    return jnp.sqrt(jnp.mean(jnp.square(proj), axis=0)) / l0.shape[0]
+  l0, vjp = jax.vjp(losses, S)
+  b = l0.shape[0]
+  rows = _map(lambda e: vjp(e)[0], jnp.eye(b, dtype=l0.dtype), chunk_size)   # grad_S l_i
+  return ite_score(rows) / b
 
 
 def compute_ite(meta_loss: MetaLoss, G: PyTree, S: PyTree, g: PyTree,

@@ -32,14 +32,25 @@ class PerSample:
     pred: (B, K) the meta-model's prediction for each real example (e.g. P_T = K_TS w for KRR).
     target: (B, K) the regression/classification target of each real example.
     loss: (B,) the per-example meta-loss; the scalar meta-loss is `loss.mean()`.
+    weight: optional (B,) non-negative row weights (BiLP's adaptive keep mask on the KRR family):
+      the meta-loss is then the weighted mean sum_i w_i l_i / sum_i w_i (`mean_loss`). Selection
+      transforms gather it with the rows; they rank rows by `loss` alone.
   """
   pred: Array
   target: Array
   loss: Array
+  weight: Array | None = None
 
   @property
   def batch_size(self) -> int:
     return self.loss.shape[0]
+
+  @property
+  def num_kept(self) -> Array:
+    """The rows that count: batch_size, or the total weight of a weighted record."""
+    if self.weight is None:
+      return jnp.asarray(self.batch_size, jnp.float32)
+    return jnp.sum(self.weight).astype(jnp.float32)
 
 
 def squared_error(pred: Array, target: Array) -> Array:
@@ -53,8 +64,12 @@ def per_sample_mse(pred: Array, target: Array) -> PerSample:
 
 
 def mean_loss(ps: PerSample) -> Array:
-  """The scalar meta-loss of a record: the mean of its per-example losses."""
-  return jnp.mean(ps.loss)
+  """The scalar meta-loss of a record: the mean of its per-example losses, weighted by
+  `ps.weight` when present (0 when every weight is 0)."""
+  if ps.weight is None:
+    return jnp.mean(ps.loss)
+  w = ps.weight.astype(ps.loss.dtype)
+  return jnp.sum(w * ps.loss) / jnp.maximum(jnp.sum(w), jnp.finfo(ps.loss.dtype).tiny)
 
 
 class LossTransform(NamedTuple):
