@@ -119,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.bilp.adaptive_momentum = 0.1    # running ITE statistics (Eq. 8)
   cfg.bilp.ite = 'first_order'        # first_order (Taylor, Eq. 7) | exact (leave-one-out) | sketch
   cfg.bilp.sketch_dim = 64            # random projections of the 'sketch' ITE scores
+  cfg.bilp.ite_chunk = 32             # real samples differentiated at once in the ITE (memory)
 
   cfg.transform = ml_collections.ConfigDict()
   cfg.transform.drop_easiest = 0.0    # ISA: 0.2
@@ -249,7 +250,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors.append(f'bilp.prune_fraction must lie in [0, 1), got {b.get("prune_fraction")!r}.')
   _choice(errors, 'bilp.prune_by', b.get('prune_by'), ('drop_largest', 'drop_smallest', 'random'))
   _choice(errors, 'bilp.prune_score', b.get('prune_score'), ('loss', 'el2n'))
-  for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every', 'sketch_dim'):
+  for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every', 'sketch_dim',
+              'ite_chunk'):
     if not isinstance(b.get(key), int) or b.get(key) < 1:
       errors.append(f'bilp.{key} must be an integer >= 1, got {b.get(key)!r}.')
   if not 0.0 <= b.get('adaptive_beta', 0.0) < 1.0:

@@ -208,7 +208,7 @@ def make_distiller(cfg: ml_collections.ConfigDict, prep: Prepared):
     distiller = AdaptivePruning(distiller, cfg.distill.batch_size, beta=b.adaptive_beta,
                                 mode=b.adaptive_mode, momentum=b.adaptive_momentum,
                                 every=b.adaptive_every, ite_method=b.ite,
-                                sketch_dim=b.sketch_dim)
+                                chunk_size=b.ite_chunk, sketch_dim=b.sketch_dim)
   if cfg.idc.factor > 1:
     distiller = idc_lib.MultiFormation(distiller, cfg.idc.factor)
   transform = transforms_lib.from_config(cfg.transform)

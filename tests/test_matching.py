@@ -119,6 +119,11 @@ def test_dc_per_sample_gradients_sum_to_the_batch_gradient():
   full = jax.grad(dc._loss)(variables['params'], {}, batch['x'], jnp.asarray(labels))
   for a, b in zip(jax.tree_util.tree_leaves(summed), jax.tree_util.tree_leaves(full)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # in chunks of 4 (the last one partial) the same per-sample gradients, in order
+  chunked = jax.jit(dc.per_sample_gradients, static_argnums=4)(
+      variables, batch['x'], jnp.asarray(labels), jax.random.PRNGKey(0), 4)
+  for a, b in zip(jax.tree_util.tree_leaves(chunked), jax.tree_util.tree_leaves(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_dc_meta_loss_is_the_class_sum_of_distances():

@@ -70,7 +70,8 @@ class AdaptivePruning:
     momentum: running-statistics momentum (0.1). every: reselect every `every` steps (10).
     ite_method: 'first_order' (BiLP's Taylor approximation), 'exact' (leave-one-out) or
       'sketch' (the first-order scores estimated from `sketch_dim` random projections).
-    chunk_size: per-class samples scored at once (bounded memory; None: the whole class).
+    chunk_size: real samples differentiated and scored at once (bounded memory; None: all at
+      once; `bilp.ite_chunk`).
   """
 
   def __init__(self, base, batch_size: int, beta: float = 0.3, mode: str = 'both',

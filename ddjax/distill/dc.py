@@ -144,15 +144,20 @@ class DC:
     return jax.vmap(one)(keys, x, jnp.arange(self.num_classes), weights)
 
   def per_sample_gradients(self, variables: PyTree, x: Array, labels: Array,
-                           key: Array) -> PyTree:
+                           key: Array, chunk_size: int | None = None) -> PyTree:
     """g(x_i) = grad l(theta; A(x_i)) / B for x (B, H, W, C), integer labels (B,): the additive
     form of the real gradient (their sum over the leading axis is the batch-mean gradient).
     The augmentation is the matching's (one DSA draw from `key` for the whole class batch), so
-    the sum equals the real gradient `class_gradients` matches."""
+    the sum equals the real gradient `class_gradients` matches. chunk_size: samples
+    differentiated at once (`lax.map` over vmapped chunks; bounded activation memory)."""
     params = variables['params']
     rest = {k: v for k, v in variables.items() if k != 'params'}
     x = self._augment(key, x)
-    g = jax.vmap(lambda xi, yi: jax.grad(self._loss)(params, rest, xi[None], yi[None]))(x, labels)
+    one = lambda xy: jax.grad(self._loss)(params, rest, xy[0][None], xy[1][None])
+    if chunk_size is None:
+      g = jax.vmap(one)((x, labels))
+    else:
+      g = jax.lax.map(one, (x, labels), batch_size=int(chunk_size))
     return jax.tree_util.tree_map(lambda a: a / x.shape[0], g)
 
   def distance(self, g_real: PyTree, g_syn: PyTree) -> Array:

@@ -231,8 +231,8 @@ class Separable(NamedTuple):
     return ITEProblem(lambda G_, S_: self.distance(G_, self.features(S_)), self.G, self.S, self.g)
 
 
-def dc_separable(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array
-                 ) -> Separable:
+def dc_separable(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array,
+                 chunk_size: int | None = None) -> Separable:
   """One class of DC / DSA gradient matching, L(G, S) = DC.distance(G, grad_theta l(theta; A(S)))
   with g_i = grad_theta l(theta; A(x_i)) / B (`DC.per_sample_gradients`) and G = sum_i g_i (the
   real class gradient DC matches); A is the class's DSA draw from `key` on both sides, as
@@ -246,12 +246,13 @@ def dc_separable(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key:
       as `DC.per_sample` does (matching runs in eval mode).
     x_real: (B, H, W, C) real images of class `label`; x_syn: (ipc, H, W, C) its synthetic images.
     label: the class index (int or () int array).
+    chunk_size: per-sample gradients computed at once (`DC.per_sample_gradients`).
   """
   params = variables['params']
   rest = {k: v for k, v in variables.items() if k != 'params'}
   label = jnp.asarray(label, jnp.int32)
   g = jax.lax.stop_gradient(dc.per_sample_gradients(
-      variables, x_real, jnp.full((x_real.shape[0],), label, jnp.int32), key))
+      variables, x_real, jnp.full((x_real.shape[0],), label, jnp.int32), key, chunk_size))
   G = jax.tree_util.tree_map(lambda a: a.sum(axis=0), g)
 
   def features(S):
@@ -312,8 +313,8 @@ def dc_ite_scores(dc, variables: PyTree, x_real: Array, x_syn: Array, keys: Arra
   variables as in `dc_separable`. method: 'first_order', 'exact' or 'sketch' (`sketch_dim`
   probes, directions drawn from the class key)."""
   _check_method(method)
-  one = _class_scores(lambda xr, xs, c, k: dc_separable(dc, variables, xr, xs, c, k), method,
-                      chunk_size, sketch_dim)
+  one = _class_scores(lambda xr, xs, c, k: dc_separable(dc, variables, xr, xs, c, k, chunk_size),
+                      method, chunk_size, sketch_dim)
   return jax.vmap(one)(x_real, x_syn, jnp.arange(x_real.shape[0]), keys)
 
 
