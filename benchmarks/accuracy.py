@@ -67,6 +67,9 @@ def main():
   ap.add_argument('--set', nargs='*', default=[], help='config overrides key=value')
   ap.add_argument('--label', default=None,
                   help='row name (default: the method), to keep a variant next to the default row')
+  ap.add_argument('--import-rows', nargs='*', default=[], metavar='FILE:LABEL:IPC',
+                  help='copy rows (with their own commands) from results/FILE.json into this '
+                       'table without running them, e.g. matching_accuracy:dc:1')
   args = ap.parse_args()
   out_dir = os.path.join(common.HERE, 'results')
   os.makedirs(out_dir, exist_ok=True)
@@ -75,6 +78,16 @@ def main():
   if os.path.exists(json_path):
     rows = {(r.get('label', r['method']), r['ipc']): r for r in json.load(open(json_path))['rows']}
   command = 'python benchmarks/accuracy.py ' + ' '.join(sys.argv[1:])
+  for item in args.import_rows:
+    name, label, ipc = item.split(':')
+    source = {(r.get('label', r['method']), r['ipc']): r
+              for r in json.load(open(os.path.join(out_dir, name + '.json')))['rows']}
+    if (label, int(ipc)) not in source:
+      raise SystemExit(f'error: results/{name}.json has no row {label} at IPC {ipc}.')
+    rows[(label, int(ipc))] = {**source[(label, int(ipc))], 'imported_from': name}
+  if args.import_rows:
+    write_table(args.name, rows, command)
+    return
   for ipc in args.ipc:
     for method in args.methods:
       cfg = config_of(method, ipc, args.steps, args.seed, args.set)
@@ -94,21 +107,26 @@ def main():
           'kernel_krr': res.get('kernel_krr_eval'),
           'eval_protocol': res['eval']['protocol'], 'eval_steps': res['eval']['steps'],
           'paper': PAPER.get((method, ipc)), 'overrides': list(args.set), 'command': command}
-      ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r.get('label', r['method'])))
-      table = ['| method | IPC | distill steps | s/step | wall (min) | test acc % (nets) '
-               '| KRR on net features % | KRR infinite kernel % | paper % | command |',
-               '|---|---|---|---|---|---|---|---|---|---|']
-      pct = lambda v: f'{100 * v:.1f}' if v is not None else '-'
-      for r in ordered:
-        kk = r.get('kernel_krr')
-        kernel = (f"{pct(r['kernel_krr_acc'])} ({kk['kernel']} {kk['get']}, {kk['test_images']} "
-                  'test)') if kk else '-'
-        paper = f"{r['paper']}" if r['paper'] is not None else '-'
-        table.append(f"| {r.get('label', r['method'])} | {r['ipc']} | {r['distill_steps']} | "
-                     f"{r['sec_per_step']:.3f} | {r['wall_minutes']:.1f} | "
-                     f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} ({len(r['accs'])}) "
-                     f"| {pct(r['krr_acc'])} | {kernel} | {paper} | `{r['command']}` |")
-      common.write(args.name, {'rows': ordered}, '\n'.join(table), command)
+      write_table(args.name, rows, command)
+
+
+def write_table(name: str, rows: dict, command: str) -> None:
+  """results/<name>.{json,md}: every row, ordered by (IPC, label), with its own command."""
+  ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r.get('label', r['method'])))
+  table = ['| method | IPC | distill steps | s/step | wall (min) | test acc % (nets) '
+           '| KRR on net features % | KRR infinite kernel % | paper % | command |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  pct = lambda v: f'{100 * v:.1f}' if v is not None else '-'
+  for r in ordered:
+    kk = r.get('kernel_krr')
+    kernel = (f"{pct(r['kernel_krr_acc'])} ({kk['kernel']} {kk['get']}, {kk['test_images']} "
+              'test)') if kk else '-'
+    paper = f"{r['paper']}" if r['paper'] is not None else '-'
+    table.append(f"| {r.get('label', r['method'])} | {r['ipc']} | {r['distill_steps']} | "
+                 f"{r['sec_per_step']:.3f} | {r['wall_minutes']:.1f} | "
+                 f"{100 * r['acc_mean']:.1f} ± {100 * r['acc_std']:.1f} ({len(r['accs'])}) "
+                 f"| {pct(r['krr_acc'])} | {kernel} | {paper} | `{r['command']}` |")
+  common.write(name, {'rows': ordered}, '\n'.join(table), command)
 
 
 if __name__ == '__main__':
