@@ -74,9 +74,7 @@ def main():
   out_dir = os.path.join(common.HERE, 'results')
   os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, args.name + '.json')
-  rows = {}
-  if os.path.exists(json_path):
-    rows = {(r.get('label', r['method']), r['ipc']): r for r in json.load(open(json_path))['rows']}
+  rows = read_rows(json_path)
   command = 'python benchmarks/accuracy.py ' + ' '.join(sys.argv[1:])
   for item in args.import_rows:
     name, label, ipc = item.split(':')
@@ -107,7 +105,17 @@ def main():
           'kernel_krr': res.get('kernel_krr_eval'),
           'eval_protocol': res['eval']['protocol'], 'eval_steps': res['eval']['steps'],
           'paper': PAPER.get((method, ipc)), 'overrides': list(args.set), 'command': command}
+      row = rows[(label, ipc)]
+      rows = read_rows(json_path)          # rows another run wrote meanwhile stay
+      rows[(label, ipc)] = row
       write_table(args.name, rows, command)
+
+
+def read_rows(json_path: str) -> dict:
+  """{(label, ipc): row} of a results file ({} when there is none yet)."""
+  if not os.path.exists(json_path):
+    return {}
+  return {(r.get('label', r['method']), r['ipc']): r for r in json.load(open(json_path))['rows']}
 
 
 def write_table(name: str, rows: dict, command: str) -> None:

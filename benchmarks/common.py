@@ -38,10 +38,12 @@ def write(name: str, payload: dict, table: str, command: str) -> None:
   out = os.path.join(HERE, 'results')
   os.makedirs(out, exist_ok=True)
   payload = {'command': command, 'machine': machine(), **payload}
-  with open(os.path.join(out, name + '.json'), 'w') as f:
-    json.dump(payload, f, indent=2)
-  with open(os.path.join(out, name + '.md'), 'w') as f:
-    f.write(f'Made by `{command}` on {payload["machine"]["date"]} '
-            f'({payload["machine"]["backend"]}, {payload["machine"]["cpu_count"]} cores).\n\n')
-    f.write(table + '\n')
+  md = (f'Made by `{command}` on {payload["machine"]["date"]} '
+        f'({payload["machine"]["backend"]}, {payload["machine"]["cpu_count"]} cores).\n\n'
+        + table + '\n')
+  for ext, text in (('.json', json.dumps(payload, indent=2)), ('.md', md)):
+    path = os.path.join(out, name + ext)
+    with open(path + '.tmp', 'w') as f:      # atomic: a concurrent reader sees old or new
+      f.write(text)
+    os.replace(path + '.tmp', path)
   print(table)
