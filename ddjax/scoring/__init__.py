@@ -30,5 +30,5 @@ __all__ = [
     'gaussian_smooth', 'grand_norms', 'ite_exact', 'ite_first_order', 'ite_score',
     'load_scores', 'margin', 'masked_statistic', 'never_learned', 'prune_classwise',
     'quantile_window', 'rank_error', 'save_scores', 'score_dataset', 'score_trials',
-    'stratify_classwise',     'update_statistics', 'window_bounds',
+    'stratify_classwise', 'update_statistics', 'window_bounds',
 ]

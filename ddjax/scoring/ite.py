@@ -113,6 +113,15 @@ def _tree_dot_batched(g: PyTree, w: PyTree) -> Array:
              for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(w)))
 
 
+def gaussian_probes(key: Array, S: PyTree, dim: int) -> PyTree:
+  """`dim` standard-normal directions in S-space: S's pytree with a leading axis of `dim`."""
+  leaves, treedef = jax.tree_util.tree_flatten(S)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree_util.tree_unflatten(treedef, [
+      jax.random.normal(k, (dim,) + jnp.shape(a), jnp.result_type(a))
+      for k, a in zip(keys, leaves)])
+
+
 def ite_sketch_scores(distance: Callable[[PyTree, PyTree], Array], features: Callable,
                       G: PyTree, S: PyTree, g: PyTree, key: Array, dim: int = 64) -> Array:
   """Sketched first-order ITE scores (module docstring) for L(G, S) = distance(G, features(S)).
@@ -124,11 +133,7 @@ def ite_sketch_scores(distance: Callable[[PyTree, PyTree], Array], features: Cal
 
   Returns (B,) estimates of ||ITE_i||_2 (first-order), E[score_i^2] = ||ITE_i||^2.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(S)
-  keys = jax.random.split(key, len(leaves))
-  probes = jax.tree_util.tree_unflatten(treedef, [
-      jax.random.normal(k, (dim,) + jnp.shape(a), jnp.result_type(a))
-      for k, a in zip(keys, leaves)])
+  probes = gaussian_probes(key, S, dim)
   h, h_jvp = jax.linearize(features, S)
   v = jax.vmap(h_jvp)(probes)                                     # J_h p_k, (r, ...)
   grad_g = lambda h_: jax.grad(distance, argnums=0)(G, h_)
@@ -158,11 +163,7 @@ def per_sample_ite_scores(losses: Callable[[PyTree], Array], S: PyTree, method: 
   if method == 'sketch':
     if key is None:
       raise ValueError("per_sample_ite_scores(method='sketch') needs a PRNG key.")
-    leaves, treedef = jax.tree_util.tree_flatten(S)
-    keys = jax.random.split(key, len(leaves))
-    probes = jax.tree_util.tree_unflatten(treedef, [
-        jax.random.normal(k, (sketch_dim,) + jnp.shape(a), jnp.result_type(a))
-        for k, a in zip(keys, leaves)])
+    probes = gaussian_probes(key, S, sketch_dim)
     l0, vjp = jax.vjp(losses, S)
     # J p_k by reverse over reverse (u -> <J^T u, p_k> is linear; its gradient is J p_k): no
     # forward mode, so it also runs through custom_vjp layers (ddjax's ConvNet conv2d)
