@@ -58,6 +58,7 @@ def main():
   ap.add_argument('--chunk', type=int, default=32, help='samples per vmapped ITE chunk')
   ap.add_argument('--sketch-dim', type=int, default=64)
   ap.add_argument('--ite', default='first_order', help="the BiLP arm's ITE method")
+  ap.add_argument('--name', default='bilp_overhead', help='results file under benchmarks/results')
   args = ap.parse_args()
   command = 'python benchmarks/bilp_overhead.py ' + ' '.join(sys.argv[1:])
   outer, inner = dc_loops(args.ipc)
@@ -139,7 +140,7 @@ def main():
              'rank_error': rank_err, 'rank_error_sketch_vs_first_order': rank_err_sketch,
              'bilp_ite': args.ite, 'bilp_over_base': bilp_mean / base_mean,
              'rows': [{'what': label, 'seconds': sec} for label, sec in rows]}
-  common.write('bilp_overhead', payload, '\n'.join(table), command)
+  common.write(args.name, payload, '\n'.join(table), command)
 
 
 if __name__ == '__main__':
