@@ -123,29 +123,33 @@ def main():
       rows.append({'criterion': name, 'trials': t, 'epochs': e, 'stratum': k,
                    'examples': int(len(idx)), 'mean_score': float(score[idx].mean()),
                    **record(res)})
-      out_png = os.path.join(common.HERE, 'results', args.name + '.png')
-      title = (f'{args.config} IPC {args.ipc}, {args.steps} steps, Fashion-MNIST: '
-               f'distilling on one loss stratum')
-      plot(out_png, rows, refs, title)
+      write(args, rows, refs, scores['name'], command)
+
+
+def write(args, rows: list[dict], refs: dict, scores_name: str, command: str) -> None:
+  """results/<name>.{json,md,png} from the strata distilled so far (rewritten after each)."""
+  from scipy.stats import spearmanr
+  title = (f'{args.config} IPC {args.ipc}, {args.steps} steps, Fashion-MNIST: '
+           f'distilling on one loss stratum')
+  plot(os.path.join(common.HERE, 'results', args.name + '.png'), rows, refs, title)
   strata_cols = ' | '.join(f'S{k}' for k in range(1, args.strata + 1))
   table = [f'| criterion | {strata_cols} | Spearman(stratum, acc) |',
            '|---|' + '---|' * args.strata + '---|']
-  from scipy.stats import spearmanr
-  for name, _, _ in criteria:
+  for name in dict.fromkeys(r['criterion'] for r in rows):
     rs = sorted((r for r in rows if r['criterion'] == name), key=lambda r: r['stratum'])
-    rho = spearmanr([r['stratum'] for r in rs], [r['acc_mean'] for r in rs]).statistic
+    rho = spearmanr([r['stratum'] for r in rs], [r['acc_mean'] for r in rs]).statistic \
+        if len(rs) > 2 else float('nan')
     for r in rs:
       r['spearman'] = float(rho)
-    table.append(f'| {name} | ' + ' | '.join(f"{100 * r['acc_mean']:.1f}" for r in rs)
-                 + f' | {rho:+.2f} |')
+    cells = [f"{100 * r['acc_mean']:.1f}" for r in rs] + [''] * (args.strata - len(rs))
+    table.append(f'| {name} | ' + ' | '.join(cells) + f' | {rho:+.2f} |')
   for ref_name, ref in refs.items():
     table.append(f'| {ref_name} (reference) | {100 * ref["acc_mean"]:.1f} ± '
                  f'{100 * ref["acc_std"]:.1f} |' + ' |' * args.strata)
-  table.append('')
-  table.append(f'![strata]({args.name}.png)')
+  table += ['', f'![strata]({args.name}.png)']
   common.write(args.name, {'config': args.config, 'ipc': args.ipc, 'steps': args.steps,
                            'overrides': list(args.set), 'rows': rows, 'references': refs,
-                           'scores': scores['name']}, '\n'.join(table), command)
+                           'scores': scores_name}, '\n'.join(table), command)
 
 
 if __name__ == '__main__':
