@@ -222,7 +222,7 @@ def test_bilp_on_frepo_isa_runs_jitted_and_trains_only_on_the_kept_rows():
   np.testing.assert_array_equal(masks[1], masks[0])          # lazy: reselect at steps 0 and 3
   np.testing.assert_array_equal(masks[2], masks[0])
   assert 0 < masks[0].mean() < 1
-  # after ISA's drop_easiest (8 of 10 of the batch rows... here ceil(0.8 b)) only kept rows count
+  # of the ceil(0.8 B) rows ISA's drop_easiest keeps, only those inside the BiLP mask count
   assert all(k <= m.sum() for k, m in zip(kept, masks))
   # the meta-loss the step reports is the mean over the kept rows
   inner = state.inner

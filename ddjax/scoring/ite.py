@@ -160,20 +160,19 @@ def per_sample_ite_scores(losses: Callable[[PyTree], Array], S: PyTree, method: 
   Returns (B,) scores.
   """
   _check_method(method)
+  if method == 'sketch' and key is None:
+    raise ValueError("per_sample_ite_scores(method='sketch') needs a PRNG key.")
+  l0, vjp = jax.vjp(losses, S)
+  b = l0.shape[0]
   if method == 'sketch':
-    if key is None:
-      raise ValueError("per_sample_ite_scores(method='sketch') needs a PRNG key.")
     probes = gaussian_probes(key, S, sketch_dim)
-    l0, vjp = jax.vjp(losses, S)
     # J p_k by reverse over reverse (u -> <J^T u, p_k> is linear; its gradient is J p_k): no
     # forward mode, so it also runs through custom_vjp layers (ddjax's ConvNet conv2d)
     vdot = lambda a, b: sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
                                                            jax.tree_util.tree_leaves(b)))
     jp = lambda p: jax.grad(lambda u: vdot(vjp(u)[0], p))(jnp.zeros_like(l0))
     proj = jax.vmap(jp)(probes)                                    # (r, B): p_k . grad l_i
-    return jnp.sqrt(jnp.mean(jnp.square(proj), axis=0)) / l0.shape[0]
-  l0, vjp = jax.vjp(losses, S)
-  b = l0.shape[0]
+    return jnp.sqrt(jnp.mean(jnp.square(proj), axis=0)) / b
   rows = _map(lambda e: vjp(e)[0], jnp.eye(b, dtype=l0.dtype), chunk_size)   # grad_S l_i
   return ite_score(rows) / b
 
