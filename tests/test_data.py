@@ -241,6 +241,7 @@ def test_search_order(tmp_path, monkeypatch):
   ds = data.load_dataset('fashion_mnist', tmp_path / 'a', system_dirs=sys_dirs)
   assert ds.x_train.shape[0] == 3 and ds.source == str(tmp_path / 'a' / 'fashion_mnist')
   np.testing.assert_array_equal(ds.y_train, a['train-labels-idx1-ubyte'])
+  (tmp_path / 'empty').mkdir()  # a data_dir that exists but lacks the files: search on
   ds = data.load_dataset('fashion_mnist', tmp_path / 'empty', system_dirs=sys_dirs)
   assert ds.x_train.shape[0] == 4
   np.testing.assert_array_equal(ds.y_train, b['train-labels-idx1-ubyte'])
@@ -262,6 +263,7 @@ def test_incomplete_dir_is_skipped(tmp_path):
 
 def test_missing_dataset_message(tmp_path):
   env = {'DDJAX_DATA': str(tmp_path / 'env')}
+  (tmp_path / 'mine').mkdir()
   with pytest.raises(data.DatasetNotFoundError) as e:
     data.load_dataset('fashion_mnist', tmp_path / 'mine', env=env,
                       system_dirs=[str(tmp_path / 'debian')])
@@ -276,6 +278,26 @@ def test_missing_dataset_message(tmp_path):
   assert 'train-images-idx3-ubyte' in msg and 'DDJAX_DATA' in msg
   with pytest.raises(data.DatasetNotFoundError, match='cifar-10-python.tar.gz'):
     data.load_dataset('cifar10', tmp_path, env={}, system_dirs=[])
+
+
+def test_nonexistent_data_dir_raises_naming_it(tmp_path):
+  rng = np.random.default_rng(9)
+  _write_mnist_dir(tmp_path / 'env', rng)
+  _write_mnist_dir(tmp_path / 'debian', rng)  # stands in for an installed Debian copy
+  missing = tmp_path / 'typo'
+  for system_dirs in ([str(tmp_path / 'debian')], None):  # None: the real Debian path
+    with pytest.raises(data.DatasetNotFoundError) as e:
+      data.load_dataset('fashion_mnist', missing, env={'DDJAX_DATA': str(tmp_path / 'env')},
+                        system_dirs=system_dirs)
+    msg = str(e.value)
+    assert str(missing) in msg and 'does not exist' in msg and 'data.dir' in msg
+    assert 'leave it empty' in msg and '$DDJAX_DATA' in msg
+  assert msg.index('$DDJAX_DATA') < msg.index(FMNIST_DIR)
+  # Empty or None: the search order applies.
+  for empty in ('', None):
+    ds = data.load_dataset('fashion_mnist', empty, env={'DDJAX_DATA': str(tmp_path / 'env')},
+                           system_dirs=[str(tmp_path / 'debian')])
+    assert ds.source == str(tmp_path / 'env')
 
 
 def test_default_debian_path_is_searched_last():

@@ -1,4 +1,12 @@
-"""Data: dataset sources, preprocessing (standardize, ZCA) and class-balanced sampling."""
+"""Data: dataset sources, preprocessing (standardize, ZCA) and class-balanced sampling.
+
+Sources: `sources` (registry, search order, `load_dataset`), one reader per file format (`idx`,
+`cifar`, `npz`), and `dataset` (the `Dataset` they return).
+"""
+from ddjax.data.cifar import load_cifar_dir, load_cifar_tar
+from ddjax.data.dataset import Dataset
+from ddjax.data.idx import read_idx, write_idx
+from ddjax.data.npz import load_npz
 from ddjax.data.preprocess import (
     Preprocessor,
     apply_preprocessor,
@@ -18,16 +26,10 @@ from ddjax.data.sampling import (
 )
 from ddjax.data.sources import (
     DATASETS,
-    Dataset,
     DatasetNotFoundError,
     candidate_paths,
-    load_cifar_dir,
-    load_cifar_tar,
     load_dataset,
-    load_npz,
     locate_dataset,
-    read_idx,
-    write_idx,
 )
 
 __all__ = [
