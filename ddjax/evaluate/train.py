@@ -3,8 +3,9 @@
 The training loop is `jax.lax.scan` over chunks of steps inside one jitted function per
 (model, protocol, data shape); the compiled chunk is cached, so training several networks with
 different keys compiles once. On CPU the chunks are short and fully unrolled (`default_loop`).
-Batch norm is functional: the step applies the model with `mutable=['batch_stats']` and carries the
-new statistics; inference uses `train=False`.
+Each step draws its mini-batch and runs the shared classifier step of `ddjax.models.training`
+(batch norm functional: train mode with `mutable=['batch_stats']`, the new statistics carried);
+inference uses `train=False`.
 
 Also the KRR predictor of FRePo / ISA appendix E: a trained network's features f give
 P = f(X_test) f(X_syn)^T (f(X_syn) f(X_syn)^T + lambda I)^-1 Y_syn, classified by argmax.
@@ -19,13 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ddjax.augment.basic import augment_batch
 from ddjax.augment.dsa import dsa
 from ddjax.evaluate.protocols import EvalProtocol, augment_pixels, make_optimizer
 from ddjax.kernels.krr import krr_predict_from_features
-from ddjax.models import init_model
+from ddjax.models.training import (carry_variables, cross_entropy, fresh_carry, make_train_step,
+                                   mse_loss)
 
 Array = jax.Array
 
@@ -37,68 +38,32 @@ def protocol_loss(protocol: EvalProtocol, logits: Array, y: Array) -> Array:
   the hard labels argmax(y) (DC).
   """
   if protocol.loss == 'mse':
-    return jnp.mean(0.5 * jnp.sum(jnp.square(logits - y), axis=-1))
-  labels = jnp.argmax(y, axis=-1)
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-
-def _merge(params, batch_stats) -> dict:
-  variables = {'params': params}
-  if batch_stats is not None:
-    variables['batch_stats'] = batch_stats
-  return variables
-
-
-def make_init_carry(model: nn.Module, opt: optax.GradientTransformation, image_shape: tuple,
-                    has_batch_stats: bool) -> Callable:
-  """Jitted init(key) -> carry = (params, batch_stats or None, opt_state) of a fresh network, the
-  starting point of every train-from-scratch loop (evaluation, scoring trials)."""
-
-  @jax.jit
-  def init(key):
-    variables = init_model(model, key, (1,) + tuple(image_shape))
-    params = variables['params']
-    batch_stats = variables.get('batch_stats') if has_batch_stats else None
-    return params, batch_stats, opt.init(params)
-
-  return init
+    return mse_loss(logits, y)
+  return cross_entropy(logits, jnp.argmax(y, axis=-1))
 
 
 @functools.lru_cache(maxsize=64)
 def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: int,
-               has_batch_stats: bool, unroll: int | str):
+               unroll: int | str):
   """Jitted init(key) -> carry and chunk(carry, x, y, keys) -> (carry, losses (S,)).
 
-  carry = (params, batch_stats or None, opt_state); keys (S, 2) are the S steps' keys.
-  unroll: an int or 'full' (never True/False: lru_cache would equate True with 1).
+  carry = (params, batch_stats or None, opt_state) (`ddjax.models.training`); keys (S, 2) are the
+  S steps' keys. unroll: an int or 'full' (never True/False: lru_cache would equate True with 1).
   """
   opt = make_optimizer(protocol)
   batch = min(protocol.batch_size, n)
   translate, cutout, flip = augment_pixels(protocol, image_shape)
-  init = make_init_carry(model, opt, image_shape, has_batch_stats)
+  if protocol.dsa_strategy and protocol.augment:
+    augment = lambda k, xb: dsa(k, xb, protocol.dsa_strategy)
+  else:
+    augment = lambda k, xb: augment_batch(k, xb, translate=translate, cutout=cutout, flip=flip)
+  train_step = make_train_step(model, opt, functools.partial(protocol_loss, protocol), augment)
+  init = jax.jit(lambda key: fresh_carry(model, key, image_shape, opt))
 
   def step(carry, key, x, y):
-    params, batch_stats, opt_state = carry
     k_idx, k_aug = jax.random.split(key)
     idx = jax.random.choice(k_idx, n, (batch,), replace=False)
-    if protocol.dsa_strategy and protocol.augment:
-      xb = dsa(k_aug, x[idx], protocol.dsa_strategy)
-    else:
-      xb = augment_batch(k_aug, x[idx], translate=translate, cutout=cutout, flip=flip)
-    yb = y[idx]
-
-    def loss_fn(p):
-      if batch_stats is None:
-        logits, _ = model.apply(_merge(p, None), xb, train=True)
-        return protocol_loss(protocol, logits, yb), None
-      (logits, _), new = model.apply(_merge(p, batch_stats), xb, train=True,
-                                     mutable=['batch_stats'])
-      return protocol_loss(protocol, logits, yb), new['batch_stats']
-
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return (params, new_stats, opt_state), loss
+    return train_step(carry, x[idx], y[idx], k_aug)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def chunk(carry, x, y, keys):
@@ -148,17 +113,14 @@ def train_from_scratch(key: Array, model: nn.Module, x: Array, y: Array, protoco
   if y.shape[0] != n or y.ndim != 2:
     raise ValueError(f'y must be (n, K) with n = {n}, got {y.shape}')
   init_key, loop_key = jax.random.split(key)
-  probe = jax.eval_shape(lambda k: init_model(model, k, (1,) + x.shape[1:]), init_key)
   unroll_key = 'full' if unroll is True else max(1, int(unroll))
-  init, chunk = _train_fns(model, protocol, tuple(x.shape[1:]), n, 'batch_stats' in probe,
-                           unroll_key)
+  init, chunk = _train_fns(model, protocol, tuple(x.shape[1:]), n, unroll_key)
   carry = init(init_key)
   step_keys = jax.random.split(loop_key, protocol.steps)
   chunk_size = max(1, min(chunk_size, protocol.steps))
   for start in range(0, protocol.steps, chunk_size):
     carry, _ = chunk(carry, x, y, step_keys[start:start + chunk_size])
-  params, batch_stats, _ = carry
-  return _merge(params, batch_stats)
+  return carry_variables(carry)
 
 
 @functools.lru_cache(maxsize=64)

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddjax.evaluate.train import make_init_carry
-from ddjax.models import init_model
+from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
+                                   make_train_step)
 
 Array = jax.Array
 PyTree = Any
@@ -196,40 +196,18 @@ def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9):
 
 @functools.lru_cache(maxsize=32)
 def _trial_fns(model: nn.Module, image_shape: tuple, optimizer: str, learning_rate: float,
-               momentum: float, has_batch_stats: bool):
-  """Jitted init(key) -> carry and step(carry, x, labels, idx) -> carry (one mini-batch)."""
+               momentum: float):
+  """Jitted init(key) -> carry and step(carry, x, labels, idx) -> carry (one mini-batch), with
+  carry = (params, batch_stats or None, opt_state) (`ddjax.models.training`)."""
   opt = make_optimizer(optimizer, learning_rate, momentum)
-  init = make_init_carry(model, opt, image_shape, has_batch_stats)
+  init = jax.jit(lambda key: fresh_carry(model, key, image_shape, opt))
+  train_step = make_train_step(model, opt, cross_entropy)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(carry, x, labels, idx):
-    params, stats, opt_state = carry
-    xb, lb = x[idx], labels[idx]
-
-    def loss_fn(p):
-      if stats is None:
-        logits, _ = model.apply({'params': p}, xb, train=True)
-        return cross_entropy_loss(logits, lb).mean(), None
-      (logits, _), new = model.apply({'params': p, 'batch_stats': stats}, xb, train=True,
-                                     mutable=['batch_stats'])
-      return cross_entropy_loss(logits, lb).mean(), new['batch_stats']
-
-    (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_stats, opt_state
+    return train_step(carry, x[idx], labels[idx])[0]
 
   return init, step
-
-
-def epoch_batches(key: Array, n: int, batch_size: int) -> np.ndarray:
-  """One epoch's mini-batch indices (nb, size): a fresh permutation cut into nb = ceil(n / B)
-  equal batches of size ceil(n / nb) <= B, the last one wrapping around to the permutation's
-  start (every example is seen at least once per epoch; one compiled step shape)."""
-  b = max(1, min(int(batch_size), n))
-  nb = -(-n // b)
-  size = -(-n // nb)
-  perm = np.asarray(jax.random.permutation(key, n))
-  return np.concatenate([perm, perm])[:nb * size].reshape(nb, size)
 
 
 def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: int,
@@ -241,10 +219,11 @@ def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: in
   curve"; PAD's EL2N over early-training models).
 
   Each trial: parameters from `init_model(model, fold_in(key, trial))`, then `epochs` epochs of
-  mini-batch training (`epoch_batches`: a fresh permutation per epoch, batches of <= batch_size)
-  with cross-entropy on the hard labels, no augmentation, one jitted train step per mini-batch;
-  after each epoch the whole set is scored in inference mode (`score_dataset`). BiLP's CIFAR-10
-  setting is 50 trials x 100 epochs, lr 3e-3, batch 512 (the optimizer is not stated; Adam here).
+  mini-batch training (`ddjax.models.training`: `epoch_batches`, a fresh permutation per epoch
+  cut into batches of <= batch_size, and the shared classifier step) with cross-entropy on the
+  hard labels, no augmentation, one jitted train step per mini-batch; after each epoch the whole
+  set is scored in inference mode (`score_dataset`). BiLP's CIFAR-10 setting is 50 trials x 100
+  epochs, lr 3e-3, batch 512 (the optimizer is not stated; Adam here).
 
   Args:
     key: PRNG key (initialisation and batch order of every trial).
@@ -263,9 +242,7 @@ def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: in
   n = x.shape[0]
   labels = jnp.asarray(_int_labels(y, n))
   image_shape = tuple(int(d) for d in x.shape[1:])
-  probe = jax.eval_shape(lambda k: init_model(model, k, (1,) + image_shape), key)
-  init, step = _trial_fns(model, image_shape, optimizer, float(learning_rate), float(momentum),
-                          'batch_stats' in probe)
+  init, step = _trial_fns(model, image_shape, optimizer, float(learning_rate), float(momentum))
   out = {s: np.zeros((num_trials, epochs, n), np.bool_ if s == 'correct' else np.float32)
          for s in ('loss', 'el2n', 'correct')}
   t0 = time.perf_counter()
@@ -274,11 +251,8 @@ def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: in
     carry = init(k_init)
     for e in range(epochs):
       for idx in epoch_batches(jax.random.fold_in(k_data, e), n, batch_size):
-        carry = step(carry, x, labels, jnp.asarray(idx))
-      params, stats, _ = carry
-      variables = {'params': params} if stats is None else {'params': params,
-                                                              'batch_stats': stats}
-      scores = score_dataset(model, variables, x, labels, ('loss', 'el2n', 'correct'),
+        carry = step(carry, x, labels, idx)
+      scores = score_dataset(model, carry_variables(carry), x, labels, ('loss', 'el2n', 'correct'),
                              score_batch_size)
       for s, v in scores.items():
         out[s][t, e] = v
