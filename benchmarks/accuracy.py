@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 from benchmarks import common  # noqa: E402
-from ddjax import main as main_lib  # noqa: E402
+from ddjax.runtime import pipeline  # noqa: E402
 
 # ISA Table 1 (Fashion-MNIST, test accuracy %): FRePo, FRePo + ISA ("Ours"), KIP, RFAD, DSA, DM.
 PAPER = {('frepo', 1): 75.6, ('frepo', 10): 86.2, ('frepo_isa', 1): 77.1, ('frepo_isa', 10): 86.0,
@@ -92,7 +92,7 @@ def main():
       label = args.label or method
       workdir = os.path.join(common.HERE, 'runs',
                              f'{label}_ipc{ipc}_steps{cfg.distill.steps}')
-      res = main_lib.run(cfg, workdir)
+      res = pipeline.run(cfg, workdir)
       for pic in ('distilled.png', 'curve.png'):
         if os.path.exists(os.path.join(workdir, pic)):
           shutil.copy(os.path.join(workdir, pic), os.path.join(out_dir, f'{label}_ipc{ipc}_{pic}'))

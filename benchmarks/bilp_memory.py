@@ -34,10 +34,10 @@ rng = np.random.default_rng(0)
 batch = {'x': jnp.asarray(rng.normal(size=(K * per,) + SHAPE), jnp.float32),
          'y': jnp.eye(K)[np.repeat(np.arange(K), per)]}
 syn = {'x': jnp.asarray(rng.normal(size=(K,) + SHAPE), jnp.float32), 'y': jnp.eye(K)}
-state = bilp.init(jax.random.PRNGKey(0), syn)
+state = bilp.init(syn, jax.random.PRNGKey(0))
 f = jax.jit(bilp.ite_scores)
-t0 = time.perf_counter(); f(syn, state.base, batch, jax.random.PRNGKey(1)).block_until_ready()
-t1 = time.perf_counter(); f(syn, state.base, batch, jax.random.PRNGKey(2)).block_until_ready()
+t0 = time.perf_counter(); f(syn, state.wrapped_state, batch, jax.random.PRNGKey(1)).block_until_ready()
+t1 = time.perf_counter(); f(syn, state.wrapped_state, batch, jax.random.PRNGKey(2)).block_until_ready()
 t2 = time.perf_counter()
 print(json.dumps({'first_call_s': t1 - t0, 'seconds': t2 - t1,
                   'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))

@@ -93,11 +93,11 @@ def main():
   xr = group_by_class(batch['x'], jnp.asarray(labels), K)
   xs = syn['x'].reshape((K, args.ipc) + SHAPE)
   keys = jax.random.split(jax.random.PRNGKey(1), K)
-  variables = states['base'].inner.variables
+  variables = states['base'].distiller_state.variables
   ite = {}
   for method in ('sketch', 'first_order', 'exact'):
-    fn = jax.jit(lambda v, xr, xs, k, m=method: ite_lib.dc_ite_scores(
-        dc, v, xr, xs, k, m, args.chunk, args.sketch_dim))
+    fn = jax.jit(lambda v, xr, xs, k, m=method: ite_lib.additive_ite_scores(
+        dc.class_additive_form(v, xr, xs, k, args.chunk), m, args.chunk, args.sketch_dim))
     fn(variables, xr, xs, keys).block_until_ready()              # compile
     t, scores = timed(fn, variables, xr, xs, keys)
     ite[method] = (t, np.asarray(scores))

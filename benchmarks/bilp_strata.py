@@ -8,12 +8,12 @@ least useful for distillation (BiLP's claim), accuracy rises from S1 to S10.
         --set eval.num_models=2
 
 Each criterion `t<T>e<E>` is BiLP's score from the first T trials and first E epochs of one cached
-scoring run (`ddjax.main.loss_scores`, `bilp.score_trials` x `bilp.score_epochs`; BiLP Fig. 3
+scoring run (`ddjax.runtime.pruning.loss_scores`, `bilp.score_trials` x `bilp.score_epochs`; BiLP Fig. 3
 compares 1-50 trials and 1-100 epochs the same way): the trial-mean loss curve, Gaussian-smoothed
 (sigma `bilp.score_sigma`), read at epoch E. References on the same plot: distilling on a random
 class-balanced tenth of the data, and on all of it, with the same config and steps.
 
-Every run is one `ddjax.main.run` (workdir benchmarks/runs/strata/..., reused when its
+Every run is one `ddjax.run` (workdir benchmarks/runs/strata/..., reused when its
 results.json exists). Output: benchmarks/results/bilp_strata.{json,md,png}.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from benchmarks.accuracy import config_of  # noqa: E402
-from ddjax import main as main_lib  # noqa: E402
+from ddjax.runtime import pipeline, pruning  # noqa: E402
 from ddjax import scoring  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def run_cached(cfg, workdir: str, prep) -> dict:
   path = os.path.join(workdir, 'results.json')
   if os.path.exists(path):
     return json.load(open(path))
-  return main_lib.run(cfg, workdir, prep=prep)
+  return pipeline.run(cfg, workdir, data=prep)
 
 
 def plot(path: str, rows: list[dict], refs: dict, title: str) -> None:
@@ -97,8 +97,8 @@ def main():
   need_e = max(e for _, _, e in criteria)
   cfg.bilp.score_trials = max(cfg.bilp.score_trials, need_t)
   cfg.bilp.score_epochs = max(cfg.bilp.score_epochs, need_e)
-  prep = main_lib.Prepared(cfg)
-  scores = main_lib.loss_scores(cfg, prep, args.score_dir)
+  prep = pipeline.load_data(cfg)
+  scores = pruning.loss_scores(cfg, prep, args.score_dir)
   base = os.path.join(common.HERE, 'runs', 'strata',
                       f'{args.config}_ipc{args.ipc}_steps{args.steps}_seed{args.seed}')
   command = 'python benchmarks/bilp_strata.py ' + ' '.join(sys.argv[1:])

@@ -30,7 +30,7 @@ from ddjax.kernels.architectures import kernel_network  # noqa: E402
 def first_layer_entries(arch: str) -> int:
   """Spatial entries per pair at the first layer: 784 positions x band offsets."""
   _, _, kernel_fn = kernel_network(arch, 3)
-  layers = kernel_fn._ddjax_layers
+  layers = kernel_fn.layers
   shapes = stax._shapes(layers, (1, 28, 28, 1))
   bands = stax._bands(layers, shapes)
   b = bands[0]

@@ -25,16 +25,16 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from ddjax import main as main_lib  # noqa: E402
 from ddjax import transforms as T  # noqa: E402
 from ddjax.distill import step as step_lib  # noqa: E402
-from ddjax.runtime import loop  # noqa: E402
+from ddjax.runtime import loop, pipeline  # noqa: E402
 
 
 def build(cfg, prep, with_isa: bool):
-  distiller, _, optimizer = main_lib.make_distiller(cfg, prep)
+  distiller = pipeline.build_distiller(cfg, prep, cfg.distill.batch_size)
+  optimizer = pipeline.make_optimizer(cfg)
   transform = T.chain(T.drop_easiest(0.2), T.isa(1.0)) if with_isa else T.identity()
-  syn, classes = main_lib.initial_synthetic(cfg, prep)
+  syn, classes = pipeline.initial_synthetic(cfg, prep, distiller)
   state = step_lib.init_state(distiller, transform, optimizer, syn, jax.random.PRNGKey(0))
   step = jax.jit(step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes)))
   return step, state
@@ -63,7 +63,7 @@ def main():
     cfg.distill.ipc = ipc
     if cfg.method == 'rfad':
       cfg.rfad.loss = "mse"
-    prep = main_lib.Prepared(cfg)
+    prep = pipeline.load_data(cfg)
     sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, 0)
     batches = [jax.device_put(sampler(s)) for s in range(args.steps)]
     keys = [jax.random.PRNGKey(s) for s in range(args.steps)]

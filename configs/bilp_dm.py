@@ -4,13 +4,9 @@ exact here). See configs/bilp_dc.py.
 
     python -m ddjax.main --config=configs/bilp_dm.py
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bilp_dc  # noqa: E402  (sibling config files)
-import dm  # noqa: E402
+from ddjax.config import method_config
+from ddjax.distill.bilp import paper_defaults
 
 
 def get_config(preset: str = ''):
-  return bilp_dc.bilp_defaults(dm.get_config(preset))
+  return paper_defaults(method_config('dm', preset))

@@ -4,13 +4,13 @@ See configs/bilp_dc.py.
 
     python -m ddjax.main --config=configs/bilp_idc.py
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bilp_dc  # noqa: E402  (sibling config files)
-import idc  # noqa: E402
+from ddjax.config import method_config
+from ddjax.distill.bilp import paper_defaults
 
 
 def get_config(preset: str = ''):
-  return bilp_dc.bilp_defaults(idc.get_config(preset))
+  cfg = method_config('dc', preset)      # IDC on DSA, configs/idc.py
+  cfg.dsa.strategy = 'auto'
+  cfg.distill.init = 'real'
+  cfg.idc.factor = 2
+  return paper_defaults(cfg)

@@ -9,19 +9,8 @@ The paper runs 20000 iterations (`:paper`); the CPU default runs 1000.
     python -m ddjax.main --config=configs/dm.py
     python -m ddjax.main --config=configs/dm.py:paper --config.distill.ipc=10
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import dc  # noqa: E402  (sibling config file)
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  cfg = dc.matching_config(preset, 'dm')
-  cfg.dsa.strategy = 'auto'
-  cfg.distill.lr = 1.0
-  cfg.distill.init = 'real'
-  cfg.distill.steps = 1000
-  if preset == 'paper':
-    cfg.distill.steps = 20000
-  return cfg
+  return method_config('dm', preset)

@@ -7,15 +7,11 @@ repository's README command). Flip is left out on digit datasets.
     python -m ddjax.main --config=configs/dsa.py
     python -m ddjax.main --config=configs/dsa.py:paper --config.distill.ipc=10
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import dc  # noqa: E402  (sibling config file)
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  cfg = dc.get_config(preset)
+  cfg = method_config('dc', preset)
   cfg.dsa.strategy = 'auto'
   cfg.distill.init = 'real'
   return cfg

@@ -5,15 +5,11 @@ ISA's experiments). The main job of the README.
     python -m ddjax.main --config=configs/frepo_isa.py              # CPU default, IPC 1
     python -m ddjax.main --config=configs/frepo_isa.py:paper        # FRePo's GPU-scale setting
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import frepo  # noqa: E402  (sibling config file)
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  cfg = frepo.get_config(preset)
+  cfg = method_config('frepo', preset)
   cfg.transform.drop_easiest = 0.2
   cfg.transform.isa_eps = 1.0
   return cfg

@@ -8,15 +8,13 @@ per-sample meta-gradient): add --config.bilp.adaptive_beta=0.3 for all three sel
     python -m ddjax.main --config=configs/frepo_isa_bilp.py
     python -m ddjax.main --config=configs/frepo_isa_bilp.py --config.bilp.adaptive_beta=0.3
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import frepo_isa  # noqa: E402  (sibling config file)
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  cfg = frepo_isa.get_config(preset)
+  cfg = method_config('frepo', preset)
+  cfg.transform.drop_easiest = 0.2
+  cfg.transform.isa_eps = 1.0
   cfg.bilp.prune_fraction = 0.5
   cfg.bilp.prune_by = 'drop_largest'
   return cfg

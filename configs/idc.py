@@ -8,14 +8,12 @@ image. `idc.factor` works with every distiller, e.g. on DM: `--config=configs/dm
 
     python -m ddjax.main --config=configs/idc.py
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import dsa  # noqa: E402  (sibling config file)
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  cfg = dsa.get_config(preset)
-  cfg.idc.factor = 2
+  cfg = method_config('dc', preset)      # DSA (configs/dsa.py) ...
+  cfg.dsa.strategy = 'auto'
+  cfg.distill.init = 'real'
+  cfg.idc.factor = 2                     # ... on IDC's multi-formation
   return cfg

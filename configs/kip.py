@@ -13,35 +13,8 @@ are learned (KIP's label-learning variant). `:paper` is KIP's ConvNet kernel
     python -m ddjax.main --config=configs/kip.py
     python -m ddjax.main --config=configs/kip.py:paper --config.distill.ipc=10
 """
-from ddjax.config import PRESETS, base_config
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {PRESETS}')
-  cfg = base_config()
-  cfg.method = 'kip'
-  cfg.kernel.arch = 'fc'
-  cfg.kernel.depth = 1
-  cfg.kernel.kind = 'ntk'
-  cfg.kip.reg = 1e-6
-  cfg.distill.steps = 5000
-  cfg.distill.batch_size = 5000
-  cfg.distill.balanced_batch = True    # KIP's class-balanced target batches
-  cfg.distill.optimizer = 'adam'
-  cfg.distill.lr = 4e-2
-  cfg.distill.label_lr = 4e-2
-  cfg.distill.learn_label = True
-  cfg.distill.schedule = 'constant'
-  cfg.eval.kernel_krr = True
-  cfg.eval.krr = False
-  cfg.checkpoint.every = 500
-  if preset == 'paper':
-    cfg.kernel.arch = 'convnet'
-    cfg.kernel.depth = 3
-    cfg.distill.steps = 50_000
-    cfg.distill.lr = 1e-2
-    cfg.distill.label_lr = 1e-2
-    cfg.checkpoint.every = 1000
-    cfg.log.every = 500
-  return cfg
+  return method_config('kip', preset)

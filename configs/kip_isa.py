@@ -4,15 +4,11 @@ which is what ISA's closed form needs (ISA Sec. 2.3).
 
     python -m ddjax.main --config=configs/kip_isa.py
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kip  # noqa: E402  (sibling config file)
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  cfg = kip.get_config(preset)
+  cfg = method_config('kip', preset)
   cfg.transform.drop_easiest = 0.2
   cfg.transform.isa_eps = 1.0
   return cfg

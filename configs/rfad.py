@@ -12,37 +12,8 @@ Default (CPU): 4 networks of width 64 on a real batch of 500 per step (RFAD: 8 x
     python -m ddjax.main --config=configs/rfad.py
     python -m ddjax.main --config=configs/rfad.py:paper --config.distill.ipc=10
 """
-from ddjax.config import PRESETS, base_config
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {PRESETS}')
-  cfg = base_config()
-  cfg.method = 'rfad'
-  cfg.kernel.arch = 'convnet'
-  cfg.kernel.depth = 3
-  cfg.kernel.kind = 'nngp'
-  cfg.rfad.num_models = 4
-  cfg.rfad.width = 64
-  cfg.rfad.reg = 5e-3
-  cfg.rfad.loss = 'platt'
-  cfg.rfad.temp_lr = 1e-2
-  cfg.distill.steps = 2000
-  cfg.distill.batch_size = 500
-  cfg.distill.optimizer = 'adabelief'
-  cfg.distill.lr = 1e-3
-  cfg.distill.label_lr = 1e-3
-  cfg.distill.learn_label = True
-  cfg.distill.schedule = 'constant'
-  cfg.eval.kernel_krr = True
-  cfg.eval.krr = False
-  cfg.checkpoint.every = 500
-  if preset == 'paper':
-    cfg.rfad.num_models = 8
-    cfg.rfad.width = 256
-    cfg.distill.batch_size = 5120
-    cfg.distill.steps = 20_000
-    cfg.checkpoint.every = 1000
-    cfg.log.every = 200
-  return cfg
+  return method_config('rfad', preset)

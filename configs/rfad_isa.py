@@ -5,15 +5,11 @@ Platt loss has no closed form; `validate` rejects ISA with it). Everything else 
 
     python -m ddjax.main --config=configs/rfad_isa.py
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rfad  # noqa: E402  (sibling config file)
+from ddjax.config import method_config
 
 
 def get_config(preset: str = ''):
-  cfg = rfad.get_config(preset)
+  cfg = method_config('rfad', preset)
   cfg.rfad.loss = 'mse'
   cfg.transform.drop_easiest = 0.2
   cfg.transform.isa_eps = 1.0

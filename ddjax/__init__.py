@@ -1,2 +1,27 @@
-"""ddjax: dataset distillation in JAX/Flax. See README.md and ../shared/DESIGN.md."""
+"""ddjax: dataset distillation in JAX/Flax. See README.md and ../shared/DESIGN.md.
+
+    import ddjax
+    cfg = ddjax.method_config('frepo')       # a registered method's defaults (or a config file)
+    results = ddjax.run(cfg, 'runs/frepo')     # data -> prune -> distill -> export -> evaluate
+
+`ddjax.register(ddjax.Method(...))` adds a method of your own (see README, "Adding a method").
+"""
 __version__ = '0.1.0'
+
+_LAZY = {
+    'run': ('ddjax.runtime.pipeline', 'run'),
+    'method_config': ('ddjax.config', 'method_config'),
+    'base_config': ('ddjax.config', 'base_config'),
+    'register': ('ddjax.registry', 'register'),
+    'Method': ('ddjax.registry', 'Method'),
+    'Distiller': ('ddjax.distill.base', 'Distiller'),
+}
+
+
+def __getattr__(name: str):
+  """Imported on first use, so `import ddjax.config` stays light."""
+  if name in _LAZY:
+    import importlib
+    module, attr = _LAZY[name]
+    return getattr(importlib.import_module(module), attr)
+  raise AttributeError(f'module ddjax has no attribute {name!r}')

@@ -1,20 +1,36 @@
-"""The config schema of `ddjax.main` and its validation.
+"""The config schema of a ddjax run and its validation.
 
-Every config file under `configs/` starts from `base_config()` and changes values; it may not add
-keys. `validate(cfg)` runs before any compute and says what is allowed for every bad value. The keys
-that other tooling relies on: seed, data.name, data.dir, distill.ipc, distill.steps, eval.num_models,
-eval.steps, checkpoint.every.
+`base_config()` holds the shared blocks (data, model, distill, kernel, dsa, idc, bilp, transform,
+eval, checkpoint, log) plus the block of every registered method (`ddjax.registry`: cfg.frepo,
+cfg.kip, ...). `method_config(name, preset)` is the base with the method's own defaults for a
+preset; config files under `configs/` start from it and change values; they may not add keys.
+`validate(cfg)` runs before any compute and says what is allowed for every bad value: the shared
+rules here, the method's own rules from its registration. The keys that other tooling relies on:
+seed, data.name, data.dir, distill.ipc, distill.steps, eval.num_models, eval.steps,
+checkpoint.every.
 """
 from __future__ import annotations
 
 import difflib
+import math
 
 import ml_collections
 
-METHODS = ('frepo', 'kip', 'rfad', 'dc', 'dm', 'random_subset')
-MATCHING_METHODS = ('dc', 'dm')
-ADAPTIVE_PRUNING_METHODS = MATCHING_METHODS + ('frepo', 'kip', 'rfad')   # BiLP's ITE pruning
-PRESETS = ('', 'cpu', 'paper')
+from ddjax import registry
+from ddjax.distill.base import PER_CLASS, PER_SAMPLE
+
+PRESETS = registry.PRESETS
+SIGNED_KEYS = ('bilp.score_epoch',)    # numbers that may be negative (-1: the last epoch)
+
+
+class ConfigError(ValueError):
+  """A config that cannot run: the message lists every problem and what is allowed."""
+
+
+def __getattr__(name: str):
+  if name == 'METHODS':                # every registered method, the package's and the user's
+    return registry.names()
+  raise AttributeError(name)
 
 
 def model_config(**overrides) -> ml_collections.ConfigDict:
@@ -49,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distill.ipc = 1
   cfg.distill.steps = 3000            # FRePo: 500000 on a GPU
   cfg.distill.batch_size = 512        # real batch (FRePo: 1024)
+  cfg.distill.batch_per_class = 0     # > 0: real batch = this x classes, class-balanced (DC: 256)
   cfg.distill.balanced_batch = False  # class-balanced real batches (KIP: True)
   cfg.distill.optimizer = 'adam'      # FRePo: lamb
   cfg.distill.momentum = 0.0          # SGD momentum (DC / DSA / DM: 0.5)
@@ -59,14 +76,6 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distill.init = 'real'           # real | noise
   cfg.distill.label_init = 'centered_one_hot'
 
-  cfg.frepo = ml_collections.ConfigDict()
-  cfg.frepo.num_models = 5            # FRePo: 10
-  cfg.frepo.max_online_updates = 100
-  cfg.frepo.online_lr = 1e-3          # FRePo: 3e-4 (Adam)
-  cfg.frepo.reg = 1e-6                # lambda = reg * trace(K_SS) / n
-  cfg.frepo.flip = 'auto'             # auto: on except for digit-like 1-channel datasets
-  cfg.frepo.label_margin = 0.0        # > 0 adds the label-margin term
-
   cfg.kernel = ml_collections.ConfigDict()   # infinite-width kernel: KIP's, and eval.kernel_krr's
   cfg.kernel.arch = 'convnet'         # fc | conv | convnet | convnet_gap (ddjax.kernels.architectures)
   cfg.kernel.depth = 3
@@ -74,26 +83,6 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.kernel.b_std = 0.1
   cfg.kernel.kind = 'ntk'              # ntk | nngp
   cfg.kernel.block_bytes = 2 ** 28    # largest band array of one block of kernel entries
-
-  cfg.kip = ml_collections.ConfigDict()
-  cfg.kip.reg = 1e-6                  # lambda = reg * trace(K_SS) / n
-
-  cfg.rfad = ml_collections.ConfigDict()   # random features of kernel.arch / depth / W_std / b_std
-  cfg.rfad.num_models = 8             # M networks drawn per step
-  cfg.rfad.width = 256                # channels of each random network (RFAD: 256)
-  cfg.rfad.reg = 5e-3                 # RFAD's `jit`: lambda = reg * trace(K_SS) / n
-  cfg.rfad.loss = 'platt'             # platt | mse
-  cfg.rfad.temp_lr = 1e-2             # learning rate of the Platt temperature
-
-  cfg.dc = ml_collections.ConfigDict()     # gradient matching (DC; DSA = DC + dsa.strategy)
-  cfg.dc.iterations = 0               # > 0: DC iterations; distill.steps = iterations x outer_loop
-  cfg.dc.outer_loop = 0               # 0 -> DC's rule by IPC (1: 1, 10: 10, 50: 50)
-  cfg.dc.inner_loop = 0               # 0 -> DC's rule by IPC (1: 1, 10: 50, 50: 10)
-  cfg.dc.lr_net = 0.01                # SGD of the network on the synthetic set
-  cfg.dc.inner_batch = 256            # DC's batch_train
-  cfg.dc.metric = 'ours'              # ours (layer-wise) | mse | cos
-  cfg.dc.layer_fraction = 0.0         # PAD: leave the shallowest fraction of parameters unmatched
-  cfg.dc.bn_size = 16                 # real images per class setting batch-norm statistics
 
   cfg.dsa = ml_collections.ConfigDict()    # differentiable siamese augmentation (DSA, DM)
   cfg.dsa.strategy = ''               # '' = off; DSA / DM: 'auto' = color_crop_cutout_flip_scale_rotate
@@ -126,7 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.transform.isa_eps = 0.0         # ISA: 1.0
 
   cfg.eval = ml_collections.ConfigDict()
-  cfg.eval.protocol = 'frepo'         # frepo | dc
+  cfg.eval.protocol = 'auto'          # auto (the method's) | frepo | dc
   cfg.eval.num_models = 5
   cfg.eval.steps = 0                  # 0 -> the protocol's own rule (FRePo: by #prototypes)
   cfg.eval.batch_size = 0             # 0 -> the protocol's own rule
@@ -142,6 +131,26 @@ def base_config() -> ml_collections.ConfigDict:
 
   cfg.log = ml_collections.ConfigDict()
   cfg.log.every = 100
+
+  for name, block in registry.config_blocks().items():   # each method's own block
+    cfg[name] = block
+  return cfg
+
+
+def method_config(method: str, preset: str = '') -> ml_collections.ConfigDict:
+  """The base config with `method`'s defaults for `preset` ('' = the CPU default, 'cpu' the same,
+  'paper' the paper's GPU-scale setting). ConfigError names the presets and methods that exist."""
+  try:
+    spec = registry.get(method)
+  except registry.RegistryError as e:
+    raise ConfigError(str(e)) from None
+  if preset not in spec.presets:
+    shown = tuple(p for p in spec.presets if p)
+    raise ConfigError(f'unknown preset {preset!r} for method {method!r}; presets: {shown} '
+                      "(':paper' after the config path, or none for the CPU default).")
+  cfg = base_config()
+  cfg.method = method
+  spec.configure(cfg, preset)
   return cfg
 
 
@@ -156,19 +165,59 @@ def _keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> set[str]:
   return out
 
 
-def _choice(errors: list[str], key: str, value, allowed) -> None:
-  if value not in allowed:
-    errors.append(f'{key}={value!r} is not one of {tuple(allowed)}.')
+def _get(cfg, key: str):
+  node = cfg
+  for part in key.split('.'):
+    node = node.get(part, None) if hasattr(node, 'get') else None
+  return node
+
+
+def choice_errors(cfg, key: str, allowed) -> list[str]:
+  """[message] when the value at dotted `key` is not one of `allowed`, else []."""
+  value = _get(cfg, key)
+  return [] if value in allowed else [f'{key}={value!r} is not one of {tuple(allowed)}.']
+
+
+def int_errors(cfg, key: str, low: int, hint: str = '') -> list[str]:
+  """[message] when the value at dotted `key` is not an integer >= low, else []."""
+  v = _get(cfg, key)
+  if isinstance(v, bool) or not isinstance(v, int) or v < low:
+    return [f'{key} must be an integer >= {low}{hint}, got {v!r}.']
+  return []
+
+
+def fraction_errors(cfg, key: str, closed: bool = False) -> list[str]:
+  """[message] when the value at dotted `key` is outside [0, 1) ([0, 1] when closed), else []."""
+  v = _get(cfg, key)
+  inside = isinstance(v, (int, float)) and (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0)
+  return [] if inside else [f'{key} must lie in [0, 1{"]" if closed else ")"}, got {v!r}.']
+
+
+def _numbers(errors: list[str], cfg: ml_collections.ConfigDict) -> None:
+  """Every number of the config is finite, and >= 0 unless its key is in SIGNED_KEYS: a NaN or
+  negative rate, regulariser or size fails here instead of training until it diverges."""
+  def walk(node, prefix):
+    for k, v in node.items():
+      name = prefix + k
+      if isinstance(v, ml_collections.ConfigDict):
+        walk(v, name + '.')
+      elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        if not math.isfinite(v):
+          errors.append(f'{name}={v!r} must be a finite number.')
+        elif v < 0 and name not in SIGNED_KEYS:
+          errors.append(f'{name}={v!r} must be >= 0.')
+  walk(cfg, '')
 
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
-  """Raise ValueError listing every problem of `cfg` (unknown keys, bad values), before compute.
+  """Raise ConfigError listing every problem of `cfg` (unknown keys, bad values), before compute.
 
   Needs no data: the IPC against the smallest class is checked once the dataset is loaded
-  (ddjax.data.check_ipc).
+  (ddjax.data.check_ipc). The method's own rules come from its registration.
   """
   from ddjax.data import DATASETS           # local imports keep `import ddjax.config` light
   from ddjax.evaluate import PROTOCOLS
+  from ddjax.kernels.architectures import KERNEL_ARCHITECTURES
   from ddjax.models import ARCHITECTURES, NORMS, POOLINGS
 
   errors = []
@@ -177,112 +226,91 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     close = difflib.get_close_matches(key, sorted(known), n=1)
     hint = f' Did you mean {close[0]!r}?' if close else ''
     errors.append(f'unknown config key {key!r}.{hint}')
-  _choice(errors, 'method', cfg.get('method'), METHODS)
-  data = cfg.get('data', {})
-  _choice(errors, 'data.name', data.get('name'), tuple(DATASETS))
-  _choice(errors, 'data.preprocessing', data.get('preprocessing'),
-          ('auto', 'none', 'standard', 'zca'))
+  _numbers(errors, cfg)
+  errors += choice_errors(cfg, 'method', registry.names())
+  errors += choice_errors(cfg, 'data.name', tuple(DATASETS))
+  errors += choice_errors(cfg, 'data.preprocessing', ('auto', 'none', 'standard', 'zca'))
   for block in ('model', 'eval.model'):
-    m = cfg.get('model', {}) if block == 'model' else cfg.get('eval', {}).get('model', {})
-    _choice(errors, f'{block}.arch', m.get('arch'), ARCHITECTURES)
-    _choice(errors, f'{block}.norm', m.get('norm'), NORMS)
-    _choice(errors, f'{block}.pooling', m.get('pooling'), POOLINGS)
-    if not isinstance(m.get('depth'), int) or m.get('depth') < 1:
-      errors.append(f'{block}.depth must be an integer >= 1, got {m.get("depth")!r}.')
-    if not isinstance(m.get('width'), int) or m.get('width') < 1:
-      errors.append(f'{block}.width must be an integer >= 1, got {m.get("width")!r}.')
-  d = cfg.get('distill', {})
-  if not isinstance(d.get('ipc'), int) or d.get('ipc') < 1:
-    errors.append(f'distill.ipc must be an integer >= 1 (images per class), got {d.get("ipc")!r}.')
-  if not isinstance(d.get('steps'), int) or d.get('steps') < 0:
-    errors.append(f'distill.steps must be an integer >= 0, got {d.get("steps")!r}.')
-  if not isinstance(d.get('batch_size'), int) or d.get('batch_size') < 1:
-    errors.append(f'distill.batch_size must be an integer >= 1, got {d.get("batch_size")!r}.')
-  _choice(errors, 'distill.optimizer', d.get('optimizer'), ('lamb', 'adam', 'adabelief', 'sgd'))
-  _choice(errors, 'distill.schedule', d.get('schedule'), ('cosine', 'constant'))
-  _choice(errors, 'distill.init', d.get('init'), ('real', 'noise'))
-  _choice(errors, 'distill.label_init', d.get('label_init'), ('centered_one_hot', 'one_hot'))
-  f = cfg.get('frepo', {})
-  if not isinstance(f.get('num_models'), int) or f.get('num_models') < 1:
-    errors.append(f'frepo.num_models must be an integer >= 1, got {f.get("num_models")!r}.')
-  if not isinstance(f.get('max_online_updates'), int) or f.get('max_online_updates') < 1:
-    errors.append('frepo.max_online_updates must be an integer >= 1, '
-                  f'got {f.get("max_online_updates")!r}.')
-  _choice(errors, 'frepo.flip', f.get('flip'), ('auto', True, False))
-  from ddjax.kernels.architectures import KERNEL_ARCHITECTURES
-  kn = cfg.get('kernel', {})
-  _choice(errors, 'kernel.arch', kn.get('arch'), KERNEL_ARCHITECTURES)
-  _choice(errors, 'kernel.kind', kn.get('kind'), ('ntk', 'nngp'))
-  if not isinstance(kn.get('depth'), int) or kn.get('depth') < 1:
-    errors.append(f'kernel.depth must be an integer >= 1, got {kn.get("depth")!r}.')
-  r = cfg.get('rfad', {})
-  _choice(errors, 'rfad.loss', r.get('loss'), ('platt', 'mse'))
-  for key in ('num_models', 'width'):
-    if not isinstance(r.get(key), int) or r.get(key) < 1:
-      errors.append(f'rfad.{key} must be an integer >= 1, got {r.get(key)!r}.')
-  if (cfg.get('method') == 'rfad' and r.get('loss') == 'platt'
-      and cfg.get('transform', {}).get('isa_eps', 0.0) > 0):
-    errors.append("transform.isa_eps > 0 with rfad.loss='platt': ISA's closed form integrates "
-                  "the squared loss; set rfad.loss='mse' (configs/rfad_isa.py does).")
-  dcc = cfg.get('dc', {})
-  _choice(errors, 'dc.metric', dcc.get('metric'), ('ours', 'mse', 'cos'))
-  for key in ('iterations', 'outer_loop', 'inner_loop'):
-    if not isinstance(dcc.get(key), int) or dcc.get(key) < 0:
-      errors.append(f'dc.{key} must be an integer >= 0 (0: DC\'s rule by IPC), got {dcc.get(key)!r}.')
-  if not 0.0 <= dcc.get('layer_fraction', 0.0) < 1.0:
-    errors.append(f'dc.layer_fraction must lie in [0, 1), got {dcc.get("layer_fraction")!r}.')
-  ic = cfg.get('idc', {})
-  if not isinstance(ic.get('factor'), int) or ic.get('factor') < 1:
-    errors.append(f'idc.factor must be an integer >= 1 (1: off), got {ic.get("factor")!r}.')
-  if cfg.get('method') in MATCHING_METHODS:
-    tr = cfg.get('transform', {})
-    if tr.get('drop_easiest', 0.0) > 0 or tr.get('isa_eps', 0.0) > 0:
-      errors.append(f"transform.drop_easiest / isa_eps apply to KRR-family predictions; "
-                    f"method={cfg.get('method')!r} matches gradients or embeddings: set them to 0.")
-    if not d.get('balanced_batch'):
-      errors.append(f"method={cfg.get('method')!r} matches per class: set "
-                    "distill.balanced_batch=True (batch_size = classes x real images per class).")
-    if cfg.get('method') == 'dm' and cfg.get('model', {}).get('norm') == 'batch':
-      errors.append("method='dm' with model.norm='batch': DM embeds each class with a fresh "
-                    "network; use 'instance' (DM's default) or 'none'.")
-  b = cfg.get('bilp', {})
-  if not 0.0 <= b.get('prune_fraction', 0.0) < 1.0:
-    errors.append(f'bilp.prune_fraction must lie in [0, 1), got {b.get("prune_fraction")!r}.')
-  _choice(errors, 'bilp.prune_by', b.get('prune_by'), ('drop_largest', 'drop_smallest', 'random'))
-  _choice(errors, 'bilp.prune_score', b.get('prune_score'), ('loss', 'el2n'))
+    errors += choice_errors(cfg, f'{block}.arch', ARCHITECTURES)
+    errors += choice_errors(cfg, f'{block}.norm', NORMS)
+    errors += choice_errors(cfg, f'{block}.pooling', POOLINGS)
+    errors += int_errors(cfg, f'{block}.depth', 1)
+    errors += int_errors(cfg, f'{block}.width', 1)
+  errors += int_errors(cfg, 'distill.ipc', 1, ' (images per class)')
+  errors += int_errors(cfg, 'distill.steps', 0)
+  errors += int_errors(cfg, 'distill.batch_size', 1)
+  errors += int_errors(cfg, 'distill.batch_per_class', 0, ' (0: use distill.batch_size)')
+  errors += choice_errors(cfg, 'distill.optimizer', ('lamb', 'adam', 'adabelief', 'sgd'))
+  errors += choice_errors(cfg, 'distill.schedule', ('cosine', 'constant'))
+  errors += choice_errors(cfg, 'distill.init', ('real', 'noise'))
+  errors += choice_errors(cfg, 'distill.label_init', ('centered_one_hot', 'one_hot'))
+  errors += choice_errors(cfg, 'kernel.arch', KERNEL_ARCHITECTURES)
+  errors += choice_errors(cfg, 'kernel.kind', ('ntk', 'nngp'))
+  errors += int_errors(cfg, 'kernel.depth', 1)
+  errors += int_errors(cfg, 'idc.factor', 1, ' (1: off)')
+  errors += fraction_errors(cfg, 'bilp.prune_fraction')
+  errors += choice_errors(cfg, 'bilp.prune_by', ('drop_largest', 'drop_smallest', 'random'))
+  errors += choice_errors(cfg, 'bilp.prune_score', ('loss', 'el2n'))
   for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every', 'sketch_dim',
               'ite_chunk'):
-    if not isinstance(b.get(key), int) or b.get(key) < 1:
-      errors.append(f'bilp.{key} must be an integer >= 1, got {b.get(key)!r}.')
-  if not 0.0 <= b.get('adaptive_beta', 0.0) < 1.0:
-    errors.append(f'bilp.adaptive_beta must lie in [0, 1), got {b.get("adaptive_beta")!r}.')
-  _choice(errors, 'bilp.adaptive_mode', b.get('adaptive_mode'), ('both', 'drop_large', 'drop_small'))
-  _choice(errors, 'bilp.ite', b.get('ite'), ('first_order', 'exact', 'sketch'))
-  if not 0.0 < b.get('adaptive_momentum', 0.1) <= 1.0:
-    errors.append(f'bilp.adaptive_momentum must lie in (0, 1], got {b.get("adaptive_momentum")!r}.')
-  if b.get('adaptive_beta', 0.0) > 0 and cfg.get('method') not in ADAPTIVE_PRUNING_METHODS:
-    errors.append(f"bilp.adaptive_beta > 0 needs an additive-separable matching meta-loss or "
-                  f"per-sample KRR meta-losses (method in {ADAPTIVE_PRUNING_METHODS}), got "
-                  f"method={cfg.get('method')!r}; preemptive pruning (bilp.prune_fraction) "
-                  "works for every method.")
-  t = cfg.get('transform', {})
-  if not 0.0 <= t.get('drop_easiest', 0.0) < 1.0:
-    errors.append(f'transform.drop_easiest must lie in [0, 1), got {t.get("drop_easiest")!r}.')
-  if not 0.0 <= t.get('isa_eps', 0.0) <= 1.0:
-    errors.append(f'transform.isa_eps must lie in [0, 1], got {t.get("isa_eps")!r}.')
-  e = cfg.get('eval', {})
-  _choice(errors, 'eval.protocol', e.get('protocol'), tuple(PROTOCOLS))
-  if not isinstance(e.get('num_models'), int) or e.get('num_models') < 0:
-    errors.append(f'eval.num_models must be an integer >= 0, got {e.get("num_models")!r}.')
-  c = cfg.get('checkpoint', {})
-  if not isinstance(c.get('every'), int) or c.get('every') < 1:
-    errors.append(f'checkpoint.every must be an integer >= 1, got {c.get("every")!r}.')
+    errors += int_errors(cfg, f'bilp.{key}', 1)
+  errors += fraction_errors(cfg, 'bilp.adaptive_beta')
+  errors += choice_errors(cfg, 'bilp.adaptive_mode', ('both', 'drop_large', 'drop_small'))
+  errors += choice_errors(cfg, 'bilp.ite', ('first_order', 'exact', 'sketch'))
+  momentum = _get(cfg, 'bilp.adaptive_momentum')
+  if not (isinstance(momentum, (int, float)) and 0.0 < momentum <= 1.0):
+    errors.append(f'bilp.adaptive_momentum must lie in (0, 1], got {momentum!r}.')
+  errors += fraction_errors(cfg, 'transform.drop_easiest')
+  errors += fraction_errors(cfg, 'transform.isa_eps', closed=True)
+  errors += choice_errors(cfg, 'eval.protocol', ('auto',) + tuple(PROTOCOLS))
+  errors += int_errors(cfg, 'eval.num_models', 0)
+  errors += int_errors(cfg, 'checkpoint.every', 1)
+  errors += int_errors(cfg, 'log.every', 1)
+  if cfg.get('method') in registry.names():
+    errors += _capability_errors(cfg, registry.get(cfg.method))
+    errors += registry.get(cfg.method).validate(cfg)
   if errors:
-    raise ValueError('invalid config:\n  - ' + '\n  - '.join(errors))
+    raise ConfigError('invalid config:\n  - ' + '\n  - '.join(errors))
 
 
-def flip_enabled(cfg: ml_collections.ConfigDict, channels: int) -> bool:
-  """FRePo mirrors prototypes except on 1-channel digit/clothing data (MNIST, Fashion-MNIST)."""
-  if cfg.frepo.flip == 'auto':
-    return channels != 1
-  return bool(cfg.frepo.flip)
+def _capability_errors(cfg: ml_collections.ConfigDict, spec: registry.Method) -> list[str]:
+  """What the method's declared capabilities rule out (record kind, additive form)."""
+  errors = []
+  t, b, d = cfg.get('transform', {}), cfg.get('bilp', {}), cfg.get('distill', {})
+  if spec.record != PER_SAMPLE and (t.get('drop_easiest', 0.0) > 0 or t.get('isa_eps', 0.0) > 0):
+    errors.append(f'transform.drop_easiest / isa_eps rank or pair real examples; '
+                  f'method={spec.name!r} returns no per-example records ({spec.record}): '
+                  'set them to 0.')
+  if spec.record == PER_CLASS:
+    if not d.get('batch_per_class') and not d.get('balanced_batch'):
+      errors.append(f'method={spec.name!r} matches per class: set distill.batch_per_class '
+                    '(real images per class) or distill.balanced_batch=True.')
+  if b.get('adaptive_beta', 0.0) > 0 and not (spec.record == PER_SAMPLE
+                                              or spec.additive):
+    errors.append(f'bilp.adaptive_beta > 0 needs per-sample meta-losses or an additive form '
+                  f'of the meta-loss, which method={spec.name!r} does not declare; preemptive '
+                  'pruning (bilp.prune_fraction) works for every method.')
+  return errors
+
+
+def real_batch_size(cfg: ml_collections.ConfigDict, num_classes: int) -> int:
+  """The real batch: distill.batch_per_class x classes when set, else distill.batch_size."""
+  per_class = cfg.distill.batch_per_class
+  return per_class * num_classes if per_class else cfg.distill.batch_size
+
+
+def balanced_batch(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether real batches are class-balanced (always with distill.batch_per_class)."""
+  return bool(cfg.distill.batch_per_class) or bool(cfg.distill.balanced_batch)
+
+
+def eval_protocol(cfg: ml_collections.ConfigDict) -> str:
+  """eval.protocol with 'auto' resolved to the method's default."""
+  if cfg.eval.protocol == 'auto':
+    return registry.get(cfg.method).eval_protocol
+  return cfg.eval.protocol
+
+
+def real_per_class(cfg: ml_collections.ConfigDict) -> int:
+  """Real images per class the synthetic set is initialised from (IPC x IDC's factor^2)."""
+  return cfg.distill.ipc * cfg.idc.factor ** 2

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from ddjax import main as main_lib
+from ddjax.runtime import pipeline
 from ddjax import transforms as T
 from ddjax.distill import step as step_lib
 from ddjax.distill.bilp import AdaptivePruning
@@ -58,7 +58,7 @@ def test_weighted_real_statistic_equals_the_kept_subset(which):
   for c in range(K):
     keep[np.flatnonzero(labels == c)[[0, 2, 5]]] = True
   syn = _syn(1, 2)
-  state = base.init(jax.random.PRNGKey(0), syn)
+  state = base.init(syn, jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(3)
   weighted = base.per_sample(syn, state, {**batch, 'weight': jnp.asarray(keep, jnp.float32)}, key)
   subset = base.per_sample(syn, state, {'x': batch['x'][keep], 'y': batch['y'][keep]}, key)
@@ -74,12 +74,12 @@ def test_adaptive_pruning_reselects_lazily_and_keeps_the_window():
   batch, _ = _batch(2, per_class)
   syn = _syn(3, 1)
   bilp = AdaptivePruning(base, K * per_class, beta=0.3, every=every)
-  state = bilp.init(jax.random.PRNGKey(0), syn)
+  state = bilp.init(syn, jax.random.PRNGKey(0))
   assert bool(state.selection.mask.all())
   before = jax.jit(bilp.before_loss)
   masks = []
   for step in range(2 * every + 1):
-    state = before(syn, state, batch, jax.random.PRNGKey(10 + step), jnp.int32(step))
+    state = before(syn, state, batch, jnp.int32(step), jax.random.PRNGKey(10 + step))
     masks.append(np.asarray(state.selection.mask))
   # reselection only at steps 0, every, 2 * every
   for step in range(1, 2 * every + 1):
@@ -88,7 +88,7 @@ def test_adaptive_pruning_reselects_lazily_and_keeps_the_window():
       np.testing.assert_array_equal(masks[step], masks[step - 1])
   assert int(state.selection.count) == 3
   # the first selection's mask is the quantile window of that batch's own scores
-  scores = np.asarray(bilp.ite_scores(syn, bilp.init(jax.random.PRNGKey(0), syn).base, batch,
+  scores = np.asarray(bilp.ite_scores(syn, bilp.init(syn, jax.random.PRNGKey(0)).wrapped_state, batch,
                                       jax.random.PRNGKey(10)))
   from scipy.stats import norm
   mu, sd = scores.mean(), scores.std(ddof=1)
@@ -114,7 +114,7 @@ def test_bilp_steps_run_jitted_and_lower_the_meta_loss(which, factor):
   for _ in range(10):
     state, metrics = step(state, batch, key)
     losses.append(float(metrics['loss']))
-    masks.append(np.asarray(state.inner.selection.mask))
+    masks.append(np.asarray(state.distiller_state.selection.mask))
   assert np.all(np.isfinite(losses))
   assert 0 < masks[-1].mean() < 1                  # the window dropped some, kept most
   if which == 1:                                   # fixed network: the meta-loss must fall
@@ -216,7 +216,7 @@ def test_bilp_on_frepo_isa_runs_jitted_and_trains_only_on_the_kept_rows():
   masks, kept = [], []
   for i in range(6):
     state, metrics = step(state, batch, jax.random.PRNGKey(i))
-    masks.append(np.asarray(state.inner.selection.mask))
+    masks.append(np.asarray(state.distiller_state.selection.mask))
     kept.append(float(metrics['kept']))
     assert np.isfinite(float(metrics['loss']))
   np.testing.assert_array_equal(masks[1], masks[0])          # lazy: reselect at steps 0 and 3
@@ -225,8 +225,8 @@ def test_bilp_on_frepo_isa_runs_jitted_and_trains_only_on_the_kept_rows():
   # of the ceil(0.8 B) rows ISA's drop_easiest keeps, only those inside the BiLP mask count
   assert all(k <= m.sum() for k, m in zip(kept, masks))
   # the meta-loss the step reports is the mean over the kept rows
-  inner = state.inner
-  ps = frepo.per_sample(state.syn, inner.base, batch, None)
+  inner = state.distiller_state
+  ps = frepo.per_sample(state.syn, inner.wrapped_state, batch, None)
   got = bilp.per_sample(state.syn, inner, batch, None)
   np.testing.assert_allclose(T.mean_loss(got), np.asarray(ps.loss)[masks[-1]].mean(), rtol=1e-5)
 
@@ -249,7 +249,7 @@ def test_bilp_configs_validate_and_reject_adaptive_pruning_without_its_meta_loss
   config_lib.validate(both)
   bad = _load_config('random_subset')
   bad.bilp.adaptive_beta = 0.3
-  with pytest.raises(ValueError, match='additive-separable'):
+  with pytest.raises(ValueError, match='additive form'):
     config_lib.validate(bad)
   bad = _load_config('bilp_dc')
   bad.bilp.prune_by = 'largest'
@@ -266,10 +266,10 @@ def test_preemptive_pruning_in_a_run_keeps_the_lowest_loss_half_and_caches_score
   cfg.bilp.score_width = 4
   cfg.eval.num_models = 0
   workdir = str(tmp_path / 'run')
-  res = main_lib.run(cfg, workdir)
+  res = pipeline.run(cfg, workdir)
   kept = np.load(os.path.join(workdir, 'kept_indices.npz'))
   idx, score = kept['indices'], kept['score']
-  prep = main_lib.Prepared(cfg)
+  prep = pipeline.load_data(cfg)
   assert res['preemptive_pruning']['kept'] == len(idx) == len(prep.y_train) // 2
   for c in range(3):                       # class-wise: the half with the smallest scores
     members = np.flatnonzero(prep.y_train == c)
@@ -280,10 +280,10 @@ def test_preemptive_pruning_in_a_run_keeps_the_lowest_loss_half_and_caches_score
   # easiest) reads the cached EL2N curves instead of the losses
   from ddjax import scoring
   monkeypatch.setattr(scoring, 'score_trials', lambda *a, **k: pytest.fail('scored twice'))
-  res2 = main_lib.run(cfg, workdir)
+  res2 = pipeline.run(cfg, workdir)
   assert res2['preemptive_pruning'] == res['preemptive_pruning']
   cfg.bilp.prune_score, cfg.bilp.prune_by = 'el2n', 'drop_smallest'
-  res3 = main_lib.run(cfg, workdir)
+  res3 = pipeline.run(cfg, workdir, restart=True)    # the score cache survives a restart
   kept3 = np.load(os.path.join(workdir, 'kept_indices.npz'))
   cached = np.load(os.path.join(workdir, 'scores', os.listdir(os.path.join(workdir, 'scores'))[0]))
   np.testing.assert_allclose(kept3['score'], scoring.empirical_loss_score(cached['el2n']),
@@ -297,7 +297,7 @@ def test_preemptive_pruning_in_a_run_keeps_the_lowest_loss_half_and_caches_score
   shared = str(tmp_path / 'shared_scores')
   os.replace(os.path.join(workdir, 'scores'), shared)
   cfg.bilp.score_dir = shared
-  res4 = main_lib.run(cfg, str(tmp_path / 'other_run'))     # scoring would fail the test
+  res4 = pipeline.run(cfg, str(tmp_path / 'other_run'))     # scoring would fail the test
   assert res4['preemptive_pruning'] == res3['preemptive_pruning']
   assert not os.path.exists(str(tmp_path / 'other_run' / 'scores'))
 
@@ -308,7 +308,7 @@ def test_cli_bilp_dm_end_to_end(tiny_npz, tmp_path):
   args = [sys.executable, '-m', 'ddjax.main', '--config=configs/bilp_dm.py',
           '--config.data.name=npz', f'--config.data.dir={tiny_npz}', '--config.model.width=8',
           '--config.model.depth=2', '--config.eval.model.width=8', '--config.eval.model.depth=2',
-          '--config.distill.ipc=1', '--config.distill.steps=4', '--config.distill.batch_size=30',
+          '--config.distill.ipc=1', '--config.distill.steps=4', '--config.distill.batch_per_class=10',
           '--config.bilp.score_trials=1', '--config.bilp.score_epochs=1',
           '--config.bilp.score_width=4', '--config.bilp.adaptive_every=2',
           '--config.eval.num_models=1', '--config.eval.steps=10', '--config.log.every=1',
@@ -327,7 +327,7 @@ def test_run_frepo_isa_with_adaptive_pruning(tiny_npz, tmp_path):
   cfg.transform.drop_easiest, cfg.transform.isa_eps = 0.2, 1.0
   cfg.bilp.adaptive_beta, cfg.bilp.adaptive_every, cfg.bilp.ite = 0.3, 2, 'exact'
   cfg.eval.num_models = 0
-  res = main_lib.run(cfg, str(tmp_path / 'run'))
+  res = pipeline.run(cfg, str(tmp_path / 'run'))
   assert res['method'] == 'frepo' and res['adaptive_pruning']['ite'] == 'exact'
   log = [json.loads(line) for line in open(tmp_path / 'run' / 'metrics.jsonl')]
   kept = [r['kept'] for r in log if 'kept' in r]

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import tiny_config
 from ddjax import config as config_lib
-from ddjax import main as main_lib
+from ddjax.runtime import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +20,7 @@ def _cli(*args, timeout=600):
 
 
 @pytest.mark.parametrize('key,value,message', [
-    ('method', 'frepoo', "method='frepoo' is not one of ('frepo', 'kip', 'rfad', 'dc', 'dm', 'random_subset')"),
+    ('method', 'frepoo', "method='frepoo' is not one of ('dc', 'dm', 'frepo', 'kip', 'random_subset', 'rfad'"),
     ('data.name', 'imagenet21k', "data.name='imagenet21k' is not one of"),
     ('model.arch', 'resnet1000', "model.arch='resnet1000' is not one of"),
     ('eval.model.norm', 'groupish', "eval.model.norm='groupish' is not one of"),
@@ -52,7 +52,7 @@ def test_ipc_larger_than_smallest_class_fails_before_compute(tiny_npz, tmp_path)
   cfg = tiny_config(tiny_npz)
   cfg.distill.ipc = 41   # the tiny set has 40 images per class
   with pytest.raises(ValueError, match='ipc'):
-    main_lib.run(cfg, str(tmp_path / 'w'))
+    pipeline.run(cfg, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')
 
 
@@ -102,3 +102,40 @@ def test_cli_end_to_end_on_tiny_npz(tiny_npz, tmp_path):
   assert 0 <= results['krr_eval']['acc'] <= 1
   for name in ('distilled.npz', 'distilled.png', 'curve.png', 'metrics.jsonl', 'config.json'):
     assert (workdir / name).exists(), name
+
+
+def test_cli_errors_are_one_line_on_stderr_before_compute(tiny_npz, tmp_path):
+  """What a new user runs into gets one clear line and a non-zero exit, no traceback."""
+  def check(proc, *needles):
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    for needle in needles:
+      assert needle in proc.stderr, proc.stderr[-3000:]
+
+  check(_cli('--config=configs/frepo.py:gpu', timeout=120), "unknown preset 'gpu'", "'paper'")
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('not a directory')
+  tiny = ['--config=configs/frepo.py', '--config.data.name=npz', f'--config.data.dir={tiny_npz}',
+          '--config.model.width=8', '--config.model.depth=2', '--config.distill.batch_size=30',
+          '--config.frepo.num_models=2', '--config.eval.num_models=0', '--config.log.every=1']
+  check(_cli(*tiny, f'--workdir={a_file}', timeout=120), 'is a file')
+  check(_cli(*tiny, '--config.distill.lr=nan', f'--workdir={tmp_path / "n"}', timeout=120),
+        "distill.lr=nan must be a finite number")
+  assert not (tmp_path / 'n').exists()
+  check(_cli(*tiny, '--config.frepo.reg=-1e-6', f'--workdir={tmp_path / "n"}', timeout=120),
+        'frepo.reg=-1e-06 must be >= 0')
+  # a diverging run: one message naming the step and the last finite checkpoint
+  diverge = _cli(*tiny, '--config.distill.optimizer=sgd', '--config.distill.lr=1e30',
+                 '--config.distill.steps=6', '--config.checkpoint.every=1',
+                 f'--workdir={tmp_path / "d"}')
+  check(diverge, 'diverged by step', 'last finite checkpoint is step')
+  # a finished workdir re-run with another IPC is refused, naming the key and the way out
+  run = tmp_path / 'r'
+  ok = _cli(*tiny, '--config.distill.steps=2', f'--workdir={run}')
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  changed = _cli(*tiny, '--config.distill.steps=2', '--config.distill.ipc=2', f'--workdir={run}')
+  check(changed, 'distill.ipc: 1 -> 2', '--restart')
+  again = _cli(*tiny, '--config.distill.steps=2', '--config.distill.ipc=2', f'--workdir={run}',
+               '--restart')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert json.load(open(run / 'results.json'))['ipc'] == 2

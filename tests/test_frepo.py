@@ -37,7 +37,7 @@ def _pool_meta_loss(distiller, syn, inner, batch):
 
 def test_frepo_steps_lower_the_meta_loss():
   distiller, state, step, batch = _setup()
-  pool0 = state.inner
+  pool0 = state.distiller_state
   before = _pool_meta_loss(distiller, state.syn, pool0, batch)
   for s in range(15):
     state, metrics = step(state, batch, jax.random.PRNGKey(s))
@@ -47,8 +47,8 @@ def test_frepo_steps_lower_the_meta_loss():
 
 def test_frepo_with_isa_lowers_the_meta_loss():
   distiller, state, step, batch = _setup(transform=T.chain(T.drop_easiest(0.2), T.isa(1.0)))
-  before = _pool_meta_loss(distiller, state.syn, state.inner, batch)
-  pool0 = state.inner
+  before = _pool_meta_loss(distiller, state.syn, state.distiller_state, batch)
+  pool0 = state.distiller_state
   for s in range(15):
     state, metrics = step(state, batch, jax.random.PRNGKey(s))
   assert metrics['kept'] == 96  # ceil(0.8 * 120)
@@ -58,25 +58,25 @@ def test_frepo_with_isa_lowers_the_meta_loss():
 def test_pool_starts_staggered_then_ages_and_resets():
   num, max_updates = 3, 4
   distiller, state, step, batch = _setup(num_models=num, max_updates=max_updates)
-  ages = np.array(state.inner.age)
+  ages = np.array(state.distiller_state.age)
   np.testing.assert_array_equal(ages, [i * max_updates // num for i in range(num)])
   resets = 0
   for s in range(20):
-    i = int(state.inner.current)
-    old = jax.tree_util.tree_map(lambda a: np.asarray(a[i]), state.inner.variables['params'])
+    i = int(state.distiller_state.current)
+    old = jax.tree_util.tree_map(lambda a: np.asarray(a[i]), state.distiller_state.variables['params'])
     state, _ = step(state, batch, jax.random.PRNGKey(100 + s))
     ages[i] += 1
-    new = jax.tree_util.tree_map(lambda a: np.asarray(a[i]), state.inner.variables['params'])
+    new = jax.tree_util.tree_map(lambda a: np.asarray(a[i]), state.distiller_state.variables['params'])
     changed = any(not np.array_equal(a, b) for a, b in
                   zip(jax.tree_util.tree_leaves(old), jax.tree_util.tree_leaves(new)))
     assert changed                               # the used model trained (or was re-initialised)
     if ages[i] >= max_updates:
       ages[i] = 0
       resets += 1
-    np.testing.assert_array_equal(np.asarray(state.inner.age), ages)
+    np.testing.assert_array_equal(np.asarray(state.distiller_state.age), ages)
     others = [j for j in range(num) if j != i]
-    assert np.all(np.asarray(state.inner.age)[others] < max_updates)
-  assert int(state.inner.resets) == resets > 0
+    assert np.all(np.asarray(state.distiller_state.age)[others] < max_updates)
+  assert int(state.distiller_state.resets) == resets > 0
 
 
 def test_label_margin_regularizer():

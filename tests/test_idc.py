@@ -161,7 +161,7 @@ class _RecordingBase:
   def __init__(self):
     self.seen = {}
 
-  def init(self, key, syn):
+  def init(self, syn, key):
     self.seen['init'] = syn
     return syn['x'].shape[0]
 
@@ -188,7 +188,7 @@ def test_multiformation_feeds_the_decoded_set_to_the_base():
   base = _RecordingBase()
   mf = idc.MultiFormation(base, 2)
   syn = _syn()
-  assert mf.init(jax.random.PRNGKey(0), syn) == 12
+  assert mf.init(syn, jax.random.PRNGKey(0)) == 12
   assert mf.update(syn, None, jax.random.PRNGKey(1)) == 12
   for name in ('init', 'update', 'per_sample'):
     if name == 'per_sample':

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from ddjax import main as main_lib
+from ddjax.runtime import pipeline
 
 DEBIAN = '/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'
 pytestmark = [
@@ -35,8 +35,8 @@ def _cfg(config_name, steps):
 
 
 def test_frepo_isa_beats_random_subset_on_fashion_mnist(tmp_path):
-  distilled = main_lib.run(_cfg('frepo_isa', 250), str(tmp_path / 'isa'))
-  baseline = main_lib.run(_cfg('random_subset', 0), str(tmp_path / 'random'))
+  distilled = pipeline.run(_cfg('frepo_isa', 250), str(tmp_path / 'isa'))
+  baseline = pipeline.run(_cfg('random_subset', 0), str(tmp_path / 'random'))
   # one real image per class gives ~45-55%; 250 FRePo+ISA steps already give ~60%
   assert distilled['eval']['acc_mean'] > baseline['eval']['acc_mean'] + 0.04, (distilled, baseline)
   assert distilled['eval']['acc_mean'] > 0.55
@@ -46,15 +46,15 @@ def _dm_cfg(method, steps):
   cfg = _cfg('dm', steps)
   cfg.method = method
   cfg.model.width = 64                   # a cheaper DM network for CI; DM's own is 128 wide
-  cfg.distill.batch_size = 64 * 10       # 64 real images per class
+  cfg.distill.batch_per_class = 64       # 64 real images per class
   cfg.eval.model.width = 64
   cfg.eval.steps = 300
   return cfg
 
 
 def test_dm_beats_random_subset_on_fashion_mnist(tmp_path):
-  distilled = main_lib.run(_dm_cfg('dm', 120), str(tmp_path / 'dm'))
-  baseline = main_lib.run(_dm_cfg('random_subset', 0), str(tmp_path / 'random'))
+  distilled = pipeline.run(_dm_cfg('dm', 120), str(tmp_path / 'dm'))
+  baseline = pipeline.run(_dm_cfg('random_subset', 0), str(tmp_path / 'random'))
   # same initial images (DM starts from the random subset), same evaluation (DC's, with DSA)
   assert distilled['eval']['acc_mean'] > baseline['eval']['acc_mean'] + 0.03, (distilled, baseline)
 
@@ -66,10 +66,10 @@ def test_dsa_beats_random_subset_on_fashion_mnist(tmp_path):
   cfg.distill.lr = 0.1                   # DC / DSA's image learning rate (DM's is 1.0)
   cfg.model.width = 32
   cfg.eval.model.width = 32
-  cfg.distill.batch_size = 32 * 10       # 32 real images per class
-  distilled = main_lib.run(cfg, str(tmp_path / 'dsa'))
+  cfg.distill.batch_per_class = 32       # 32 real images per class
+  distilled = pipeline.run(cfg, str(tmp_path / 'dsa'))
   base = _dm_cfg('random_subset', 0)
   base.eval.model.width = 32
-  baseline = main_lib.run(base, str(tmp_path / 'random'))
+  baseline = pipeline.run(base, str(tmp_path / 'random'))
   assert distilled['distill']['steps'] == 40
   assert distilled['eval']['acc_mean'] > baseline['eval']['acc_mean'] + 0.03, (distilled, baseline)

@@ -116,7 +116,7 @@ def test_dc_per_sample_gradients_sum_to_the_batch_gradient():
   g = jax.jit(dc.per_sample_gradients)(variables, batch['x'], jnp.asarray(labels),
                                        jax.random.PRNGKey(0))
   summed = jax.tree_util.tree_map(lambda a: a.sum(0), g)
-  full = jax.grad(dc._loss)(variables['params'], {}, batch['x'], jnp.asarray(labels))
+  full = jax.grad(dc.classifier_loss)(variables['params'], {}, batch['x'], jnp.asarray(labels))
   for a, b in zip(jax.tree_util.tree_leaves(summed), jax.tree_util.tree_leaves(full)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   # in chunks of 4 (the last one partial) the same per-sample gradients, in order
@@ -128,13 +128,13 @@ def test_dc_per_sample_gradients_sum_to_the_batch_gradient():
 
 def test_dc_meta_loss_is_the_class_sum_of_distances():
   dc = DC(_model(), SHAPE, K, outer_loop=1, inner_loop=1)
-  state = dc.init(jax.random.PRNGKey(3), None)
+  state = dc.init(None, jax.random.PRNGKey(3))
   batch, labels = _batch(4, 6)
   syn = _syn(5, 2)
   ps = dc.per_sample(syn, state, batch, jax.random.PRNGKey(0))
   want = 0.0
   params = state.variables['params']
-  grad = jax.jit(jax.grad(dc._loss))
+  grad = jax.jit(jax.grad(dc.classifier_loss))
   for c in range(K):
     xr = np.asarray(batch['x'])[labels == c]
     xs = np.asarray(syn['x'])[2 * c:2 * c + 2]
@@ -182,7 +182,7 @@ def test_matching_steps_lower_the_meta_loss(method):
   step = jax.jit(step_lib.make_step(distiller, T.identity(), opt, jnp.repeat(jnp.arange(K), 2)))
   batch, _ = _batch(10, 8)
   probe = jax.random.PRNGKey(123)
-  fixed = state.inner
+  fixed = state.distiller_state
 
   def meta(syn):
     return float(distiller.per_sample(syn, fixed, batch, probe).loss.mean())
@@ -203,11 +203,11 @@ def test_dc_inner_loop_schedule_and_training():
   dc = DC(_model(), SHAPE, K, outer_loop=3, inner_loop=5, lr_net=0.05)
   syn = _syn(11, 4)
   syn = {**syn, 'x': syn['x'] + jnp.repeat(jnp.arange(K), 4)[:, None, None, None]}
-  state = dc.init(jax.random.PRNGKey(0), syn)
+  state = dc.init(syn, jax.random.PRNGKey(0))
   labels = jnp.repeat(jnp.arange(K), 4)
 
   def ce(variables):
-    return float(dc._loss(variables['params'], {}, syn['x'], labels))
+    return float(dc.classifier_loss(variables['params'], {}, syn['x'], labels))
 
   update = jax.jit(dc.update)
   s1 = update(syn, state, jax.random.PRNGKey(1))
@@ -223,12 +223,12 @@ def test_dc_inner_loop_schedule_and_training():
 
 def test_dc_with_batch_norm_sets_statistics_from_real_images():
   dc = DC(_model('batch'), SHAPE, K, outer_loop=2, inner_loop=1, bn_size=3)
-  state = dc.init(jax.random.PRNGKey(0), None)
+  state = dc.init(None, jax.random.PRNGKey(0))
   batch, _ = _batch(12, 6)
   ps = dc.per_sample(_syn(13, 2), state, batch, jax.random.PRNGKey(1))
   assert np.isfinite(float(ps.loss.mean()))
   grouped = group_by_class(batch['x'], jnp.argmax(batch['y'], -1), K)
-  upd = dc._with_bn_stats(state.variables, grouped)
+  upd = dc.with_bn_stats(state.variables, grouped)
   before = jax.tree_util.tree_leaves(state.variables['batch_stats'])
   after = jax.tree_util.tree_leaves(upd['batch_stats'])
   assert any(float(jnp.abs(a - b).max()) > 1e-4 for a, b in zip(before, after))
@@ -255,10 +255,10 @@ def test_matching_configs_validate():
   assert idc.get_config().idc.factor == 2
   bad = dm.get_config()
   bad.transform.isa_eps = 1.0
-  with pytest.raises(ValueError, match='KRR-family'):
+  with pytest.raises(ValueError, match='rank or pair real examples'):
     config_lib.validate(bad)
   bad = dc.get_config()
-  bad.distill.balanced_batch = False
+  bad.distill.balanced_batch, bad.distill.batch_per_class = False, 0
   with pytest.raises(ValueError, match='balanced_batch'):
     config_lib.validate(bad)
 
@@ -277,7 +277,7 @@ def test_cli_end_to_end_matching_methods(config, extra, tiny_npz, tmp_path):
   args = [sys.executable, '-m', 'ddjax.main', f'--config=configs/{config}.py',
           '--config.data.name=npz', f'--config.data.dir={tiny_npz}', '--config.model.width=8',
           '--config.model.depth=2', '--config.eval.model.width=8', '--config.eval.model.depth=2',
-          '--config.distill.ipc=1', '--config.distill.steps=3', '--config.distill.batch_size=30',
+          '--config.distill.ipc=1', '--config.distill.steps=3', '--config.distill.batch_per_class=10',
           '--config.eval.num_models=1', '--config.eval.steps=10', '--config.log.every=1',
           f'--workdir={workdir}'] + extra
   proc = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600,

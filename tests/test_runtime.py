@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from ddjax import main as main_lib
-from ddjax.runtime import files, loop
+from ddjax.runtime import files, loop, pipeline
 from ddjax.runtime.checkpoint import CheckpointError, Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +25,7 @@ def _syn(workdir):
 def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, monkeypatch):
   cfg = tiny_config(tiny_npz, steps=7)
   cfg.eval.num_models = 0
-  main_lib.run(cfg, str(tmp_path / 'straight'))
+  pipeline.run(cfg, str(tmp_path / 'straight'))
 
   real_sampler = loop.make_sampler
 
@@ -42,10 +41,10 @@ def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, monkeypatch):
   interrupted = str(tmp_path / 'interrupted')
   monkeypatch.setattr(loop, 'make_sampler', crashing_sampler)
   with pytest.raises(KeyboardInterrupt):
-    main_lib.run(cfg, interrupted)
+    pipeline.run(cfg, interrupted)
   assert Checkpointer(os.path.join(interrupted, 'checkpoints')).latest_step() == 3
   monkeypatch.setattr(loop, 'make_sampler', real_sampler)
-  results = main_lib.run(cfg, interrupted)
+  results = pipeline.run(cfg, interrupted)
   assert results['distill']['resumed_from'] == 3
   for a, b in zip(_syn(str(tmp_path / 'straight')), _syn(interrupted)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
@@ -60,15 +59,15 @@ SHARDED_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     import jax, numpy as np
     from conftest import tiny_config
-    from ddjax import main as main_lib
+    from ddjax.runtime import pipeline
     from ddjax.runtime import sharding
     assert jax.device_count() == 8, jax.devices()
     cfg = tiny_config({npz!r}, steps=4)
-    prep = main_lib.Prepared(cfg)
+    data = pipeline.load_data(cfg)
     out = {{}}
     for n in (1, 8):
       mesh = sharding.make_mesh(jax.devices()[:n])
-      syn, _, _ = main_lib.distill(cfg, prep, os.path.join({tmp!r}, f'dev{{n}}'), mesh=mesh)
+      syn, _, _ = pipeline.distill(cfg, data, os.path.join({tmp!r}, f'dev{{n}}'), mesh=mesh)
       out[n] = {{k: np.asarray(v).tolist() for k, v in syn.items()}}
     print(json.dumps(out))
 ''')

@@ -97,7 +97,7 @@ def _class_real(per_class=32):
 
 def test_dc_first_order_ite_ranks_like_exact():
   """A real DC problem (ConvNet-2 width 8, 12 x 12, 32 real images per class, IPC 2), through the
-  class-batched `dc_ite_scores`: BiLP's rank error between first-order and exact ITE (supp. 8;
+  class-batched `additive_ite_scores`: BiLP's rank error between first-order and exact ITE (supp. 8;
   2.7% in the paper), averaged over the 3 classes of 2 fresh networks, stays below 5%."""
   dc = DC(_model(), SHAPE, K, outer_loop=1, inner_loop=1)
   x, y, _, _ = make_tiny_arrays(per_class=32)
@@ -105,8 +105,8 @@ def test_dc_first_order_ite_ranks_like_exact():
 
   @jax.jit
   def scores(variables, xs, keys):
-    return (ite.dc_ite_scores(dc, variables, xr, xs, keys),
-            ite.dc_ite_scores(dc, variables, xr, xs, keys, method='exact'))
+    form = dc.class_additive_form(variables, xr, xs, keys)
+    return ite.additive_ite_scores(form), ite.additive_ite_scores(form, method='exact')
 
   errors = []
   for seed in range(2):
@@ -128,7 +128,7 @@ def test_dm_first_order_ite_equals_exact():
 
   @jax.jit
   def both(variables, key):
-    p = ite.dm_ite_problem(dm, variables, xr, xs, key)
+    p = dm.class_separable(variables, xr, xs, key).problem
     return ite.ite_first_order(*p), ite.ite_exact(*p)
 
   approx, exact = both(dm.fresh_network(jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
@@ -156,13 +156,13 @@ def test_adapters_match_the_distillers_meta_loss_with_dsa():
   c = 2
 
   dc = DC(model, SHAPE, K, outer_loop=1, inner_loop=1, dsa_strategy='scale')
-  state = dc.init(jax.random.PRNGKey(5), None)
+  state = dc.init(None, jax.random.PRNGKey(5))
   keys = jax.random.split(key, K)
   ps_loss = jax.jit(dc.per_sample)(syn, state, batch, key).loss
 
   @jax.jit
   def dc_class(k):
-    p = ite.dc_ite_problem(dc, state.variables, xr[c], xs[c], c, k)
+    p = dc.class_separable(state.variables, xr[c], xs[c], c, k).problem
     return p.meta_loss(p.G, p.S)
 
   loss_c = dc_class(keys[c])
@@ -177,12 +177,13 @@ def test_adapters_match_the_distillers_meta_loss_with_dsa():
 
   @jax.jit
   def dm_class(k):
-    p = ite.dm_ite_problem(dm, variables, xr[c], xs[c], k)
+    p = dm.class_separable(variables, xr[c], xs[c], k).problem
     return p.meta_loss(p.G, p.S), ite.ite_score(ite.ite_first_order(*p))
 
   loss_c, score_c = dm_class(keys[c])
   np.testing.assert_allclose(float(loss_c), float(ps_loss[c]) / K, rtol=1e-4)
-  batched = jax.jit(lambda: ite.dm_ite_scores(dm, variables, xr, xs, keys))()
+  batched = jax.jit(lambda: ite.additive_ite_scores(dm.class_additive_form(variables, xr, xs,
+                                                                              keys)))()
   np.testing.assert_allclose(batched[c], score_c, rtol=1e-4, atol=1e-7)
 
 
@@ -448,7 +449,7 @@ def test_sketched_ite_scores_estimate_the_first_order_scores():
   xr = jnp.asarray(x[y == 0])
   xs = jnp.asarray(np.random.default_rng(3).uniform(size=(2,) + SHAPE), jnp.float32)
   variables = dc.fresh_network(jax.random.PRNGKey(0))
-  sep = ite.dc_separable(dc, variables, xr, xs, 0, jax.random.PRNGKey(5))
+  sep = dc.class_separable(variables, xr, xs, 0, jax.random.PRNGKey(5))
   first = np.asarray(jax.jit(lambda S: ite.ite_score(ite.ite_first_order(
       sep.problem.meta_loss, sep.G, S, sep.g)))(sep.S))
   sketch = jax.jit(lambda k, d: ite.ite_sketch_scores(sep.distance, sep.features, sep.G, sep.S,
@@ -461,15 +462,16 @@ def test_sketched_ite_scores_estimate_the_first_order_scores():
   xr3 = jnp.asarray(np.stack([x[y == c] for c in range(K)]))
   xs3 = jnp.asarray(np.random.default_rng(4).uniform(size=(K, 2) + SHAPE), jnp.float32)
   keys = jax.random.split(jax.random.PRNGKey(9), K)
-  a = jax.jit(lambda: ite.dc_ite_scores(dc, variables, xr3, xs3, keys, 'sketch', sketch_dim=16))()
+  form = dc.class_additive_form(variables, xr3, xs3, keys)
+  a = jax.jit(lambda: ite.additive_ite_scores(form, 'sketch', sketch_dim=16))()
 
   @jax.jit
   def direct():
-    sep1 = ite.dc_separable(dc, variables, xr3[1], xs3[1], 1, keys[1])
+    sep1 = dc.class_separable(variables, xr3[1], xs3[1], 1, keys[1])
     return ite.ite_sketch_scores(sep1.distance, sep1.features, sep1.G, sep1.S, sep1.g,
                                  jax.random.fold_in(keys[1], 1), 16)
 
   direct = direct()
   np.testing.assert_allclose(a[1], direct, rtol=1e-3, atol=1e-6)
   with pytest.raises(ValueError, match='sketch'):
-    ite.dc_ite_scores(dc, variables, xr3, xs3, keys, 'taylor')
+    ite.additive_ite_scores(form, 'taylor')

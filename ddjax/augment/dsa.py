@@ -112,6 +112,13 @@ def parse_dsa_strategy(strategy: str) -> tuple[str, ...]:
   return ops
 
 
+def strategy_from_config(cfg) -> str:
+  """cfg.dsa.strategy with 'auto' resolved for cfg.data.name ('' = no augmentation)."""
+  if cfg.dsa.strategy == 'auto':
+    return dsa_strategy_for(cfg.data.name)
+  return cfg.dsa.strategy
+
+
 def dsa_strategy_for(dataset_name: str, strategy: str = DEFAULT_DSA_STRATEGY) -> str:
   """The DSA strategy for a dataset: drops 'flip' for digit datasets ('mnist', 'svhn').
 

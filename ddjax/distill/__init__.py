@@ -1,3 +1,5 @@
-"""Distillers (bundles of pure functions init / per_sample / regularizer / update) and the step."""
-from ddjax.distill.frepo import FRePo, FRePoConfig, PoolState
-from ddjax.distill.step import DistillState, init_state, make_step, make_syn_optimizer
+"""Distillers: one module per method (its math and its registration), the shared interface
+(`ddjax.distill.base`), the step (`ddjax.distill.step`) and the wrappers (BiLP, IDC).
+
+Kept import-light: the registry imports the method modules when it is first used.
+"""

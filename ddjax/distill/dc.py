@@ -19,22 +19,30 @@ Batch norm is handled as DC does: before matching, the network runs once in trai
 
 The real gradient is the batch mean of per-sample gradients, G_c = sum_i g(x_i) with
 g(x_i) = grad l(theta; x_i) / |B_c|; `per_sample_gradients` returns them (vmapped) for BiLP's ITE,
-`per_sample` uses the cheaper batch gradient. `per_sample` reports one row per class (loss =
-K * class distance, so its mean is DC's sum over classes); KRR loss transforms do not apply.
+`per_sample` uses the cheaper batch gradient; `additive_form` is that form per class (what BiLP's
+ITE needs). `per_sample` reports a `PerClass` record (loss = K * class distance, so its mean is
+DC's sum over classes); row transforms (ISA, drop-easiest) do not apply.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from ddjax import registry
 from ddjax.augment.dsa import DSAParams, dsa
-from ddjax.distill.matching import cross_entropy, depth_mask, gradient_distance, group_by_class
-from ddjax.transforms.base import PerSample
+from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller
+from ddjax.distill.matching import depth_mask, gradient_distance, group_by_class, matching_defaults
+from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, init_carry,
+                                   make_train_step)
+from ddjax.scoring.ite import Separable
+from ddjax.transforms.base import PerClass
 
 Array = jax.Array
 PyTree = Any
@@ -59,8 +67,9 @@ class DCState:
   count: Array
 
 
-class DC:
-  """DC (dsa_strategy='') and DSA as a bundle of pure functions.
+class DC(Distiller):
+  """DC (dsa_strategy='') and DSA as a bundle of pure functions (`Distiller`, per-class record,
+  additive over real samples).
 
   Args:
     model: Flax module returning (logits, features).
@@ -98,19 +107,21 @@ class DC:
     return dict(self.model.init(key, jnp.zeros((1,) + self.image_shape, jnp.float32),
                                 train=False))
 
-  def init(self, key: Array, syn: PyTree) -> DCState:
+  record = PER_CLASS
+
+  def init(self, syn: PyTree, key: Array) -> DCState:
     del syn
     return DCState(variables=self.fresh_network(key), count=jnp.zeros((), jnp.int32))
 
-  def _augment(self, key: Array, x: Array, batchmode: bool = True) -> Array:
+  def augment(self, key: Array, x: Array, batchmode: bool = True) -> Array:
     """DSA. Matching passes a seed to DiffAugment, which turns on its batch mode (one draw per
     class batch, shared by real and synthetic); the inner training augments per sample."""
     if not self.dsa_strategy:
       return x
     return dsa(key, x, self.dsa_strategy, params=self.dsa_params, batchmode=batchmode)
 
-  def _loss(self, params: PyTree, rest: PyTree, x: Array, labels: Array,
-            weights: Array | None = None) -> Array:
+  def classifier_loss(self, params: PyTree, rest: PyTree, x: Array, labels: Array,
+                      weights: Array | None = None) -> Array:
     """Mean cross-entropy over x (B, ...), or its `weights`-weighted mean (B,) when given."""
     logits, _ = self.model.apply({'params': params, **rest}, x, train=False)
     if weights is None:
@@ -118,8 +129,9 @@ class DC:
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1e-12)
 
-  def _with_bn_stats(self, variables: PyTree, x_real: Array) -> PyTree:
-    """DC's batch-norm handling: one train-mode pass over bn_size real images per class."""
+  def with_bn_stats(self, variables: PyTree, x_real: Array) -> PyTree:
+    """DC's batch-norm handling: one train-mode pass over bn_size real images per class;
+    x_real (K, B_c, H, W, C) class-grouped."""
     if 'batch_stats' not in variables:
       return variables
     x = x_real[:, :self.bn_size].reshape((-1,) + x_real.shape[2:])
@@ -137,9 +149,9 @@ class DC:
       weights = jnp.ones(x.shape[:2], jnp.float32)
 
     def one(key, xc, c, wc):
-      xc = self._augment(key, xc)
+      xc = self.augment(key, xc)
       labels = jnp.full((xc.shape[0],), c, jnp.int32)
-      return jax.grad(self._loss)(params, rest, xc, labels, wc)
+      return jax.grad(self.classifier_loss)(params, rest, xc, labels, wc)
 
     return jax.vmap(one)(keys, x, jnp.arange(self.num_classes), weights)
 
@@ -152,8 +164,8 @@ class DC:
     differentiated at once (`lax.map` over vmapped chunks; bounded activation memory)."""
     params = variables['params']
     rest = {k: v for k, v in variables.items() if k != 'params'}
-    x = self._augment(key, x)
-    one = lambda xy: jax.grad(self._loss)(params, rest, xy[0][None], xy[1][None])
+    x = self.augment(key, x)
+    one = lambda xy: jax.grad(self.classifier_loss)(params, rest, xy[0][None], xy[1][None])
     if chunk_size is None:
       g = jax.vmap(one)((x, labels))
     else:
@@ -176,60 +188,82 @@ class DC:
     wr = (group_by_class(batch['weight'], labels, self.num_classes) if 'weight' in batch
           else None)
     xs = syn['x'].reshape((self.num_classes, -1) + syn['x'].shape[1:])
-    variables = self._with_bn_stats(state.variables, xr)
+    variables = self.with_bn_stats(state.variables, xr)
     g_real = jax.lax.stop_gradient(self.class_gradients(variables, xr, keys, wr))
     g_syn = self.class_gradients(variables, xs, keys)
     per_class = jax.vmap(self.distance)(g_real, g_syn)
-    zeros = jnp.zeros((self.num_classes, 1), jnp.float32)
-    return PerSample(pred=zeros, target=zeros, loss=self.num_classes * per_class)
+    return PerClass(loss=self.num_classes * per_class)
 
-  def regularizer(self, syn: PyTree, classes: Array) -> Array:
-    del syn, classes
-    return jnp.zeros((), jnp.float32)
+  # -- the additive form (BiLP's ITE) -------------------------------------------------------------
+  def class_separable(self, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array,
+                      chunk_size: int | None = None) -> Separable:
+    """One class of gradient matching as L(G, S) = distance(G, grad_theta l(theta; A(S))), with
+    g_i = grad_theta l(theta; A(x_i)) / B (`per_sample_gradients`) and G = sum_i g_i, the real
+    class gradient `per_sample` matches; A is the class's DSA draw from `key` on both sides
+    (`per_sample` uses keys = split(key, K), pass keys[c]). L's S-gradient is that of DC's
+    meta-loss (the other classes do not depend on S_c; `per_sample` scales by K only so that its
+    mean is the class sum).
+
+    variables: the network (with batch-norm statistics set, `with_bn_stats`); x_real (B, H, W, C)
+    real images of class `label`; x_syn (ipc, H, W, C) its synthetic images.
+    """
+    params = variables['params']
+    rest = {k: v for k, v in variables.items() if k != 'params'}
+    label = jnp.asarray(label, jnp.int32)
+    g = jax.lax.stop_gradient(self.per_sample_gradients(
+        variables, x_real, jnp.full((x_real.shape[0],), label, jnp.int32), key, chunk_size))
+    G = jax.tree_util.tree_map(lambda a: a.sum(axis=0), g)
+
+    def features(S):
+      labels = jnp.full((S.shape[0],), label, jnp.int32)
+      return jax.grad(self.classifier_loss)(params, rest, self.augment(key, S), labels)
+
+    return Separable(self.distance, features, G, x_syn, g)
+
+  def class_additive_form(self, variables: PyTree, x_real: Array, x_syn: Array, keys: Array,
+                          chunk_size: int | None = None) -> AdditiveForm:
+    """Every class at once: x_real (K, B_c, ...), x_syn (K, ipc, ...), keys (K,)."""
+    build = lambda xr, xs, c, k: self.class_separable(variables, xr, xs, c, k, chunk_size)
+    return AdditiveForm(build, (x_real, x_syn, jnp.arange(self.num_classes)), keys)
+
+  def additive_form(self, syn: PyTree, state: DCState, batch: dict[str, Array], key: Array,
+                    chunk_size: int | None = None) -> AdditiveForm:
+    """The additive form of `per_sample(syn, state, batch, key)`'s meta-loss, class by class,
+    with the same network, batch-norm statistics and DSA draws."""
+    labels = jnp.argmax(batch['y'], -1)
+    xr = group_by_class(batch['x'], labels, self.num_classes)
+    xs = jax.lax.stop_gradient(syn['x']).reshape((self.num_classes, -1) + syn['x'].shape[1:])
+    variables = self.with_bn_stats(state.variables, xr)
+    return self.class_additive_form(variables, xr, xs, jax.random.split(key, self.num_classes),
+                                    chunk_size)
 
   # -- the inner loop -----------------------------------------------------------------------------
   def train_network(self, variables: PyTree, syn_x: Array, key: Array) -> PyTree:
     """inner_loop epochs of SGD(lr_net) with cross-entropy on the synthetic set (hard labels by
     class-grouped position), batches of at most inner_batch, DSA per batch when on. An epoch has
-    ceil(n / inner_batch) equal batches of a fresh permutation (the last one wraps around)."""
+    ceil(n / inner_batch) equal batches of a fresh permutation (the last one wraps around): the
+    shared classifier step and epoch batcher of `ddjax.models.training`."""
     n = syn_x.shape[0]
     labels = jnp.repeat(jnp.arange(self.num_classes), n // self.num_classes)
-    nb = -(-n // self.inner_batch)
-    size = -(-n // nb)
-    params = variables['params']
-    rest = {k: v for k, v in variables.items() if k != 'params'}
-    opt_state = self.net_opt.init(params)
     syn_x = jax.lax.stop_gradient(syn_x)
+    step = make_train_step(self.model, self.net_opt, cross_entropy,
+                           functools.partial(self.augment, batchmode=False))
 
     def batch_step(carry, inputs):
-      params, rest, opt_state = carry
       idx, k = inputs
-      x = self._augment(k, syn_x[idx], batchmode=False)
-
-      def loss(p):
-        if not rest:
-          logits, _ = self.model.apply({'params': p}, x, train=True)
-          return cross_entropy(logits, labels[idx]), {}
-        (logits, _), upd = self.model.apply({'params': p, **rest}, x, train=True,
-                                            mutable=list(rest.keys()))
-        return cross_entropy(logits, labels[idx]), upd
-
-      (_, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
-      updates, opt_state = self.net_opt.update(g, opt_state, params)
-      return (optax.apply_updates(params, updates), {**rest, **upd}, opt_state), None
+      return step(carry, syn_x[idx], labels[idx], k)[0], None
 
     def epoch(carry, k):
       k_perm, k_aug = jax.random.split(k)
-      perm = jax.random.permutation(k_perm, n)
-      idx = jnp.concatenate([perm, perm])[:nb * size].reshape(nb, size)
-      carry, _ = jax.lax.scan(batch_step, carry, (idx, jax.random.split(k_aug, nb)), unroll=True)
-      return carry, None
+      idx = epoch_batches(k_perm, n, self.inner_batch)
+      keys = jax.random.split(k_aug, idx.shape[0])
+      return jax.lax.scan(batch_step, carry, (idx, keys), unroll=True)[0], None
 
     # Unrolled: XLA's CPU backend runs convolutions inside loop bodies far slower (see
     # ddjax.evaluate.train.default_loop); inner_loop is at most 50.
-    (params, rest, _), _ = jax.lax.scan(epoch, (params, rest, opt_state),
-                                        jax.random.split(key, self.inner_loop), unroll=True)
-    return {'params': params, **rest}
+    carry, _ = jax.lax.scan(epoch, init_carry(variables, self.net_opt),
+                            jax.random.split(key, self.inner_loop), unroll=True)
+    return carry_variables(carry)
 
   def update(self, syn: PyTree, state: DCState, key: Array) -> DCState:
     """After outer-loop update `count`: train the network on S, or, after the last outer loop,
@@ -240,3 +274,74 @@ class DC:
     variables = jax.lax.cond(last, lambda: self.fresh_network(k_new),
                              lambda: self.train_network(state.variables, syn['x'], k_train))
     return DCState(variables=variables, count=jnp.where(last, 0, count).astype(jnp.int32))
+
+
+# -- registration ---------------------------------------------------------------------------------
+CPU_ITERATIONS, PAPER_ITERATIONS = 200, 1000
+
+
+def config_block() -> ml_collections.ConfigDict:
+  """cfg.dc: gradient matching (DC; DSA = DC + dsa.strategy)."""
+  b = ml_collections.ConfigDict()
+  b.iterations = 0            # > 0: DC iterations; distill.steps = iterations x outer_loop
+  b.outer_loop = 0            # 0 -> DC's rule by IPC (1: 1, 10: 10, 50: 50)
+  b.inner_loop = 0            # 0 -> DC's rule by IPC (1: 1, 10: 50, 50: 10)
+  b.lr_net = 0.01             # SGD of the network on the synthetic set
+  b.inner_batch = 256         # DC's batch_train
+  b.metric = 'ours'           # ours (layer-wise) | mse | cos
+  b.layer_fraction = 0.0      # PAD: leave the shallowest fraction of parameters unmatched
+  b.bn_size = 16              # real images per class setting batch-norm statistics
+  return b
+
+
+def loops_from_config(cfg: ml_collections.ConfigDict) -> tuple[int, int]:
+  """DC's (outer_loop, inner_loop): the config's, else DC's rule by IPC."""
+  if cfg.dc.outer_loop and cfg.dc.inner_loop:
+    return cfg.dc.outer_loop, cfg.dc.inner_loop
+  outer, inner = dc_loops(cfg.distill.ipc)
+  return cfg.dc.outer_loop or outer, cfg.dc.inner_loop or inner
+
+
+def _steps(cfg: ml_collections.ConfigDict) -> int:
+  """ddjax steps of a run: dc.iterations x outer_loop, or distill.steps when iterations is 0."""
+  if cfg.dc.iterations:
+    return cfg.dc.iterations * loops_from_config(cfg)[0]
+  return cfg.distill.steps
+
+
+def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
+  """DC's main.py: images by SGD lr 0.1 from noise, 200 iterations on CPU, 1000 (`paper`)."""
+  matching_defaults(cfg)
+  cfg.distill.lr = 0.1
+  cfg.distill.init = 'noise'
+  cfg.dc.iterations = PAPER_ITERATIONS if preset == 'paper' else CPU_ITERATIONS
+
+
+def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
+  from ddjax.config import choice_errors, fraction_errors, int_errors
+  from ddjax.distill.matching import METRICS
+  d = cfg.dc
+  errors = choice_errors(cfg, 'dc.metric', METRICS) + fraction_errors(cfg, 'dc.layer_fraction')
+  for key in ('iterations', 'outer_loop', 'inner_loop'):
+    errors += int_errors(cfg, f'dc.{key}', 0, " (0: DC's rule by IPC)")
+  if not (d.outer_loop and d.inner_loop) and cfg.distill.ipc not in DC_LOOPS:
+    errors.append(f'DC defines (outer_loop, inner_loop) only for IPC in {sorted(DC_LOOPS)}; for '
+                  f'IPC {cfg.distill.ipc} set dc.outer_loop and dc.inner_loop.')
+  return errors
+
+
+def _build(cfg: ml_collections.ConfigDict, data) -> DC:
+  from ddjax.augment.dsa import strategy_from_config
+  from ddjax.models import from_config
+  outer, inner = loops_from_config(cfg)
+  d = cfg.dc
+  return DC(from_config(cfg.model, data.num_classes), data.image_shape, data.num_classes,
+            outer_loop=outer, inner_loop=inner, lr_net=d.lr_net, inner_batch=d.inner_batch,
+            metric=d.metric, layer_fraction=d.layer_fraction,
+            dsa_strategy=strategy_from_config(cfg), bn_size=d.bn_size)
+
+
+registry.register(registry.Method(
+    name='dc', distiller_class=DC, block='dc', block_defaults=config_block, build=_build,
+    configure=_configure, validate=_validate, steps=_steps, eval_protocol='dc',
+    description='DC / DSA: gradient matching (with siamese augmentation when dsa.strategy is on)'))

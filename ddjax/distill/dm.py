@@ -8,9 +8,9 @@ parameters on both sides) and matches the class means:
 
 The real side is additive over samples: G_c = sum_i g(x_i) with g(x_i) = psi(A(x_i)) / |B_c|
 (`real_statistic` returns the g(x_i); `loss_from_statistic` takes G), the form BiLP's ITE needs.
-`per_sample` reports one row per class (pred = synthetic mean embedding, target = real mean, loss =
-K * class distance so that its mean is DM's sum over classes); loss transforms built for KRR
-predictions (ISA, drop-easiest) do not apply to it.
+`additive_form` is that form per class (BiLP's ITE). `per_sample` reports a `PerClass` record
+(pred = synthetic mean embedding, target = real mean, loss = K * class distance so that its mean is
+DM's sum over classes); row transforms (ISA, drop-easiest) do not apply to it.
 """
 from __future__ import annotations
 
@@ -20,16 +20,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ddjax import registry
 from ddjax.augment.dsa import DSAParams, dsa
-from ddjax.distill.matching import group_by_class
-from ddjax.transforms.base import PerSample
+from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller
+from ddjax.distill.matching import group_by_class, matching_defaults
+from ddjax.scoring.ite import Separable
+from ddjax.transforms.base import PerClass
 
 Array = jax.Array
 PyTree = Any
 
 
-class DM:
-  """DM as a bundle of pure functions (the distiller interface of ddjax.distill.step).
+class DM(Distiller):
+  """DM as a bundle of pure functions (`Distiller`: no state, per-class record, additive over
+  real samples).
 
   Args:
     model: a Flax module returning (logits, features) (ddjax ConvNet / MLP), not batch-normed.
@@ -51,9 +55,7 @@ class DM:
     self.dsa_strategy = dsa_strategy
     self.dsa_params = dsa_params
 
-  def init(self, key: Array, syn: PyTree) -> tuple:
-    del key, syn
-    return ()
+  record = PER_CLASS
 
   def fresh_network(self, key: Array) -> PyTree:
     """Variables of a newly initialised network (DM draws one per iteration)."""
@@ -64,7 +66,7 @@ class DM:
     k_net, k_aug = jax.random.split(key)
     return self.fresh_network(k_net), jax.random.split(k_aug, self.num_classes)
 
-  def _augment(self, keys: Array, x: Array) -> Array:
+  def augment(self, keys: Array, x: Array) -> Array:
     """x (K, n, H, W, C), keys (K,): DSA per class, the same parameters for real and synthetic."""
     if not self.dsa_strategy:
       return x
@@ -73,7 +75,7 @@ class DM:
     return jax.vmap(lambda k, xc: dsa(k, xc, self.dsa_strategy, params=self.dsa_params,
                                       batchmode=True))(keys, x)
 
-  def _embed(self, variables: PyTree, x: Array) -> Array:
+  def embed(self, variables: PyTree, x: Array) -> Array:
     """x (K, n, H, W, C) -> features (K, n, D)."""
     k, n = x.shape[:2]
     _, feats = self.model.apply(variables, x.reshape((k * n,) + x.shape[2:]), train=False)
@@ -89,15 +91,23 @@ class DM:
     """
     def one_class(args):
       key, xc = args
-      return self._embed(variables, self._augment(key[None], xc[None]))[0]
+      return self.embed(variables, self.augment(key[None], xc[None]))[0]
 
     return jax.lax.map(one_class, (keys, x_real)) / x_real.shape[1]
+
+  def syn_statistic(self, variables: PyTree, syn_x: Array, keys: Array) -> Array:
+    """Synthetic class means of the embeddings: syn_x (K, ipc, ...) -> (K, D)."""
+    return self.embed(variables, self.augment(keys, syn_x)).mean(axis=1)
+
+  @staticmethod
+  def distance(g_sum: Array, fs: Array) -> Array:
+    """Squared distance of mean embeddings over the last axis: (..., D), (..., D) -> (...)."""
+    return jnp.sum(jnp.square(g_sum - fs), axis=-1)
 
   def loss_from_statistic(self, g_sum: Array, syn_x: Array, variables: PyTree,
                           keys: Array) -> Array:
     """Per-class DM distances (K,) from the real class means g_sum (K, D) and syn_x (K, ipc, ...)."""
-    fs = self._embed(variables, self._augment(keys, syn_x)).mean(axis=1)
-    return jnp.sum(jnp.square(g_sum - fs), axis=-1)
+    return self.distance(g_sum, self.syn_statistic(variables, syn_x, keys))
 
   def per_sample(self, syn: PyTree, state: tuple, batch: dict[str, Array],
                  key: Array) -> PerSample:
@@ -115,14 +125,63 @@ class DM:
       wr = group_by_class(batch['weight'], labels, self.num_classes).astype(g.dtype)
       g = g * (wr * (wr.shape[1] / jnp.maximum(wr.sum(1, keepdims=True), 1e-12)))[..., None]
     g_sum = jax.lax.stop_gradient(g.sum(axis=1))
-    fs = self._embed(variables, self._augment(keys, xs)).mean(axis=1)
-    per_class = jnp.sum(jnp.square(g_sum - fs), axis=-1)
-    return PerSample(pred=fs, target=g_sum, loss=self.num_classes * per_class)
+    fs = self.syn_statistic(variables, xs, keys)
+    return PerClass(loss=self.num_classes * self.distance(g_sum, fs), pred=fs, target=g_sum)
 
-  def regularizer(self, syn: PyTree, classes: Array) -> Array:
-    del syn, classes
-    return jnp.zeros((), jnp.float32)
+  # -- the additive form (BiLP's ITE) -------------------------------------------------------------
+  def class_separable(self, variables: PyTree, x_real: Array, x_syn: Array,
+                      key: Array) -> Separable:
+    """One class of DM: g_i = psi(A(x_i)) / B (`real_statistic`), G = sum_i g_i (the real mean
+    embedding), L(G, S) = ||G - mean_s psi(A(s))||^2, A the class's DSA draw from `key` on both
+    sides (`per_sample` uses keys = split(k_aug, K); pass keys[c]). L is quadratic in G, so the
+    first-order ITE is exact here. x_real (B, H, W, C); x_syn (ipc, H, W, C)."""
+    g = jax.lax.stop_gradient(self.real_statistic(variables, x_real[None], key[None])[0])
+    features = lambda S: self.syn_statistic(variables, S[None], key[None])[0]
+    return Separable(self.distance, features, g.sum(axis=0), x_syn, g)
 
-  def update(self, syn: PyTree, state: tuple, key: Array) -> tuple:
-    del syn, key
-    return state
+  def class_additive_form(self, variables: PyTree, x_real: Array, x_syn: Array,
+                          keys: Array) -> AdditiveForm:
+    """Every class at once: x_real (K, B_c, ...), x_syn (K, ipc, ...), keys (K,)."""
+    build = lambda xr, xs, k: self.class_separable(variables, xr, xs, k)
+    return AdditiveForm(build, (x_real, x_syn), keys)
+
+  def additive_form(self, syn: PyTree, state: tuple, batch: dict[str, Array], key: Array,
+                    chunk_size: int | None = None) -> AdditiveForm:
+    """The additive form of `per_sample(syn, state, batch, key)`'s meta-loss, class by class,
+    with the same fresh network and DSA draws. (DM embeds whole classes; chunk_size unused.)"""
+    del state, chunk_size
+    variables, keys = self.network_and_keys(key)
+    labels = jnp.argmax(batch['y'], -1)
+    xr = group_by_class(batch['x'], labels, self.num_classes)
+    xs = jax.lax.stop_gradient(syn['x']).reshape((self.num_classes, -1) + syn['x'].shape[1:])
+    return self.class_additive_form(variables, xr, xs, keys)
+
+
+# -- registration ---------------------------------------------------------------------------------
+def _configure(cfg, preset: str) -> None:
+  """DM's main_DM.py: images by SGD lr 1.0 from real images, DSA on; 1000 iterations on CPU,
+  20000 (`paper`)."""
+  matching_defaults(cfg)
+  cfg.dsa.strategy = 'auto'
+  cfg.distill.lr = 1.0
+  cfg.distill.init = 'real'
+  cfg.distill.steps = 20000 if preset == 'paper' else 1000
+
+
+def _validate(cfg) -> list[str]:
+  if cfg.model.norm == 'batch':
+    return ["method='dm' with model.norm='batch': DM embeds each class with a fresh network; "
+            "use 'instance' (DM's default) or 'none'."]
+  return []
+
+
+def _build(cfg, data) -> DM:
+  from ddjax.augment.dsa import strategy_from_config
+  from ddjax.models import from_config
+  return DM(from_config(cfg.model, data.num_classes), data.image_shape, data.num_classes,
+            dsa_strategy=strategy_from_config(cfg))
+
+
+registry.register(registry.Method(
+    name='dm', distiller_class=DM, build=_build, configure=_configure, validate=_validate,
+    eval_protocol='dc', description='DM: distribution matching of mean embeddings'))

@@ -28,9 +28,14 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from ddjax import registry
+from ddjax.distill.base import Distiller
 from ddjax.kernels.krr import krr_solve
+from ddjax.models.training import (carry_variables, fresh_carry, make_train_step,
+                                   merge_variables, mse_loss, split_variables)
 from ddjax.transforms.base import PerSample, per_sample_mse
 
 Array = jax.Array
@@ -83,7 +88,7 @@ def flip_support(syn: PyTree, flip: bool) -> tuple[Array, Array]:
   return x, y
 
 
-class FRePo:
+class FRePo(Distiller):
   """FRePo as a bundle of pure functions over (synthetic set, PoolState).
 
   Args:
@@ -100,9 +105,10 @@ class FRePo:
 
   # --- models -------------------------------------------------------------------------------
   def _init_one(self, key: Array) -> tuple[PyTree, PyTree]:
-    variables = self.model.init(key, jnp.zeros((1,) + self.input_shape, jnp.float32), train=False)
-    variables = dict(variables)
-    return variables, self.online_opt.init(variables['params'])
+    """A fresh pool model: (variables, online optimizer state), exactly `model.init(key, ...)`."""
+    params, batch_stats, opt_state = fresh_carry(self.model, key, self.input_shape,
+                                                 self.online_opt, fast_rng=False)
+    return merge_variables(params, batch_stats), opt_state
 
   def features(self, variables: PyTree, x: Array) -> Array:
     """Penultimate features f_theta(x), (N, H, W, C) -> (N, D).
@@ -116,28 +122,17 @@ class FRePo:
       _, feats = self.model.apply(variables, x, train=False)
     return feats
 
-  def online_loss(self, params: PyTree, other: PyTree, x: Array, y: Array):
-    """MSE (mean over the batch of 1/2 sum_k) of a pool model on the synthetic set."""
-    variables = {'params': params, **other}
-    if 'batch_stats' in other:
-      (logits, _), new = self.model.apply(variables, x, train=True, mutable=['batch_stats'])
-      other = {**other, **new}
-    else:
-      logits, _ = self.model.apply(variables, x, train=False)
-    return jnp.mean(0.5 * jnp.sum(jnp.square(logits - y), axis=-1)), other
-
   def online_step(self, variables: PyTree, opt_state: PyTree, syn: PyTree):
-    """One optimizer step of one pool model on the (stop-gradient) synthetic set."""
+    """One optimizer step of one pool model on the (stop-gradient) synthetic set: MSE (mean over
+    the batch of 1/2 sum_k) against its labels, the shared classifier step of
+    `ddjax.models.training` (batch norm in train mode, its statistics updated)."""
     x, y = flip_support(jax.lax.stop_gradient(syn), self.cfg.flip)
-    params = variables['params']
-    other = {k: v for k, v in variables.items() if k != 'params'}
-    (_, other), grads = jax.value_and_grad(self.online_loss, has_aux=True)(params, other, x, y)
-    updates, opt_state = self.online_opt.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return {'params': params, **other}, opt_state
+    step = make_train_step(self.model, self.online_opt, mse_loss)
+    carry, _ = step((*split_variables(variables), opt_state), x, y)
+    return carry_variables(carry), carry[2]
 
   # --- the distiller interface ----------------------------------------------------------------
-  def init(self, key: Array, syn: PyTree) -> PoolState:
+  def init(self, syn: PyTree, key: Array) -> PoolState:
     """A pool of fresh models with staggered ages (model i pre-trained i*max//num steps)."""
     cfg = self.cfg
     k_init, k_first = jax.random.split(key)
@@ -206,3 +201,65 @@ class FRePo:
         age=state.age.at[i].set(jnp.where(expired, 0, age)),
         current=jax.random.randint(k_next, (), 0, cfg.num_models, dtype=jnp.int32),
         resets=state.resets + expired.astype(jnp.int32))
+
+
+# -- registration ---------------------------------------------------------------------------------
+def config_block():
+  """cfg.frepo: the pool and the KRR regulariser (FRePo's values in comments)."""
+  b = ml_collections.ConfigDict()
+  b.num_models = 5            # FRePo: 10
+  b.max_online_updates = 100
+  b.online_lr = 1e-3          # FRePo: 3e-4 (Adam)
+  b.reg = 1e-6                # lambda = reg * trace(K_SS) / n
+  b.flip = 'auto'             # auto: on except for 1-channel (digit / clothing) datasets
+  b.label_margin = 0.0        # > 0 adds the label-margin term
+  return b
+
+
+def apply_paper_preset(cfg) -> None:
+  """FRePo's official distillation and evaluation settings (GPU scale)."""
+  cfg.model.width = 128
+  cfg.model.double_width = True
+  cfg.model.norm = 'batch'
+  cfg.distill.steps = 500_000
+  cfg.distill.batch_size = 1024
+  cfg.distill.optimizer = 'lamb'
+  cfg.distill.lr = 3e-4
+  cfg.distill.label_lr = 3e-4
+  cfg.frepo.num_models = 10
+  cfg.frepo.max_online_updates = 100
+  cfg.frepo.online_lr = 3e-4
+  cfg.eval.model.width = 128
+  cfg.eval.model.double_width = True
+  cfg.eval.model.norm = 'none'   # FRePo evaluates its batch-norm ConvNet without norm
+  cfg.checkpoint.every = 10_000
+  cfg.log.every = 1000
+
+
+def flip_enabled(flip, channels: int) -> bool:
+  """frepo.flip resolved: 'auto' mirrors prototypes except on 1-channel digit / clothing data."""
+  return channels != 1 if flip == 'auto' else bool(flip)
+
+
+def _validate(cfg) -> list[str]:
+  from ddjax.config import choice_errors, int_errors
+  return (int_errors(cfg, 'frepo.num_models', 1) + int_errors(cfg, 'frepo.max_online_updates', 1)
+          + choice_errors(cfg, 'frepo.flip', ('auto', True, False)))
+
+
+def _build(cfg, data) -> FRePo:
+  from ddjax.models import from_config
+  f = cfg.frepo
+  fcfg = FRePoConfig(num_models=f.num_models, max_online_updates=f.max_online_updates,
+                     online_lr=f.online_lr, reg=f.reg,
+                     flip=flip_enabled(f.flip, data.image_shape[-1]),
+                     label_margin=f.label_margin)
+  return FRePo(from_config(cfg.model, data.num_classes), fcfg, data.image_shape)
+
+
+registry.register(registry.Method(
+    name='frepo', build=_build, distiller_class=FRePo, block='frepo',
+    block_defaults=config_block,
+    configure=lambda cfg, preset: apply_paper_preset(cfg) if preset == 'paper' else None,
+    validate=_validate, krr_reg=lambda cfg: cfg.frepo.reg, eval_protocol='frepo',
+    description='FRePo: KRR on a pool of online-trained networks\' features'))

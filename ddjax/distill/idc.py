@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ddjax.transforms.base import PerSample
+from ddjax.distill.base import Distiller, Wrapper
 
 Array = jax.Array
 PyTree = Any
@@ -133,42 +133,61 @@ def encode(x_real: Array, factor: int) -> Array:
   return grid[:, :h, :w]
 
 
-class MultiFormation:
+class MultiFormation(Wrapper):
   """Any distiller on IDC's parameterization.
 
   The stored set {'x': (n, H, W, C), 'y': (n, K), ...} is what the optimizer updates; every method
   decodes it to {'x': (n * f^2, H, W, C), 'y': (n * f^2, K), other keys unchanged} before calling
-  the base distiller, so the base's meta-loss is differentiated through `decode` onto the stored
-  pixels. `base` needs init(key, syn), per_sample(syn, state, batch, key), regularizer(syn,
-  classes) and update(syn, state, key); the wrapper exposes the same four methods.
+  the wrapped distiller, so its meta-loss is differentiated through `decode` onto the stored
+  pixels. The initial stored set is encoded from f^2 real images per stored image (`encode`), and
+  the exported / evaluated set is the decoded one.
   """
 
-  def __init__(self, base, factor: int):
-    self.base = base
+  def __init__(self, wrapped: Distiller, factor: int):
+    super().__init__(wrapped)
     self.factor = _check_factor(factor)
 
   def decoded(self, syn: PyTree) -> PyTree:
-    """The synthetic set the base distiller sees: x and y decoded, other keys unchanged."""
+    """The synthetic set the wrapped distiller sees: x and y decoded, other keys unchanged."""
     if syn['y'].shape[0] != syn['x'].shape[0]:
       raise ValueError(f"syn['y'] has {syn['y'].shape[0]} rows but syn['x'] holds "
                        f"{syn['x'].shape[0]} stored images; they must match.")
     return {**syn, 'x': decode(syn['x'], self.factor),
             'y': decode_labels(syn['y'], self.factor)}
 
-  def init(self, key: Array, syn: PyTree) -> Any:
-    return self.base.init(key, self.decoded(syn))
+  def init(self, syn: PyTree, key: Array) -> Any:
+    return self.wrapped.init(self.decoded(syn), key)
 
-  def per_sample(self, syn: PyTree, state: Any, batch: dict[str, Array], key: Array) -> PerSample:
-    return self.base.per_sample(self.decoded(syn), state, batch, key)
+  def before_loss(self, syn: PyTree, state: Any, batch: dict, step: Array, key: Array) -> Any:
+    return self.wrapped.before_loss(self.decoded(syn), state, batch, step, key)
+
+  def per_sample(self, syn: PyTree, state: Any, batch: dict[str, Array], key: Array):
+    return self.wrapped.per_sample(self.decoded(syn), state, batch, key)
 
   def regularizer(self, syn: PyTree, classes: Array) -> Array:
-    """classes: int (n,) class of each stored image; the base gets those of the decoded set."""
-    return self.base.regularizer(self.decoded(syn), decoded_classes(classes, self.factor))
-
-  def before_loss(self, syn: PyTree, state: Any, batch: dict, key: Array, step: Array) -> Any:
-    """The base's optional `before_loss` hook on the decoded set (identity when it has none)."""
-    hook = getattr(self.base, 'before_loss', None)
-    return state if hook is None else hook(self.decoded(syn), state, batch, key, step)
+    """classes: int (n,) class of each stored image; the wrapped distiller gets those of the
+    decoded set."""
+    return self.wrapped.regularizer(self.decoded(syn), decoded_classes(classes, self.factor))
 
   def update(self, syn: PyTree, state: Any, key: Array) -> Any:
-    return self.base.update(self.decoded(syn), state, key)
+    return self.wrapped.update(self.decoded(syn), state, key)
+
+  @property
+  def images_per_stored(self) -> int:
+    return self.factor * self.factor * self.wrapped.images_per_stored
+
+  def encode(self, syn: PyTree) -> PyTree:
+    """Stored images from f^2 real images each (`encode`), with the first image's label."""
+    f2 = self.factor * self.factor
+    return {**syn, 'x': encode(syn['x'], self.factor), 'y': syn['y'][::f2]}
+
+  def decode(self, syn: PyTree) -> PyTree:
+    return self.wrapped.decode(self.decoded(syn))
+
+  def decode_classes(self, classes: Array) -> Array:
+    return self.wrapped.decode_classes(decoded_classes(classes, self.factor))
+
+
+def from_config(distiller: Distiller, cfg) -> Distiller:
+  """`distiller` on IDC's multi-formation when idc.factor > 1."""
+  return MultiFormation(distiller, cfg.idc.factor) if cfg.idc.factor > 1 else distiller

@@ -18,7 +18,11 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from ddjax import registry
+from ddjax.distill.base import Distiller
+from ddjax.kernels.architectures import kernel_fn_from_config
 from ddjax.kernels.krr import krr_solve
 from ddjax.transforms.base import PerSample, per_sample_mse
 
@@ -26,8 +30,8 @@ Array = jax.Array
 PyTree = Any
 
 
-class KIP:
-  """KIP as a bundle of pure functions (the distiller interface of ddjax.distill.step).
+class KIP(Distiller):
+  """KIP as a bundle of pure functions (`ddjax.distill.base.Distiller`; no state).
 
   Args:
     kernel_fn: kernel_fn(x1, x2, get) -> (n1, n2).
@@ -42,10 +46,6 @@ class KIP:
     self.get = get
     self.reg = reg
 
-  def init(self, key: Array, syn: PyTree) -> tuple:
-    del key, syn
-    return ()
-
   def per_sample(self, syn: PyTree, state: tuple, batch: dict[str, Array], key: Array) -> PerSample:
     """batch {'x': (B, ...), 'y': (B, K)} -> PerSample(pred (B, K), target (B, K), loss (B,))."""
     del state, key
@@ -54,10 +54,32 @@ class KIP:
     pred = k_ts @ krr_solve(k_ss, syn['y'], self.reg)
     return per_sample_mse(pred, batch['y'])
 
-  def regularizer(self, syn: PyTree, classes: Array) -> Array:
-    del syn, classes
-    return jnp.zeros((), jnp.float32)
 
-  def update(self, syn: PyTree, state: tuple, key: Array) -> tuple:
-    del syn, key
-    return state
+# -- registration ---------------------------------------------------------------------------------
+def config_block() -> ml_collections.ConfigDict:
+  """cfg.kip (the kernel itself is the shared cfg.kernel block)."""
+  b = ml_collections.ConfigDict()
+  b.reg = 1e-6                # lambda = reg * trace(K_SS) / n
+  return b
+
+
+def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
+  """KIP's notebook defaults; `paper`: its ConvNet kernel (GPU scale)."""
+  cfg.kernel.update(arch='fc', depth=1, kind='ntk')
+  # KIP's class-balanced target batches, drawn afresh each step; Adam at 0.04, labels learned
+  cfg.distill.update(steps=5000, batch_size=5000, balanced_batch=True, optimizer='adam', lr=4e-2,
+                     label_lr=4e-2, learn_label=True, schedule='constant')
+  cfg.eval.update(kernel_krr=True, krr=False)
+  cfg.checkpoint.every = 500
+  if preset == 'paper':                  # KIP's ConvNet-3 kernel
+    cfg.kernel.update(arch='convnet', depth=3)
+    cfg.distill.update(steps=50_000, lr=1e-2, label_lr=1e-2)
+    cfg.checkpoint.every, cfg.log.every = 1000, 500
+
+
+registry.register(registry.Method(
+    name='kip', distiller_class=KIP, block='kip', block_defaults=config_block,
+    build=lambda cfg, data: KIP(kernel_fn_from_config(cfg.kernel), get=cfg.kernel.kind,
+                                reg=cfg.kip.reg),
+    configure=_configure, krr_reg=lambda cfg: cfg.kip.reg, eval_protocol='frepo',
+    description='KIP: KRR with an infinite-width NTK / NNGP'))

@@ -9,7 +9,6 @@
 - `depth_mask`: PAD's "match only the deeper layers" filter (Li et al., 2024, appendix A.1): a 0/1
   mask over the parameters in PyTorch's flattening order (shallow to deep; within a conv weight
   (out, in, h, w)) that removes the first `fraction` of all parameter entries.
-- `cross_entropy`: mean softmax cross-entropy with integer labels (what DC's networks train on).
 
 The real-side statistics are additive over samples (DC: G_c = mean_i grad l(x_i); DM: the class
 mean of embeddings), which BiLP's ITE relies on; the distillers expose them per sample.
@@ -21,7 +20,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 Array = jax.Array
 PyTree = Any
@@ -42,9 +40,25 @@ def group_by_class(x: Array, labels: Array, num_classes: int) -> Array:
   return x[order].reshape((num_classes, x.shape[0] // num_classes) + x.shape[1:])
 
 
-def cross_entropy(logits: Array, labels: Array) -> Array:
-  """Mean softmax cross-entropy; logits (B, K), integer labels (B,)."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def matching_defaults(cfg) -> None:
+  """The settings DC, DSA and DM share (their official code): ConvNet-3 width 128 with instance
+  norm, class-balanced real batches of 256 per class, SGD with momentum 0.5 on the images (constant
+  rate), hard labels, DC's evaluation protocol on the same network."""
+  cfg.model.width = 128
+  cfg.model.norm = 'instance'
+  cfg.distill.batch_per_class = 256
+  cfg.distill.balanced_batch = True
+  cfg.distill.optimizer = 'sgd'
+  cfg.distill.momentum = 0.5
+  cfg.distill.schedule = 'constant'
+  cfg.distill.learn_label = False
+  cfg.distill.label_init = 'one_hot'
+  cfg.eval.protocol = 'dc'
+  cfg.eval.krr = False
+  cfg.eval.model.width = 128
+  cfg.eval.model.norm = 'instance'
+  cfg.checkpoint.every = 100
+  cfg.log.every = 10
 
 
 def _rows(g: Array) -> Array:

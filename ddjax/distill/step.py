@@ -1,8 +1,9 @@
 """The distillation step shared by every distiller (DESIGN: "The functional core").
 
-    loss(S) = mean(transform(distiller.per_sample(S, inner, batch)).loss) + distiller.regularizer(S)
+    state  <- distiller.before_loss(S, state, batch, step)      (BiLP's selection; else nothing)
+    loss(S) = mean(transform(distiller.per_sample(S, state, batch)).loss) + distiller.regularizer(S)
     S      <- optax update of S with grad loss(S)
-    inner  <- distiller.update(S, inner)          (FRePo's model pool; nothing for KIP)
+    state  <- distiller.update(S, state)          (FRePo's model pool; nothing for KIP)
 
 `make_step` returns one pure function `step(state, batch, key) -> (state, metrics)`, jitted once by
 the run loop, which also decides how the batch is sharded.
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
+from ddjax.distill.base import PER_SAMPLE, Distiller
 from ddjax.transforms.base import LossTransform, mean_loss
 
 Array = jax.Array
@@ -27,13 +30,13 @@ class DistillState:
   """Everything a run needs to continue: the checkpointed pytree.
 
   step: () int32, outer steps done. syn: the synthetic set {'x': (n,H,W,C), 'y': (n,K)}.
-  opt_state: optax state of the synthetic set. inner: the distiller's own state.
+  opt_state: optax state of the synthetic set. distiller_state: the distiller's own state.
   transform_state: the loss transform's state.
   """
   step: Array
   syn: PyTree
   opt_state: PyTree
-  inner: PyTree
+  distiller_state: PyTree
   transform_state: PyTree
 
 
@@ -72,48 +75,56 @@ def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
   return optax.multi_transform(transforms, lambda syn: {k: k for k in syn})
 
 
-def make_step(distiller, transform: LossTransform, optimizer: optax.GradientTransformation,
-              classes: Array) -> Callable:
-  """Build `step(state, batch, key) -> (state, metrics)`.
+def check_composable(distiller: Distiller, transform: LossTransform) -> None:
+  """ValueError when `transform` works on real-example rows and `distiller` returns per-class
+  records (ISA or drop-easiest on DC / DM would rank classes, not samples)."""
+  if transform.per_row and distiller.record != PER_SAMPLE:
+    raise ValueError(f'loss transform {transform.name} ranks or pairs real examples, but '
+                     f'{distiller.name} returns no per-example records ({distiller.record}); '
+                     'turn the transform off (transform.drop_easiest=0, transform.isa_eps=0) '
+                     'for this method.')
 
-  distiller: has per_sample(syn, inner, batch, key), regularizer(syn, classes) and
-    update(syn, inner, key); optionally before_loss(syn, inner, batch, key, step) -> inner, run
-    first with per_sample's key (BiLP's adaptive selection).
-  classes: (n,) class of each prototype (for label regularizers).
+
+def make_step(distiller: Distiller, transform: LossTransform,
+              optimizer: optax.GradientTransformation, classes: Array) -> Callable:
+  """Build `step(state, batch, key) -> (state, metrics)` (module docstring).
+
+  distiller: a `ddjax.distill.base.Distiller`. transform: a `LossTransform`, checked against the
+  distiller's record kind (`check_composable`).
+  classes: (n,) class of each stored prototype (for label regularizers).
   metrics: loss (the optimized scalar), meta_loss (mean over the whole batch before any transform,
   weighted by a BiLP keep mask when the record has one), kept (rows left after selection, or
   their total weight), grad_norm.
   """
-
-  before_loss = getattr(distiller, 'before_loss', None)
+  check_composable(distiller, transform)
 
   def step(state: DistillState, batch: dict[str, Array], key: Array):
     k_loss, k_transform, k_update = jax.random.split(key, 3)
-    inner = state.inner
-    if before_loss is not None:       # e.g. BiLP's adaptive selection of the real batch
-      inner = before_loss(state.syn, inner, batch, k_loss, state.step)
+    d_state = distiller.before_loss(state.syn, state.distiller_state, batch, state.step, k_loss)
 
     def loss_fn(syn):
-      ps = distiller.per_sample(syn, inner, batch, k_loss)
-      out, t_state = transform.apply(ps, state.transform_state, k_transform)
+      record = distiller.per_sample(syn, d_state, batch, k_loss)
+      out, t_state = transform.apply(record, state.transform_state, k_transform)
       loss = mean_loss(out) + distiller.regularizer(syn, classes)
-      return loss, (mean_loss(ps), out.num_kept, t_state)
+      return loss, (mean_loss(record), out.num_kept, t_state)
 
     (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)
     syn = optax.apply_updates(state.syn, updates)
-    inner = distiller.update(syn, inner, k_update)
+    d_state = distiller.update(syn, d_state, k_update)
     metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
                'grad_norm': optax.tree.norm(grads)}
-    new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state, inner=inner,
-                       transform_state=t_state)
+    new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state,
+                       distiller_state=d_state, transform_state=t_state)
     return new, metrics
 
   return step
 
 
-def init_state(distiller, transform: LossTransform, optimizer: optax.GradientTransformation,
+def init_state(distiller: Distiller, transform: LossTransform, optimizer: optax.GradientTransformation,
                syn: PyTree, key: Array) -> DistillState:
   """The state at step 0."""
+  chex.assert_rank(syn['x'], 4)
+  chex.assert_equal_shape_prefix([syn['x'], syn['y']], 1)
   return DistillState(step=jnp.zeros((), jnp.int32), syn=syn, opt_state=optimizer.init(syn),
-                      inner=distiller.init(key, syn), transform_state=transform.init())
+                      distiller_state=distiller.init(syn, key), transform_state=transform.init())

@@ -44,3 +44,11 @@ def kernel_network(arch: str, depth: int = 3, W_std: float = 2 ** 0.5, b_std: fl
   if readout:
     layers.append(stax.Dense(out_dim, W_std, b_std))
   return stax.serial(*layers)
+
+
+def kernel_fn_from_config(block):
+  """kernel_fn(x1, x2, get) of a config's kernel block (arch, depth, W_std, b_std; infinite
+  width), computed in blocks whose largest band array has at most block.block_bytes bytes."""
+  _, _, kernel_fn = kernel_network(block.arch, block.depth, block.W_std, block.b_std)
+  block_bytes = int(block.block_bytes)
+  return lambda x1, x2=None, get=None: kernel_fn(x1, x2, get, block_bytes=block_bytes)

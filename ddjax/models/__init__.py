@@ -19,7 +19,8 @@ from ddjax.models.mlp import MLP
 
 ARCHITECTURES = ('convnet', 'mlp')
 
-__all__ = ['ARCHITECTURES', 'NORMS', 'POOLINGS', 'ConvNet', 'MLP', 'build_model', 'init_model']
+__all__ = ['ARCHITECTURES', 'NORMS', 'POOLINGS', 'ConvNet', 'MLP', 'build_model', 'from_config',
+           'init_model']
 
 
 def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -38,6 +39,15 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
   if 'widths' in kwargs:
     kwargs['widths'] = tuple(kwargs['widths'])  # hashable, so jitted trainers can be cached
   return MLP(num_classes=num_classes, **kwargs)
+
+
+def from_config(block, num_classes: int) -> nn.Module:
+  """The model of a config's model block (`ddjax.config.model_config`: arch, depth, width,
+  double_width, norm, pooling, mlp_widths)."""
+  if block.arch == 'mlp':
+    return build_model('mlp', num_classes, widths=tuple(block.mlp_widths))
+  return build_model(block.arch, num_classes, depth=block.depth, width=block.width,
+                     double_width=block.double_width, norm=block.norm, pooling=block.pooling)
 
 
 def _init(model: nn.Module, key: jax.Array, input_shape: tuple, fast_rng: bool) -> dict:

@@ -74,6 +74,16 @@ def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
   return sample
 
 
+def _diverged_message(step: int, metrics: dict, ckpt: Checkpointer) -> str:
+  shown = ', '.join(f'{k}={v:.4g}' for k, v in metrics.items())
+  last = ckpt.latest_step()
+  where = (f'the last finite checkpoint is step {last} in {ckpt.directory}' if last is not None
+           else 'no checkpoint was written before it')
+  return (f'the run diverged by step {step} (non-finite metrics: {shown}); {where}. Lower '
+          'distill.lr / distill.label_lr or strengthen the method\'s regulariser, then rerun '
+          'with --restart or a new --workdir.')
+
+
 def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_steps: int,
         key: jax.Array, workdir: str, checkpoint_every: int, keep: int = 2, log_every: int = 100,
         mesh=None, name: str = 'distill') -> tuple[Any, dict]:
@@ -108,21 +118,23 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
         jnp.add, interval_sum, metrics)
     interval_len += 1
     done = s + 1
-    if done % log_every == 0 or done == num_steps:
+    log_now = done % log_every == 0 or done == num_steps
+    save_now = done % checkpoint_every == 0 or done == num_steps
+    if log_now or save_now:   # never checkpoint a state whose interval went non-finite
       metrics = {k: float(v) / interval_len for k, v in jax.device_get(interval_sum).items()}
+      if not all(math.isfinite(v) for v in metrics.values()):
+        ckpt.close()
+        raise DivergedError(_diverged_message(done, metrics, ckpt))
+    if log_now:
       interval_sum, interval_len = None, 0
       now = time.perf_counter()
       if t_last is not None:
         timed_secs += now - t_last
         timed_steps += done - last_logged
       t_last, last_logged = now, done
-      if not all(math.isfinite(v) for v in metrics.values()):
-        raise DivergedError(f'step {done}: non-finite metrics {metrics}; the last checkpoint '
-                            f'({ckpt.latest_step()}) holds the last finite state. Lower the '
-                            'learning rate or raise frepo.reg.')
       files.append_jsonl(metrics_path, {'step': done, **metrics})
       progress.update(done, metrics)
-    if done % checkpoint_every == 0 or done == num_steps:
+    if save_now:
       ckpt.save(done, state)
   ckpt.close()
   if timed_steps:

@@ -6,16 +6,16 @@
   the last epoch; class-wise pruning) and an atomic on-disk score cache.
 - `ite`: BiLP's individual treatment effect of each real sample on the meta-gradient, exact
   (leave-one-out), first-order (one `jax.linearize`, vmapped JVPs) and a sketch of the
-  first-order scores (random projections), with DC / DM adapters.
+  first-order scores (random projections), on a distiller's declared additive form or its
+  per-sample meta-losses.
 - `selection`: BiLP's adaptive pruning: running statistics, the quantile window, lazy reselection.
 """
 from ddjax.scoring.bilp import (cache_name, cached_scores, empirical_loss_score, gaussian_smooth,
                                 load_scores, prune_classwise, save_scores,
                                 stratify_classwise)
-from ddjax.scoring.ite import (ITEProblem, Separable, dc_ite_problem, dc_ite_scores, dc_separable,
-                               dm_ite_problem, dm_separable, ite_sketch_scores,
-                               dm_ite_scores, compute_ite, ite_exact, ite_first_order, ite_score,
-                               masked_statistic, rank_error)
+from ddjax.scoring.ite import (ITEProblem, Separable, additive_ite_scores, compute_ite,
+                               ite_exact, ite_first_order, ite_score, ite_sketch_scores,
+                               masked_statistic, per_sample_ite_scores, rank_error)
 from ddjax.scoring.per_sample import (cross_entropy_loss, el2n, entropy, forgetting_events,
                                       grand_norms, margin, never_learned, score_dataset,
                                       score_trials)
@@ -23,10 +23,9 @@ from ddjax.scoring.selection import (AdaptiveSelection, SelectionState, adaptive
                                      quantile_window, update_statistics, window_bounds)
 
 __all__ = [
-    'AdaptiveSelection', 'ITEProblem', 'Separable', 'SelectionState', 'dc_separable',
-    'dm_separable', 'ite_sketch_scores', 'adaptive_pruning', 'cache_name',
-    'cached_scores', 'cross_entropy_loss', 'dc_ite_problem', 'dc_ite_scores', 'dm_ite_problem',
-    'compute_ite', 'dm_ite_scores', 'el2n', 'empirical_loss_score', 'entropy', 'forgetting_events',
+    'AdaptiveSelection', 'ITEProblem', 'Separable', 'SelectionState', 'additive_ite_scores',
+    'ite_sketch_scores', 'adaptive_pruning', 'cache_name', 'cached_scores', 'cross_entropy_loss',
+    'compute_ite', 'el2n', 'per_sample_ite_scores', 'empirical_loss_score', 'entropy', 'forgetting_events',
     'gaussian_smooth', 'grand_norms', 'ite_exact', 'ite_first_order', 'ite_score',
     'load_scores', 'margin', 'masked_statistic', 'never_learned', 'prune_classwise',
     'quantile_window', 'rank_error', 'save_scores', 'score_dataset', 'score_trials',

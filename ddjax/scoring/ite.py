@@ -34,10 +34,11 @@ linear in its per-sample terms): one VJP per real sample (`jax.vjp` once, then v
 same random-projection sketch from r Jacobian-vector products of the loss vector (taken in reverse
 mode, so custom_vjp layers need no JVP rule).
 
-`dc_ite_problem` / `dm_ite_problem` build (meta_loss, G, S, g) for one class from ddjax's DC and
-DM exactly as their `per_sample` computes that class's meta-loss (same DSA key on the real and the
-synthetic side), and `dc_ite_scores` / `dm_ite_scores` return (K, B_c) scores for a class-grouped
-batch, jit-able. `rank_error` is BiLP's supp. 8 metric comparing two rankings.
+A distiller whose meta-loss has this form declares it (`additive_form`, e.g. `DC.class_separable`
+and `DM.class_separable` build one class's `Separable` exactly as their `per_sample` computes that
+class's meta-loss, same DSA key on the real and the synthetic side); `additive_ite_scores` returns
+(K, B_c) scores for a class-grouped batch from it, jit-able. `rank_error` is BiLP's supp. 8 metric
+comparing two rankings.
 """
 from __future__ import annotations
 
@@ -207,7 +208,7 @@ def rank_error(scores_a, scores_b) -> float:
   return float(np.abs(a - b).sum() / (n * (n - 1)))
 
 
-# -- adapters for ddjax's matching distillers ------------------------------------------------------
+# -- additive-separable meta-losses -----------------------------------------------------------------
 class ITEProblem(NamedTuple):
   """meta_loss(G, S) -> scalar, the real statistic G, the synthetic data S and the per-sample
   statistics g (leading axis B); `ite_first_order(*problem)` / `ite_exact(*problem)` apply."""
@@ -231,63 +232,6 @@ class Separable(NamedTuple):
     return ITEProblem(lambda G_, S_: self.distance(G_, self.features(S_)), self.G, self.S, self.g)
 
 
-def dc_separable(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array,
-                 chunk_size: int | None = None) -> Separable:
-  """One class of DC / DSA gradient matching, L(G, S) = DC.distance(G, grad_theta l(theta; A(S)))
-  with g_i = grad_theta l(theta; A(x_i)) / B (`DC.per_sample_gradients`) and G = sum_i g_i (the
-  real class gradient DC matches); A is the class's DSA draw from `key` on both sides, as
-  `DC.per_sample` does with `keys = split(key, K)` (pass keys[c] here). L is the class's
-  distance, whose S-gradient is that of DC's meta-loss (the other classes do not depend on S_c;
-  DC's `per_sample` scales by K only so that its mean is the class sum).
-
-  Args:
-    dc: a `ddjax.distill.dc.DC`.
-    variables: the network; for batch norm pass `dc._with_bn_stats(state.variables, x_real_all)`
-      as `DC.per_sample` does (matching runs in eval mode).
-    x_real: (B, H, W, C) real images of class `label`; x_syn: (ipc, H, W, C) its synthetic images.
-    label: the class index (int or () int array).
-    chunk_size: per-sample gradients computed at once (`DC.per_sample_gradients`).
-  """
-  params = variables['params']
-  rest = {k: v for k, v in variables.items() if k != 'params'}
-  label = jnp.asarray(label, jnp.int32)
-  g = jax.lax.stop_gradient(dc.per_sample_gradients(
-      variables, x_real, jnp.full((x_real.shape[0],), label, jnp.int32), key, chunk_size))
-  G = jax.tree_util.tree_map(lambda a: a.sum(axis=0), g)
-
-  def features(S):
-    xs = dc._augment(key, S)
-    return jax.grad(dc._loss)(params, rest, xs, jnp.full((S.shape[0],), label, jnp.int32))
-
-  return Separable(dc.distance, features, G, x_syn, g)
-
-
-def dc_ite_problem(dc, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array
-                   ) -> ITEProblem:
-  """One class of DC / DSA gradient matching as an ITE problem (see `dc_separable`)."""
-  return dc_separable(dc, variables, x_real, x_syn, label, key).problem
-
-
-def dm_separable(dm, variables: PyTree, x_real: Array, x_syn: Array, key: Array) -> Separable:
-  """One class of DM: g_i = psi(A(x_i)) / B (`DM.real_statistic`), G = sum_i g_i (the real mean
-  embedding), L(G, S) = ||G - mean_s psi(A(s))||^2 (`DM.loss_from_statistic`), A the class's DSA
-  draw from `key` on both sides, as `DM.per_sample` does with `keys = split(k_aug, K)` (pass
-  keys[c]). L is quadratic in G, so the first-order ITE is exact here.
-
-  Args: dm, a `ddjax.distill.dm.DM`; variables, the (fresh) network; x_real (B, H, W, C);
-  x_syn (ipc, H, W, C).
-  """
-  g = jax.lax.stop_gradient(dm.real_statistic(variables, x_real[None], key[None])[0])
-  features = lambda S: dm._embed(variables, dm._augment(key[None], S[None])).mean(axis=1)[0]
-  distance = lambda G_, h: jnp.sum(jnp.square(G_ - h))
-  return Separable(distance, features, g.sum(axis=0), x_syn, g)
-
-
-def dm_ite_problem(dm, variables: PyTree, x_real: Array, x_syn: Array, key: Array) -> ITEProblem:
-  """One class of DM as an ITE problem (see `dm_separable`)."""
-  return dm_separable(dm, variables, x_real, x_syn, key).problem
-
-
 def _class_scores(build: Callable, method: str, chunk_size: int | None,
                   sketch_dim: int) -> Callable:
   def one(*args):
@@ -305,28 +249,21 @@ def _check_method(method: str) -> None:
     raise ValueError(f'unknown ITE method {method!r}; allowed: {", ".join(METHODS)}')
 
 
-def dc_ite_scores(dc, variables: PyTree, x_real: Array, x_syn: Array, keys: Array,
-                  method: str = 'first_order', chunk_size: int | None = None,
-                  sketch_dim: int = 64) -> Array:
-  """||ITE||_2 of every real sample of a class-grouped DC batch: x_real (K, B_c, H, W, C), x_syn
-  (K, ipc, H, W, C), keys (K,) the per-class DSA keys of `DC.per_sample` -> (K, B_c). Jit-able;
-  variables as in `dc_separable`. method: 'first_order', 'exact' or 'sketch' (`sketch_dim`
-  probes, directions drawn from the class key)."""
-  _check_method(method)
-  one = _class_scores(lambda xr, xs, c, k: dc_separable(dc, variables, xr, xs, c, k, chunk_size),
-                      method, chunk_size, sketch_dim)
-  return jax.vmap(one)(x_real, x_syn, jnp.arange(x_real.shape[0]), keys)
+def additive_ite_scores(form, method: str = 'first_order', chunk_size: int | None = None,
+                        sketch_dim: int = 64) -> Array:
+  """||ITE||_2 of every real sample of a class-grouped batch from a distiller's additive form.
 
+  form: a `ddjax.distill.base.AdditiveForm` (build, args, keys): `build(*args_c, keys[c])` is
+    class c's `Separable`; the args have a leading class axis K (e.g. `DC.additive_form`,
+    `DM.additive_form`). method: 'first_order', 'exact' or 'sketch' (`sketch_dim` probes,
+    directions drawn from fold_in(keys[c], 1)). chunk_size: leave-one-out / linear-map
+    evaluations at once.
 
-def dm_ite_scores(dm, variables: PyTree, x_real: Array, x_syn: Array, keys: Array,
-                  method: str = 'first_order', chunk_size: int | None = None,
-                  sketch_dim: int = 64) -> Array:
-  """||ITE||_2 of every real sample of a class-grouped DM batch: x_real (K, B_c, ...), x_syn
-  (K, ipc, ...), keys (K,) the per-class DSA keys of `DM.per_sample` -> (K, B_c). Jit-able."""
+  Returns (K, B_c) scores in the order of the class-grouped real batch. Jit-able.
+  """
   _check_method(method)
-  one = _class_scores(lambda xr, xs, k: dm_separable(dm, variables, xr, xs, k), method,
-                      chunk_size, sketch_dim)
-  return jax.vmap(one)(x_real, x_syn, keys)
+  one = _class_scores(form.build, method, chunk_size, sketch_dim)
+  return jax.vmap(one)(*form.args, form.keys)
 
 
 def masked_statistic(g: PyTree, mask: Array) -> PyTree:

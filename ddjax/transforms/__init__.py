@@ -1,5 +1,5 @@
 """Loss transforms on per-sample meta-loss records: selection, ISA, and their composition."""
-from ddjax.transforms.base import (LossTransform, PerSample, chain, identity, mean_loss,
+from ddjax.transforms.base import (LossTransform, PerClass, PerSample, chain, identity, mean_loss,
                                    per_sample_mse, squared_error, stateless, transformed_loss)
 from ddjax.transforms.isa import isa, isa_loss, isa_residuals, partner_indices
 from ddjax.transforms.selection import drop_easiest, drop_hardest, num_kept

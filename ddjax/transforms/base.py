@@ -53,6 +53,29 @@ class PerSample:
     return jnp.sum(self.weight).astype(jnp.float32)
 
 
+@flax.struct.dataclass
+class PerClass:
+  """Per-class meta-loss record of the matching distillers (DC, DSA, DM): one row per class.
+
+  Attributes:
+    loss: (K,) the class terms; the scalar meta-loss is their mean (`mean_loss`), so a method
+      whose loss is a sum over classes reports K times each class distance.
+    pred, target: optional (K, D) the synthetic and the real class statistic (DM's mean
+      embeddings), for monitoring.
+
+  Row transforms (drop-easiest, ISA) rank or pair real examples and do not apply to it;
+  `ddjax.distill.step.make_step` refuses them.
+  """
+  loss: Array
+  pred: Array | None = None
+  target: Array | None = None
+  weight = None
+
+  @property
+  def num_kept(self) -> Array:
+    return jnp.asarray(self.loss.shape[0], jnp.float32)
+
+
 def squared_error(pred: Array, target: Array) -> Array:
   """Per-example 1/2 ||target - pred||^2, (B, K) -> (B,) (ISA Eq. 4/5, FRePo's MSE)."""
   return 0.5 * jnp.sum(jnp.square(pred - target), axis=-1)
@@ -63,7 +86,7 @@ def per_sample_mse(pred: Array, target: Array) -> PerSample:
   return PerSample(pred=pred, target=target, loss=squared_error(pred, target))
 
 
-def mean_loss(ps: PerSample) -> Array:
+def mean_loss(ps: PerSample | PerClass) -> Array:
   """The scalar meta-loss of a record: the mean of its per-example losses, weighted by
   `ps.weight` when present (0 when every weight is 0)."""
   if ps.weight is None:
@@ -77,19 +100,25 @@ class LossTransform(NamedTuple):
 
   init() -> state
   apply(ps: PerSample, state, key) -> (PerSample, state)
+  name: what it is called in messages. per_row: it ranks, pairs or reweights real-example rows,
+  so it needs a `PerSample` record (not a per-class one).
   """
   init: Callable[[], Any]
   apply: Callable[[PerSample, Any, Array], tuple[PerSample, Any]]
+  name: str = 'transform'
+  per_row: bool = True
 
 
-def stateless(fn: Callable[[PerSample, Array], PerSample]) -> LossTransform:
+def stateless(fn: Callable[[PerSample, Array], PerSample], name: str = 'transform',
+              per_row: bool = True) -> LossTransform:
   """Wrap a pure `fn(ps, key) -> ps` as a `LossTransform` with an empty state."""
-  return LossTransform(init=lambda: (), apply=lambda ps, state, key: (fn(ps, key), state))
+  return LossTransform(init=lambda: (), apply=lambda ps, state, key: (fn(ps, key), state),
+                       name=name, per_row=per_row)
 
 
 def identity() -> LossTransform:
-  """The transform that changes nothing (plain meta-loss)."""
-  return stateless(lambda ps, key: ps)
+  """The transform that changes nothing (plain meta-loss); applies to any record."""
+  return stateless(lambda ps, key: ps, name='identity', per_row=False)
 
 
 def chain(*transforms: LossTransform) -> LossTransform:
@@ -108,7 +137,9 @@ def chain(*transforms: LossTransform) -> LossTransform:
       new_state.append(s)
     return ps, tuple(new_state)
 
-  return LossTransform(init=init, apply=apply)
+  return LossTransform(init=init, apply=apply,
+                       name=' -> '.join(t.name for t in transforms) or 'identity',
+                       per_row=any(t.per_row for t in transforms))
 
 
 def transformed_loss(transform: LossTransform, ps: PerSample, state: Any,

@@ -59,4 +59,4 @@ def isa(eps: float = 1.0) -> LossTransform:
     a, b = isa_residuals(ps, partner_indices(key, ps.batch_size))
     return ps.replace(loss=isa_loss(a, b, eps))
 
-  return stateless(fn)
+  return stateless(fn, name=f'isa(eps={eps})')

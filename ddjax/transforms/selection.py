@@ -49,7 +49,7 @@ def _drop(p: float, name: str, hardest_first: bool) -> LossTransform:
       return ps
     return _take(ps, keep_hardest_indices(sign * ps.loss, k))
 
-  return stateless(fn)
+  return stateless(fn, name=f'{name}({p})')
 
 
 def drop_easiest(p: float) -> LossTransform:

@@ -1,0 +1,153 @@
+"""The distiller interface: one class every method and every wrapper follows.
+
+A distiller is a bundle of pure functions over the synthetic set `syn` (a pytree, at least
+{'x': (n, H, W, C), 'y': (n, K)}) and its own state (`state`: FRePo's model pool, DC's network,
+nothing for KIP). Argument order is the same everywhere: the synthetic set, the distiller's state,
+the real batch, then the PRNG key last.
+
+    state  = d.init(syn, key)
+    state  = d.before_loss(syn, state, batch, step, key)        # hook, e.g. BiLP's selection
+    record = d.per_sample(syn, state, batch, key)               # PerSample or PerClass
+    loss   = mean_loss(transform(record)) + d.regularizer(syn, classes)
+    state  = d.update(syn, state, key)                          # the method's inner loop
+
+`ddjax.distill.step.make_step` drives these; subclasses override what they need and inherit the
+no-ops. Declared capabilities (class attributes, read by wrappers and `make_step`, never found by
+`isinstance`):
+
+- `record`: `PER_SAMPLE` when `per_sample` returns one `PerSample` row per real example whose mean
+  is the meta-loss (the KRR family; loss transforms such as ISA and BiLP's row weights apply), or
+  `PER_CLASS` when it returns a `PerClass` record (matching methods: one row per class), or
+  `NO_META_LOSS` for a method that takes no distillation steps.
+- `additive_form`: implemented (not None) when the meta-loss is additive-separable over real
+  samples, L(G, S) with G = sum_i g(x_i) (DC, DM): BiLP's ITE works on it
+  (`ddjax.scoring.ite.additive_ite_scores`).
+- `decode` / `decode_classes` / `encode` / `images_per_stored`: how a stored set maps to the set
+  the method trains on (identity; IDC's multi-formation overrides them).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+
+PER_SAMPLE = 'per_sample'
+PER_CLASS = 'per_class'
+NO_META_LOSS = 'none'      # a method that takes no steps (the random-subset baseline)
+
+
+class AdditiveForm(NamedTuple):
+  """A meta-loss that is additive over real samples, class by class (BiLP's Eq. 6-7 setting).
+
+  `build(*args_c, keys[c])` returns, for one class c, a `ddjax.scoring.ite.Separable` (distance,
+  features, G, S, g); `args` are arrays with a leading class axis K and `keys` (K,) the per-class
+  keys of the meta-loss (its DSA draws), so `jax.vmap` over the class axis scores every class at
+  once (`ddjax.scoring.ite.additive_ite_scores`). The scores come back class-grouped (K, B / K), in
+  the order of `ddjax.distill.matching.group_by_class`.
+  """
+  build: Callable[..., Any]
+  args: tuple
+  keys: Array
+
+
+class Distiller:
+  """Base class of every distiller: the interface with default no-ops (module docstring)."""
+
+  record: ClassVar[str] = PER_SAMPLE
+  additive_form: Callable[..., AdditiveForm] | None = None
+  # additive_form(syn, state, batch, key, chunk_size) -> AdditiveForm, when implemented.
+
+  @property
+  def name(self) -> str:
+    return type(self).__name__
+
+  def init(self, syn: PyTree, key: Array) -> PyTree:
+    """The distiller's state at step 0 (an empty tuple when it has none)."""
+    del syn, key
+    return ()
+
+  def before_loss(self, syn: PyTree, state: PyTree, batch: dict[str, Array], step: Array,
+                  key: Array) -> PyTree:
+    """Runs first in every step with `per_sample`'s key (BiLP's adaptive selection)."""
+    del syn, batch, step, key
+    return state
+
+  def per_sample(self, syn: PyTree, state: PyTree, batch: dict[str, Array], key: Array):
+    """The meta-loss record of the real batch {'x': (B, H, W, C), 'y': (B, K)}, differentiable
+    in `syn`: a `PerSample` (B rows) or a `PerClass` (K rows), as `record` declares."""
+    raise NotImplementedError(f'{self.name} does not define per_sample.')
+
+  def regularizer(self, syn: PyTree, classes: Array) -> Array:
+    """A scalar added to the meta-loss; classes (n,) the class of each stored prototype."""
+    del syn, classes
+    return jnp.zeros((), jnp.float32)
+
+  def update(self, syn: PyTree, state: PyTree, key: Array) -> PyTree:
+    """The method's inner loop after the synthetic set moved (FRePo's pool, DC's network)."""
+    del syn, key
+    return state
+
+  # -- the stored set and the set the method trains on --------------------------------------------
+  images_per_stored: ClassVar[int] = 1
+
+  def encode(self, syn: PyTree) -> PyTree:
+    """Initial stored set from `images_per_stored` real images per stored image."""
+    return syn
+
+  def decode(self, syn: PyTree) -> PyTree:
+    """The set the method trains on and exports, from the stored one."""
+    return syn
+
+  def decode_classes(self, classes: Array) -> Array:
+    return classes
+
+
+class Wrapper(Distiller):
+  """A distiller around another (`self.wrapped`): forwards everything and the capabilities."""
+
+  def __init__(self, wrapped: Distiller):
+    self.wrapped = wrapped
+
+  @property
+  def record(self) -> str:            # type: ignore[override]
+    return self.wrapped.record
+
+  @property
+  def additive_form(self):            # type: ignore[override]
+    return self.wrapped.additive_form
+
+  @property
+  def name(self) -> str:
+    return f'{type(self).__name__}({self.wrapped.name})'
+
+  def init(self, syn, key):
+    return self.wrapped.init(syn, key)
+
+  def before_loss(self, syn, state, batch, step, key):
+    return self.wrapped.before_loss(syn, state, batch, step, key)
+
+  def per_sample(self, syn, state, batch, key):
+    return self.wrapped.per_sample(syn, state, batch, key)
+
+  def regularizer(self, syn, classes):
+    return self.wrapped.regularizer(syn, classes)
+
+  def update(self, syn, state, key):
+    return self.wrapped.update(syn, state, key)
+
+  @property
+  def images_per_stored(self) -> int:  # type: ignore[override]
+    return self.wrapped.images_per_stored
+
+  def encode(self, syn):
+    return self.wrapped.encode(syn)
+
+  def decode(self, syn):
+    return self.wrapped.decode(syn)
+
+  def decode_classes(self, classes):
+    return self.wrapped.decode_classes(classes)

@@ -1,0 +1,228 @@
+"""A whole ddjax job as a library call: data -> optional pruning -> distill -> decode -> export ->
+evaluate, into a workdir.
+
+    import ddjax
+    cfg = ddjax.config.method_config('frepo')          # or a config file's get_config()
+    results = ddjax.run(cfg, 'runs/frepo')              # the dict also in runs/frepo/results.json
+
+The stages are functions of (cfg, data, ...) that name no method: what differs between methods
+comes from the registry (`ddjax.registry`: build, steps, extra learned parameters, regulariser,
+evaluation protocol) and from the distiller's declared capabilities (`ddjax.distill.base`:
+encode / decode of the stored set). BiLP's adaptive pruning and IDC's multi-formation are wrappers
+any method composes with when its capabilities allow. Re-running a workdir resumes it; a workdir
+made with another config is refused before any compute (`check_workdir`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ddjax import config as config_lib
+from ddjax import data as data_lib
+from ddjax import registry
+from ddjax import transforms as transforms_lib
+from ddjax.data.prepared import PreparedData, prepare
+from ddjax.distill import bilp as bilp_lib
+from ddjax.distill import idc as idc_lib
+from ddjax.distill import step as step_lib
+from ddjax.runtime import evaluation, export, files, loop, sharding
+from ddjax.runtime.pruning import preemptive_prune
+
+# Purposes folded into the root key, so every consumer of randomness has its own stream
+# (3: evaluation, 4: scoring; see ddjax.runtime.evaluation / pruning).
+KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL = 0, 1, 2
+
+# Keys a resumed workdir may change: they do not touch the distilled set.
+RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir',
+                     'kernel.block_bytes')
+OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
+           'results.json', 'kept_indices.npz', 'config.json')
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot hold this run (a file, or made with another config)."""
+
+
+def load_data(cfg: ml_collections.ConfigDict) -> PreparedData:
+  """cfg.data loaded and preprocessed; the IPC checked against the smallest class."""
+  ds = data_lib.load_dataset(cfg.data.name, cfg.data.dir or None)
+  data_lib.check_ipc(ds.y_train, config_lib.real_per_class(cfg), ds.num_classes, ds.class_names)
+  return prepare(ds, cfg.data.preprocessing, cfg.data.zca_reg)
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, prefix + k + '.'))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """'key: old -> new' for every key that differs and that a resumed run may not change."""
+  a, b = _flat(old), _flat(new)
+  lines = []
+  for key in sorted(set(a) | set(b)):
+    if key.startswith(RESUMABLE_CHANGES):
+      continue
+    va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
+    if isinstance(va, list):
+      va = tuple(va)
+    if isinstance(vb, list):
+      vb = tuple(vb)
+    if va != vb:
+      lines.append(f'{key}: {va!r} -> {vb!r}')
+  return lines
+
+
+def check_workdir(cfg: ml_collections.ConfigDict, workdir: str, restart: bool = False) -> None:
+  """Refuse, before any compute, a workdir that is a file or that holds a run of another config
+  (naming the keys that differ); with `restart`, delete its previous outputs instead."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; name a directory '
+                       '(it is created when missing).')
+  if restart:
+    for name in OUTPUTS:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+    return
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return
+  import json
+  with open(path) as f:
+    old = json.load(f)
+  new = json.loads(cfg.to_json())
+  diff = config_differences(old, new)
+  if diff:
+    raise WorkdirError(
+        f'{workdir} holds a run made with another config ({"; ".join(diff)}). Use a new '
+        '--workdir, or pass --restart (ddjax.run(..., restart=True)) to delete its checkpoints '
+        'and outputs and start over.')
+
+
+def build_distiller(cfg: ml_collections.ConfigDict, data: PreparedData, batch_size: int):
+  """The method's distiller, wrapped in BiLP's adaptive pruning and IDC's multi-formation when
+  the config asks for them (IDC outside: it hands BiLP the decoded set)."""
+  distiller = registry.get(cfg.method).build(cfg, data)
+  distiller = bilp_lib.from_config(distiller, cfg, batch_size)
+  return idc_lib.from_config(distiller, cfg)
+
+
+def initial_synthetic(cfg: ml_collections.ConfigDict, data: PreparedData,
+                      distiller) -> tuple[dict, np.ndarray]:
+  """(stored set, classes): class-balanced real (or noise) images, `images_per_stored` per stored
+  image encoded by the distiller, their initial labels, and the method's extra learned entries."""
+  per = distiller.images_per_stored
+  syn = data_lib.init_synthetic(cfg.seed, data.x_train, data.y_train, cfg.distill.ipc * per,
+                                data.num_classes, init=cfg.distill.init,
+                                label_init=cfg.distill.label_init)
+  syn = distiller.encode({k: jnp.asarray(v) for k, v in syn.items()})
+  for key, (value, _) in registry.get(cfg.method).extra_params(cfg).items():
+    syn[key] = jnp.asarray(value)
+  classes = np.repeat(np.arange(data.num_classes), cfg.distill.ipc).astype(np.int32)
+  return syn, classes
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict):
+  """The synthetic set's optimizer: images, labels and the method's extra entries."""
+  spec = registry.get(cfg.method)
+  extra = {k: lr for k, (_, lr) in spec.extra_params(cfg).items()}
+  d = cfg.distill
+  return step_lib.make_syn_optimizer(d.optimizer, d.lr, d.label_lr, spec.steps(cfg),
+                                     learn_label=d.learn_label, schedule=d.schedule,
+                                     extra_lrs=extra or None, momentum=d.momentum)
+
+
+def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, mesh=None):
+  """Run (or resume) the distillation; returns (decoded set, its classes, summary)."""
+  root = jax.random.PRNGKey(cfg.seed)
+  spec = registry.get(cfg.method)
+  batch_size = config_lib.real_batch_size(cfg, data.num_classes)
+  distiller = build_distiller(cfg, data, batch_size)
+  syn, classes = initial_synthetic(cfg, data, distiller)
+  num_steps = spec.steps(cfg)
+  summary = {'steps': 0, 'sec_per_step': 0.0, 'resumed_from': 0}
+  if num_steps > 0:
+    transform = transforms_lib.from_config(cfg.transform)
+    optimizer = make_optimizer(cfg)
+    mesh = mesh or sharding.make_mesh()
+    sharding.check_batch_divisible(batch_size, mesh)
+    state = step_lib.init_state(distiller, transform, optimizer, syn,
+                                jax.random.fold_in(root, KEY_DISTILL_INIT))
+    step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
+    hold = cfg.bilp.adaptive_every if cfg.bilp.adaptive_beta > 0 else 1
+    sampler = loop.make_sampler(data.x_train, data.targets_train, batch_size, cfg.seed,
+                                balanced=config_lib.balanced_batch(cfg), hold=hold)
+    state, summary = loop.run(
+        step_fn, state, sampler, num_steps=num_steps, key=jax.random.fold_in(root, KEY_DISTILL),
+        workdir=workdir, checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
+        log_every=cfg.log.every, mesh=mesh, name=cfg.method)
+    syn = jax.device_get(state.syn)
+  decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
+  classes = np.asarray(distiller.decode_classes(jnp.asarray(classes)))
+  return {k: np.asarray(v) for k, v in decoded.items()}, classes, summary
+
+
+def run_tag(cfg: ml_collections.ConfigDict) -> str:
+  """The method, with '_isa' when any loss transform is on ('frepo_isa', 'kip_isa', ...)."""
+  if cfg.transform.drop_easiest > 0 or cfg.transform.isa_eps > 0:
+    return cfg.method + '_isa'
+  return cfg.method
+
+
+def default_workdir(cfg: ml_collections.ConfigDict) -> str:
+  return os.path.join('runs', f'{run_tag(cfg)}_{cfg.data.name}_ipc{cfg.distill.ipc}_seed{cfg.seed}')
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str | None = None, *, mesh=None,
+        data: PreparedData | None = None, restart: bool = False) -> dict:
+  """The whole job; returns the results dict also written to workdir/results.json.
+
+  workdir: default runs/<method>[_isa]_<dataset>_ipc<k>_seed<s>. data: the prepared dataset when
+  the caller has it already (else loaded from cfg.data). restart: discard a previous run in the
+  workdir instead of resuming it.
+  """
+  t0 = time.perf_counter()
+  config_lib.validate(cfg)
+  workdir = workdir or default_workdir(cfg)
+  check_workdir(cfg, workdir, restart)
+  data = data or load_data(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
+  print(f'[data] {data.dataset!r}, preprocessing {data.pre.kind}', flush=True)
+  pruning = None
+  if cfg.bilp.prune_fraction > 0:
+    data, pruning = preemptive_prune(cfg, data, workdir)
+  syn, classes, summary = distill(cfg, data, workdir, mesh)
+  paths = export.export_distilled(workdir, syn, classes, data.pre, data.class_names)
+  export.plot_curve(workdir, f'{run_tag(cfg)} {cfg.data.name} IPC {cfg.distill.ipc}')
+  print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)
+  results = {
+      'method': cfg.method, 'dataset': cfg.data.name, 'ipc': cfg.distill.ipc, 'seed': cfg.seed,
+      'transform': {'drop_easiest': cfg.transform.drop_easiest,
+                    'isa_eps': cfg.transform.isa_eps},
+      'distill': {'steps': summary['steps'], 'sec_per_step': summary['sec_per_step'],
+                  'resumed_from': summary['resumed_from'], 'devices': jax.device_count()},
+  }
+  if pruning is not None:
+    results['preemptive_pruning'] = pruning
+  if cfg.bilp.adaptive_beta > 0:
+    results['adaptive_pruning'] = {k: cfg.bilp[k] for k in ('adaptive_beta', 'adaptive_mode',
+                                                            'adaptive_every', 'ite')}
+  results.update(evaluation.evaluate(cfg, data, syn))
+  results['wall_seconds'] = time.perf_counter() - t0
+  files.write_json(os.path.join(workdir, 'results.json'), results)
+  print(f'[done] {os.path.join(workdir, "results.json")}', flush=True)
+  return results
