@@ -115,27 +115,27 @@ def test_cli_errors_are_one_line_on_stderr_before_compute(tiny_npz, tmp_path):
   check(_cli('--config=configs/frepo.py:gpu', timeout=120), "unknown preset 'gpu'", "'paper'")
   a_file = tmp_path / 'a_file'
   a_file.write_text('not a directory')
-  tiny = ['--config=configs/frepo.py', '--config.data.name=npz', f'--config.data.dir={tiny_npz}',
-          '--config.model.width=8', '--config.model.depth=2', '--config.distill.batch_size=30',
-          '--config.frepo.num_models=2', '--config.eval.num_models=0', '--config.log.every=1']
+  tiny = ['--config=configs/frepo.py', '--config.data.name=npz', f'--config.data.dir={tiny_npz}']
   check(_cli(*tiny, f'--workdir={a_file}', timeout=120), 'is a file')
-  check(_cli(*tiny, '--config.distill.lr=nan', f'--workdir={tmp_path / "n"}', timeout=120),
-        "distill.lr=nan must be a finite number")
+  check(_cli(*tiny, '--config.distill.lr=nan', '--config.frepo.reg=-1e-6',
+             f'--workdir={tmp_path / "n"}', timeout=120),
+        'distill.lr=nan must be a finite number', 'frepo.reg=-1e-06 must be >= 0')
   assert not (tmp_path / 'n').exists()
-  check(_cli(*tiny, '--config.frepo.reg=-1e-6', f'--workdir={tmp_path / "n"}', timeout=120),
-        'frepo.reg=-1e-06 must be >= 0')
-  # a diverging run: one message naming the step and the last finite checkpoint
-  diverge = _cli(*tiny, '--config.distill.optimizer=sgd', '--config.distill.lr=1e30',
-                 '--config.distill.steps=6', '--config.checkpoint.every=1',
-                 f'--workdir={tmp_path / "d"}')
-  check(diverge, 'diverged by step', 'last finite checkpoint is step')
-  # a finished workdir re-run with another IPC is refused, naming the key and the way out
-  run = tmp_path / 'r'
-  ok = _cli(*tiny, '--config.distill.steps=2', f'--workdir={run}')
-  assert ok.returncode == 0, ok.stderr[-3000:]
-  changed = _cli(*tiny, '--config.distill.steps=2', '--config.distill.ipc=2', f'--workdir={run}')
-  check(changed, 'distill.ipc: 1 -> 2', '--restart')
-  again = _cli(*tiny, '--config.distill.steps=2', '--config.distill.ipc=2', f'--workdir={run}',
-               '--restart')
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert json.load(open(run / 'results.json'))['ipc'] == 2
+
+
+def test_divergence_and_a_changed_workdir_config_stop_with_what_to_do(tiny_npz, tmp_path):
+  from ddjax.runtime.loop import DivergedError
+  cfg = tiny_config(tiny_npz)
+  cfg.eval.num_models = 0
+  diverging = tiny_config(tiny_npz)
+  diverging.eval.num_models, diverging.checkpoint.every = 0, 1
+  diverging.distill.optimizer, diverging.distill.lr = 'sgd', 1e30
+  with pytest.raises(DivergedError, match=r'diverged by step \d.*last finite checkpoint is step'):
+    pipeline.run(diverging, str(tmp_path / 'd'))
+  run = str(tmp_path / 'r')
+  pipeline.run(cfg, run)
+  cfg.distill.ipc = 1
+  cfg.eval.num_models = 1                     # evaluation keys may change on a finished run
+  with pytest.raises(pipeline.WorkdirError, match=r'distill.ipc: 2 -> 1.*--restart'):
+    pipeline.run(cfg, run)
+  assert pipeline.run(cfg, run, restart=True)['ipc'] == 1

@@ -1,7 +1,8 @@
 """Data: dataset sources, preprocessing (standardize, ZCA) and class-balanced sampling.
 
 Sources: `sources` (registry, search order, `load_dataset`), one reader per file format (`idx`,
-`cifar`, `npz`), and `dataset` (the `Dataset` they return).
+`cifar`, `npz`), and `dataset` (the `Dataset` they return); `prepared`: the preprocessed arrays
+every run stage works on.
 """
 from ddjax.data.cifar import load_cifar_dir, load_cifar_tar
 from ddjax.data.dataset import Dataset
@@ -16,6 +17,7 @@ from ddjax.data.preprocess import (
     preprocessor_from_dict,
     preprocessor_to_dict,
 )
+from ddjax.data.prepared import PreparedData, prepare
 from ddjax.data.sampling import (
     centered_one_hot,
     check_ipc,
@@ -33,6 +35,7 @@ from ddjax.data.sources import (
 )
 
 __all__ = [
+    'PreparedData', 'prepare',
     'DATASETS', 'Dataset', 'DatasetNotFoundError', 'Preprocessor', 'apply_preprocessor',
     'candidate_paths', 'centered_one_hot', 'check_ipc', 'class_balanced_indices',
     'default_preprocessing', 'fit_preprocessor', 'init_synthetic', 'invert_preprocessor',

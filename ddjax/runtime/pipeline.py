@@ -14,6 +14,7 @@ made with another config is refused before any compute (`check_workdir`).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -100,7 +101,6 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str, restart: bool = 
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
-  import json
   with open(path) as f:
     old = json.load(f)
   new = json.loads(cfg.to_json())
