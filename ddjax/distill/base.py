@@ -23,7 +23,8 @@ no-ops. Declared capabilities (class attributes, read by wrappers and `make_step
   samples, L(G, S) with G = sum_i g(x_i) (DC, DM): BiLP's ITE works on it
   (`ddjax.scoring.ite.additive_ite_scores`).
 - `decode` / `decode_classes` / `encode` / `images_per_stored`: how a stored set maps to the set
-  the method trains on (identity; IDC's multi-formation overrides them).
+  the method trains on (identity; IDC's multi-formation overrides them); `initial_set`: the set at
+  step 0 (where an optimisation-free method builds its set).
 """
 from __future__ import annotations
 
@@ -98,6 +99,13 @@ class Distiller:
     """Initial stored set from `images_per_stored` real images per stored image."""
     return syn
 
+  def initial_set(self, syn: PyTree, key: Array) -> PyTree:
+    """The stored set at step 0 from the default draw `syn` (class-balanced real or noise images,
+    IPC x `images_per_stored` per class, and their labels): `encode(syn)` for the optimised
+    methods; an optimisation-free method builds its whole set here from what `build` gave it."""
+    del key
+    return self.encode(syn)
+
   def decode(self, syn: PyTree) -> PyTree:
     """The set the method trains on and exports, from the stored one."""
     return syn
@@ -145,6 +153,9 @@ class Wrapper(Distiller):
 
   def encode(self, syn):
     return self.wrapped.encode(syn)
+
+  def initial_set(self, syn, key):
+    return self.wrapped.initial_set(syn, key)
 
   def decode(self, syn):
     return self.wrapped.decode(syn)

@@ -181,6 +181,10 @@ class MultiFormation(Wrapper):
     f2 = self.factor * self.factor
     return {**syn, 'x': encode(syn['x'], self.factor), 'y': syn['y'][::f2]}
 
+  def initial_set(self, syn: PyTree, key: Array) -> PyTree:
+    del key
+    return self.encode(syn)
+
   def decode(self, syn: PyTree) -> PyTree:
     return self.wrapped.decode(self.decoded(syn))
 

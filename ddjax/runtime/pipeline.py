@@ -123,12 +123,14 @@ def build_distiller(cfg: ml_collections.ConfigDict, data: PreparedData, batch_si
 def initial_synthetic(cfg: ml_collections.ConfigDict, data: PreparedData,
                       distiller) -> tuple[dict, np.ndarray]:
   """(stored set, classes): class-balanced real (or noise) images, `images_per_stored` per stored
-  image encoded by the distiller, their initial labels, and the method's extra learned entries."""
+  image, made the step-0 set by the distiller (`initial_set`: encoded for IDC, built from scratch
+  by an optimisation-free method), with the method's extra learned entries."""
   per = distiller.images_per_stored
   syn = data_lib.init_synthetic(cfg.seed, data.x_train, data.y_train, cfg.distill.ipc * per,
                                 data.num_classes, init=cfg.distill.init,
                                 label_init=cfg.distill.label_init)
-  syn = distiller.encode({k: jnp.asarray(v) for k, v in syn.items()})
+  syn = distiller.initial_set({k: jnp.asarray(v) for k, v in syn.items()},
+                              jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_SYN_INIT))
   for key, (value, _) in registry.get(cfg.method).extra_params(cfg).items():
     syn[key] = jnp.asarray(value)
   classes = np.repeat(np.arange(data.num_classes), cfg.distill.ipc).astype(np.int32)
