@@ -20,6 +20,14 @@ Two named protocols, every field overridable through `get_protocol(name, n, **ov
 With `dsa_strategy` set (DSA and DM evaluate with DSA, as their official code), each training
 batch gets one DSA op per step instead of translate / cutout / flip.
 
+'rded' (RDED's validation/main.py; references section 5.2): students trained on soft labels that
+the observer computes online per batch (`ddjax.evaluate.soft_labels`): cutmix images, KL at
+temperature 20 ('batchmean', no T^2 factor, as the official code), AdamW lr 1e-3, betas (0.9,
+0.999), weight decay 0.01 on weights only (arrays with ndim > 1; biases and norms 0), the official
+quarter-cosine lr * 0.5 * (1 + cos(pi * epoch / (2 E))) stepped per epoch (ends at 0.5 lr), batch
+by IPC as argument.py:233-258 (IPC <= 1: 10, <= 10: 50, else 100; x2 for >= 100 classes; at most
+n), 300 epochs, random horizontal flip. Needs `num_classes` for the batch rule.
+
 Augmentation sizes are fractions of the image side, converted to pixels at train time by
 `augment_pixels` (translate 0.125 ~ DSA's crop ratio: 4 px on 32 px; cutout 0.25: 8 px on 32 px).
 Both stand in for FRePo's augmax chain and DSA until ddjax's DSA lands: an approximation.
@@ -30,12 +38,15 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ('adam', 'sgd')
-LOSSES = ('mse', 'ce')
-SCHEDULES = ('warmup_cosine', 'step')
-PROTOCOLS = ('frepo', 'dc')
+LOSSES = ('mse', 'ce', 'kl')
+SCHEDULES = ('warmup_cosine', 'step', 'quarter_cosine')
+PROTOCOLS = ('frepo', 'dc', 'rded')
+RDED_EPOCHS = 300                   # RDED argument.py:114 and its scripts
 
 # FRePo script/eval.py:207-209, keyed by the total number of prototypes.
 FREPO_STEPS_TABLE = {10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000}
@@ -64,6 +75,9 @@ class EvalProtocol:
   cutout_frac: float = 0.0         # cutout square side, fraction of the image side
   flip: bool = False
   dsa_strategy: str = ''           # non-empty: DSA (ddjax.augment.dsa) instead of the basic ops
+  temperature: float = 1.0         # 'kl' loss: softmax temperature of student and teacher
+  steps_per_epoch: int = 0         # 'quarter_cosine': the schedule moves once per epoch
+  decay_weights_only: bool = False  # weight decay on arrays with ndim > 1 only (RDED)
 
   def __post_init__(self):
     for field, value, allowed in (('optimizer', self.optimizer, OPTIMIZERS),
@@ -95,11 +109,23 @@ def frepo_warmup(steps: int) -> int:
   return 500 if steps >= 1000 else steps // 10
 
 
-def get_protocol(name: str, num_prototypes: int, **overrides: Any) -> EvalProtocol:
+def rded_batch_size(num_prototypes: int, num_classes: int) -> int:
+  """RDED's student batch (argument.py:233-258) by IPC = n // K: 10 / 50 / 100 for IPC 1 / 10 /
+  50 (up to 1, 10, larger), doubled for >= 100 classes, at most n."""
+  ipc = max(1, num_prototypes // max(1, num_classes))
+  batch = 10 if ipc <= 1 else 50 if ipc <= 10 else 100
+  if num_classes >= 100:
+    batch *= 2
+  return max(1, min(batch, num_prototypes))
+
+
+def get_protocol(name: str, num_prototypes: int, num_classes: int | None = None,
+                 **overrides: Any) -> EvalProtocol:
   """The named protocol for a synthetic set of `num_prototypes` images, with field overrides.
 
   Derived values follow the overrides unless overridden themselves: 'frepo' warm-up from steps;
-  'dc' steps from epochs and batch_size.
+  'dc' steps from epochs and batch_size; 'rded' steps from epochs and batch_size (its batch rule
+  needs `num_classes`, 10 when not given).
   Raises ValueError for an unknown protocol name or field.
   """
   fields = {f.name for f in dataclasses.fields(EvalProtocol)} - {'name'}
@@ -122,6 +148,15 @@ def get_protocol(name: str, num_prototypes: int, **overrides: Any) -> EvalProtoc
                 schedule='step', warmup_steps=0, decay_at=0.5, decay_factor=0.1, batch_size=batch,
                 steps=epochs * math.ceil(n / batch), epochs=epochs, augment=True,
                 translate_frac=0.125, cutout_frac=0.0, flip=False)
+  elif name == 'rded':
+    epochs = overrides.get('epochs', RDED_EPOCHS)
+    batch = overrides.get('batch_size', rded_batch_size(n, num_classes or 10))
+    per_epoch = math.ceil(n / min(batch, n))
+    base = dict(optimizer='adam', lr=1e-3, momentum=0.0, weight_decay=0.01, loss='kl',
+                schedule='quarter_cosine', warmup_steps=0, batch_size=batch,
+                steps=epochs * per_epoch, epochs=epochs, steps_per_epoch=per_epoch,
+                decay_weights_only=True, temperature=20.0, augment=True, translate_frac=0.0,
+                cutout_frac=0.0, flip=True)
   else:
     raise ValueError(f'unknown protocol {name!r}; allowed: {", ".join(PROTOCOLS)}')
   base.update(overrides)
@@ -135,6 +170,10 @@ def make_schedule(protocol: EvalProtocol) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=p.lr, warmup_steps=p.warmup_steps, decay_steps=p.steps,
         end_value=p.final_lr_fraction * p.lr)
+  if p.schedule == 'quarter_cosine':
+    epochs = max(1, p.steps // max(1, p.steps_per_epoch))
+    per_epoch = max(1, p.steps_per_epoch)
+    return lambda step: p.lr * 0.5 * (1 + jnp.cos(jnp.pi * (step // per_epoch) / (2 * epochs)))
   boundary = int(p.decay_at * p.steps)
   return optax.piecewise_constant_schedule(p.lr, {boundary: p.decay_factor})
 
@@ -147,7 +186,9 @@ def make_optimizer(protocol: EvalProtocol) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(p.weight_decay),
                        optax.sgd(sched, momentum=p.momentum or None))
   if p.weight_decay > 0:
-    return optax.adamw(sched, weight_decay=p.weight_decay)
+    mask = ((lambda params: jax.tree_util.tree_map(lambda a: a.ndim > 1, params))
+            if p.decay_weights_only else None)
+    return optax.adamw(sched, weight_decay=p.weight_decay, mask=mask)
   return optax.adam(sched)
 
 

@@ -1,0 +1,225 @@
+"""The observer (RDED's "teacher"): a classifier trained on the real training set, cached on disk.
+
+RDED scores its candidate patches with an observer and relabels the student's batches with its soft
+labels (`ddjax.evaluate.soft_labels`). The official code downloads observers trained elsewhere
+(and its users hit a label-order mismatch with them, references section 5.4); ddjax trains its
+own with the classifier-training core (`ddjax.models.training`) on the run's own prepared data, so
+labels are in the dataset's order by construction.
+
+An observer directory holds `record.json` and an Orbax checkpoint of the flax variables. The
+record says what the observer was trained on and how (dataset name, train size, image shape,
+preprocessing kind, architecture, seed, epochs, plus its test accuracy, which is not checked):
+
+    obs = get_observer(cfg, data)        # trains once, then reuses cfg.rded.observer_dir
+    logits, _ = obs.model.apply(obs.variables, x, train=False)
+
+A cached observer whose record differs from what the run asks for is refused with the differing
+keys named (`ObserverMismatch`). `rded.observer_checkpoint` names a user's own observer directory
+(any ddjax model, its architecture read from its record): only the data keys are checked then.
+Only the ConvNet family is trained here (ConvNet-3 with batch norm, RDED's observer for 28-32 px);
+ResNet-18 for larger images is not in ddjax yet.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ddjax.augment.basic import augment_batch
+from ddjax.models import build_model, init_model
+from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
+                                   make_train_step)
+from ddjax.runtime import files
+from ddjax.runtime.checkpoint import Checkpointer
+
+RECORD = 'record.json'
+CHECKPOINT = 'checkpoint'
+DATA_KEYS = ('dataset', 'train_size', 'image_shape', 'preprocessing')
+CHECKED_KEYS = DATA_KEYS + ('arch', 'seed', 'epochs')
+KEY_OBSERVER = 5          # the purpose folded into the root key for observer training
+
+
+class ObserverMismatch(ValueError):
+  """A cached or given observer was made for other data, another architecture or budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Observer:
+  """A trained observer: model, variables, where it lives and its record."""
+  model: nn.Module
+  variables: Any
+  path: str
+  record: dict
+  trained_now: bool
+
+  def reference(self) -> dict:
+    """What results.json keeps: the checkpoint path, its record and test accuracy."""
+    return {'checkpoint': os.path.join(self.path, CHECKPOINT), 'record': self.record,
+            'test_acc': self.record.get('test_acc'), 'trained_now': self.trained_now}
+
+
+def _log(line: str) -> None:
+  print('[observer] ' + line, flush=True)
+
+
+def arch_of(cfg: ml_collections.ConfigDict) -> dict:
+  """The observer's architecture (`ddjax.models.build_model` keywords plus `arch`)."""
+  r = cfg.rded
+  return {'arch': 'convnet', 'depth': int(r.observer_depth), 'width': int(r.observer_width),
+          'double_width': False, 'norm': 'batch', 'pooling': 'avg'}
+
+
+def wanted_record(cfg: ml_collections.ConfigDict, data) -> dict:
+  """The record an observer of this run must have."""
+  return {'dataset': str(data.dataset.name), 'train_size': int(len(data.y_train)),
+          'image_shape': [int(d) for d in data.x_train.shape[1:]],
+          'preprocessing': str(data.pre.kind), 'arch': arch_of(cfg), 'seed': int(cfg.seed),
+          'epochs': int(cfg.rded.observer_epochs)}
+
+
+def record_differences(have: dict, want: dict, keys=CHECKED_KEYS) -> list[str]:
+  """'key: have -> want' for every checked key that differs."""
+  norm = lambda v: json.loads(json.dumps(v))
+  return [f'{k}: {have.get(k, "<absent>")!r} -> {want[k]!r}' for k in keys
+          if norm(have.get(k, '<absent>')) != norm(want[k])]
+
+
+def model_of(record: dict, num_classes: int) -> nn.Module:
+  arch = dict(record['arch'])
+  return build_model(arch.pop('arch'), num_classes, **arch)
+
+
+def load(path: str, num_classes: int) -> tuple[nn.Module, Any, dict]:
+  """(model, variables, record) of the observer directory `path`."""
+  with open(os.path.join(path, RECORD)) as f:
+    record = json.load(f)
+  model = model_of(record, num_classes)
+  template = init_model(model, jax.random.PRNGKey(0), [1] + list(record['image_shape']))
+  ckpt = Checkpointer(os.path.join(path, CHECKPOINT), keep=1)
+  try:
+    restored = ckpt.restore_latest(template)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise ObserverMismatch(f'{path} has {RECORD} but no checkpoint; delete the directory to '
+                           'train the observer again.')
+  return model, restored[1], record
+
+
+def save(path: str, variables: Any, record: dict) -> None:
+  """The checkpoint first, then the record (its presence marks a complete observer)."""
+  ckpt = Checkpointer(os.path.join(path, CHECKPOINT), keep=1)
+  try:
+    ckpt.save(0, variables)
+  finally:
+    ckpt.close()
+  files.write_json(os.path.join(path, RECORD), record)
+
+
+def logits_fn(model: nn.Module):
+  return jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0])
+
+
+def test_accuracy(model: nn.Module, variables: Any, x: np.ndarray, y: np.ndarray,
+                  batch: int = 1000) -> float:
+  apply = logits_fn(model)
+  hits = 0
+  for s in range(0, len(y), batch):
+    hits += int(np.sum(np.asarray(apply(variables, jnp.asarray(x[s:s + batch]))).argmax(-1)
+                       == y[s:s + batch]))
+  return hits / max(1, len(y))
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs: int,
+          batch_size: int = 256, lr: float = 1e-3, flip: bool = False,
+          translate: int = 0) -> Any:
+  """Variables of `model` trained with cross-entropy on (x (N,H,W,C), y (N,) ints): Adam at `lr`,
+  cosine decay to 0 over `epochs` epochs of `epoch_batches`, optional translate / flip."""
+  n = len(y)
+  steps_per_epoch = -(-n // max(1, min(batch_size, n)))
+  opt = optax.adam(optax.cosine_decay_schedule(lr, max(1, epochs * steps_per_epoch)))
+  augment = None
+  if flip or translate:
+    augment = lambda k, xb: augment_batch(k, xb, translate=translate, flip=flip)
+  step = make_train_step(model, opt, cross_entropy, augment)
+  k_init, k_loop = jax.random.split(key)
+  carry = fresh_carry(model, k_init, x.shape[1:], opt)
+  x_dev, y_dev = jnp.asarray(x), jnp.asarray(y, jnp.int32)
+
+  @jax.jit
+  def one(carry, idx, k):
+    return step(carry, x_dev[idx], y_dev[idx], k)
+
+  t0 = time.perf_counter()
+  for epoch in range(epochs):
+    k_epoch = jax.random.fold_in(k_loop, epoch)
+    batches = epoch_batches(k_epoch, n, batch_size)
+    losses = []
+    for b in range(batches.shape[0]):
+      carry, loss = one(carry, batches[b], jax.random.fold_in(k_epoch, b + 1))
+      losses.append(loss)
+    _log(f'epoch {epoch + 1}/{epochs}: loss {float(jnp.mean(jnp.stack(losses))):.4f} '
+         f'({time.perf_counter() - t0:.0f} s)')
+  return carry_variables(carry)
+
+
+def default_dir(cfg: ml_collections.ConfigDict, data) -> str:
+  """rded.observer_dir, or runs/observers/<dataset>_<arch>_seed<s> (shared by every run started
+  from the same directory: the pipeline does not hand its workdir to a method's build)."""
+  if cfg.rded.observer_dir:
+    return cfg.rded.observer_dir
+  a = arch_of(cfg)
+  return os.path.join('runs', 'observers',
+                      f'{data.dataset.name}_{a["arch"]}{a["depth"]}w{a["width"]}_seed{cfg.seed}')
+
+
+def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
+  """The run's observer: the user's (`rded.observer_checkpoint`, data keys checked), else the
+  cached one in the observer directory (every key checked), else one trained now and cached.
+
+  Raises ObserverMismatch naming the keys that differ and what to do."""
+  want = wanted_record(cfg, data)
+  if cfg.rded.observer_checkpoint:
+    path = cfg.rded.observer_checkpoint
+    model, variables, record = load(path, data.num_classes)
+    diff = record_differences(record, want, DATA_KEYS)
+    if diff:
+      raise ObserverMismatch(f'rded.observer_checkpoint={path} was trained on other data '
+                             f'({"; ".join(diff)}); give an observer of this dataset.')
+    _log(f'user observer {path} (test acc {record.get("test_acc")})')
+    return Observer(model, variables, path, record, False)
+  path = default_dir(cfg, data)
+  if os.path.exists(os.path.join(path, RECORD)):
+    with open(os.path.join(path, RECORD)) as f:
+      have = json.load(f)
+    diff = record_differences(have, want)
+    if diff:
+      raise ObserverMismatch(
+          f'the cached observer in {path} was made for another run ({"; ".join(diff)}); set '
+          'rded.observer_dir to another directory, or delete this one to train again.')
+    model, variables, record = load(path, data.num_classes)
+    _log(f'reusing {path} (test acc {record.get("test_acc")})')
+    return Observer(model, variables, path, record, False)
+  model = model_of(want, data.num_classes)
+  r = cfg.rded
+  _log(f'training {want["arch"]} on {want["train_size"]} images for {want["epochs"]} epochs')
+  t0 = time.perf_counter()
+  key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_OBSERVER)
+  variables = train(model, data.x_train, data.y_train, key, int(r.observer_epochs),
+                    int(r.observer_batch_size), float(r.observer_lr), bool(r.observer_flip),
+                    int(r.observer_translate))
+  seconds = time.perf_counter() - t0
+  record = dict(want, test_acc=test_accuracy(model, variables, data.x_test, data.y_test),
+                train_seconds=seconds)
+  save(path, variables, record)
+  _log(f'test accuracy {100 * record["test_acc"]:.2f} % after {seconds:.0f} s; cached in {path}')
+  return Observer(model, variables, path, record, True)
