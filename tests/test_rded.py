@@ -213,3 +213,16 @@ def test_rded_end_to_end_run(tiny_npz, tmp_path):
   obs = observer_lib.get_observer(cfg, ddjax.runtime.pipeline.load_data(cfg))
   pred = np.asarray(obs.model.apply(obs.variables, jnp.asarray(out['x']), train=False)[0])
   assert (pred.argmax(-1) == out['classes']).mean() >= 0.5
+
+
+def test_rded_protocol_evaluates_another_methods_set(tiny_npz, tmp_path):
+  import ddjax
+  from ddjax.config import method_config
+  cfg = method_config('random_subset')
+  base = _obs_cfg(tiny_npz, tmp_path / 'obs', eval_epochs=2)
+  cfg.data, cfg.eval.model, cfg.rded, cfg.distill.ipc = base.data, base.eval.model, base.rded, 2
+  cfg.eval.num_models, cfg.eval.protocol = 1, 'rded'
+  results = ddjax.run(cfg, str(tmp_path / 'run'))
+  assert results['eval']['protocol'] == 'rded' and results['eval']['epochs'] == 2
+  assert results['eval']['steps'] == 2                    # 6 images, batch 6 (IPC 2 -> 50, at most n)
+  assert 'best_last20_mean' in results['eval'] and results['observer']['trained_now']

@@ -198,6 +198,9 @@ class RDED(Distiller):
     classes = np.repeat(np.arange(self.num_classes), self.ipc)
     self.selection = {'source_indices': idx.tolist(), 'losses': losses.tolist(),
                       'seconds': seconds, 'ms_per_image': 1000 * seconds / len(classes)}
+    if self.progress is not None:
+      self.progress(f'selected {len(classes)} images from {len(idx)} patches in {seconds:.1f} s '
+                    f'({self.selection["ms_per_image"]:.1f} ms per image, compilation included)')
     return {'x': jnp.asarray(x), 'y': jax.nn.one_hot(classes, self.num_classes)}
 
   def initial_set(self, syn, key):

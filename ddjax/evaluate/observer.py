@@ -159,7 +159,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs
   def one(carry, idx, k):
     return step(carry, x_dev[idx], y_dev[idx], k)
 
-  t0 = time.perf_counter()
+  t0 = last = time.perf_counter()
   for epoch in range(epochs):
     k_epoch = jax.random.fold_in(k_loop, epoch)
     batches = epoch_batches(k_epoch, n, batch_size)
@@ -167,6 +167,10 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs
     for b in range(batches.shape[0]):
       carry, loss = one(carry, batches[b], jax.random.fold_in(k_epoch, b + 1))
       losses.append(loss)
+      if time.perf_counter() - last > 30:        # a progress line every 30 s
+        last = time.perf_counter()
+        _log(f'epoch {epoch + 1}/{epochs}: batch {b + 1}/{batches.shape[0]}, loss '
+             f'{float(loss):.4f} ({last - t0:.0f} s)')
     _log(f'epoch {epoch + 1}/{epochs}: loss {float(jnp.mean(jnp.stack(losses))):.4f} '
          f'({time.perf_counter() - t0:.0f} s)')
   return carry_variables(carry)
