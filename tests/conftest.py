@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 # Tests run on CPU in float32; keep XLA from grabbing every core's worth of threads per test.
@@ -56,3 +57,28 @@ def tiny_config(npz_path, **distill):
   cfg.log.every = 1
   cfg.distill.update(distill)
   return cfg
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_shipped_config(name, preset=''):
+  """configs/<name>.py's get_config(preset), loaded by path as the CLI does."""
+  spec = importlib.util.spec_from_file_location(f'shipped_{name}',
+                                                os.path.join(ROOT, 'configs', name + '.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def run_shipped(name, workdir, overrides):
+  """ddjax.run of a shipped config with dotted-key overrides ({'distill.ipc': 2}), in process."""
+  from ddjax.runtime import pipeline
+  cfg = load_shipped_config(name)
+  for key, value in overrides.items():
+    *path, leaf = key.split('.')
+    node = cfg
+    for part in path:
+      node = node[part]
+    node[leaf] = value
+  return pipeline.run(cfg, str(workdir))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import run_shipped, tiny_config
 from ddjax.runtime import pipeline
 from ddjax import transforms as T
 from ddjax.distill import step as step_lib
@@ -302,21 +302,14 @@ def test_preemptive_pruning_in_a_run_keeps_the_lowest_loss_half_and_caches_score
   assert not os.path.exists(str(tmp_path / 'other_run' / 'scores'))
 
 
-def test_cli_bilp_dm_end_to_end(tiny_npz, tmp_path):
-  import subprocess
+def test_bilp_dm_end_to_end(tiny_npz, tmp_path):
   workdir = tmp_path / 'run'
-  args = [sys.executable, '-m', 'ddjax.main', '--config=configs/bilp_dm.py',
-          '--config.data.name=npz', f'--config.data.dir={tiny_npz}', '--config.model.width=8',
-          '--config.model.depth=2', '--config.eval.model.width=8', '--config.eval.model.depth=2',
-          '--config.distill.ipc=1', '--config.distill.steps=4', '--config.distill.batch_per_class=10',
-          '--config.bilp.score_trials=1', '--config.bilp.score_epochs=1',
-          '--config.bilp.score_width=4', '--config.bilp.adaptive_every=2',
-          '--config.eval.num_models=1', '--config.eval.steps=10', '--config.log.every=1',
-          f'--workdir={workdir}']
-  proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.load(open(workdir / 'results.json'))
+  results = run_shipped('bilp_dm', workdir, {
+      'data.name': 'npz', 'data.dir': tiny_npz, 'model.width': 8, 'model.depth': 2,
+      'eval.model.width': 8, 'eval.model.depth': 2, 'distill.ipc': 1, 'distill.steps': 4,
+      'distill.batch_per_class': 10, 'bilp.score_trials': 1, 'bilp.score_epochs': 1,
+      'bilp.score_width': 4, 'bilp.adaptive_every': 2, 'eval.num_models': 1, 'eval.steps': 10,
+      'log.every': 1})
   assert results['preemptive_pruning']['kept'] == 60
   assert results['adaptive_pruning']['adaptive_beta'] == 0.3
   assert os.path.exists(workdir / 'kept_indices.npz')

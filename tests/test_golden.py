@@ -6,13 +6,12 @@ ISA, KIP + ISA, RFAD with its learned Platt temperature, DM, and DSA on IDC's mu
 both BiLP levels). A structural change must leave them equal to float tolerance; a deliberate
 change of a method's behaviour regenerates its file (and says so in the commit).
 """
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 
-from conftest import make_tiny_arrays
+from conftest import load_shipped_config, make_tiny_arrays
 from ddjax.runtime import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,11 +19,7 @@ GOLDEN = os.path.join(ROOT, 'tests', 'golden')
 
 
 def _config(name, npz):
-  spec = importlib.util.spec_from_file_location(f'golden_{name}',
-                                                os.path.join(ROOT, 'configs', name + '.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config('')
+  cfg = load_shipped_config(name)
   cfg.data.name, cfg.data.dir = 'npz', npz
   cfg.model.width, cfg.model.depth = 8, 2
   cfg.eval.num_models = 0

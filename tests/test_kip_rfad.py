@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import TINY_CLASSES, TINY_SHAPE, make_tiny_arrays
+from conftest import TINY_CLASSES, TINY_SHAPE, make_tiny_arrays, run_shipped
 from ddjax import config as config_lib
 from ddjax import transforms as T
 from ddjax.data import centered_one_hot, init_synthetic
@@ -155,19 +155,13 @@ def test_kernel_configs_validate_and_reject_isa_with_platt():
 
 
 @pytest.mark.parametrize('config', ['kip_isa', 'rfad'])
-def test_cli_end_to_end_kernel_methods(config, tiny_npz, tmp_path):
-  import subprocess
+def test_end_to_end_kernel_methods(config, tiny_npz, tmp_path):
   workdir = tmp_path / 'run'
-  args = [sys.executable, '-m', 'ddjax.main', f'--config=configs/{config}.py',
-          '--config.data.name=npz', f'--config.data.dir={tiny_npz}', '--config.kernel.depth=2',
-          '--config.eval.model.width=8', '--config.eval.model.depth=2', '--config.distill.ipc=2',
-          '--config.distill.steps=4', '--config.distill.batch_size=30', '--config.rfad.width=8',
-          '--config.rfad.num_models=2', '--config.eval.num_models=1', '--config.eval.steps=10',
-          '--config.eval.kernel_krr_test=40', '--config.log.every=2', f'--workdir={workdir}']
-  proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.load(open(workdir / 'results.json'))
+  results = run_shipped(config, workdir, {
+      'data.name': 'npz', 'data.dir': tiny_npz, 'kernel.depth': 2, 'eval.model.width': 8,
+      'eval.model.depth': 2, 'distill.ipc': 2, 'distill.steps': 4, 'distill.batch_size': 30,
+      'rfad.width': 8, 'rfad.num_models': 2, 'eval.num_models': 1, 'eval.steps': 10,
+      'eval.kernel_krr_test': 40, 'log.every': 2})
   assert results['method'] == config.split('_')[0] and results['distill']['steps'] == 4
   kk = results['kernel_krr_eval']
   assert 0 <= kk['acc'] <= 1 and kk['test_images'] == 40

@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import run_shipped
 from ddjax import transforms as T
 from ddjax.distill import step as step_lib
 from ddjax.distill.dc import DC, dc_loops
@@ -264,26 +265,16 @@ def test_matching_configs_validate():
 
 
 @pytest.mark.parametrize('config,extra', [
-    ('dm', []),
-    ('idc', ['--config.dc.iterations=2']),
+    ('dm', {}),
+    ('idc', {'dc.iterations': 2}),
 ])
-def test_cli_end_to_end_matching_methods(config, extra, tiny_npz, tmp_path):
-  import json
-  import os
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def test_end_to_end_matching_methods(config, extra, tiny_npz, tmp_path):
   workdir = tmp_path / 'run'
-  args = [sys.executable, '-m', 'ddjax.main', f'--config=configs/{config}.py',
-          '--config.data.name=npz', f'--config.data.dir={tiny_npz}', '--config.model.width=8',
-          '--config.model.depth=2', '--config.eval.model.width=8', '--config.eval.model.depth=2',
-          '--config.distill.ipc=1', '--config.distill.steps=3', '--config.distill.batch_per_class=10',
-          '--config.eval.num_models=1', '--config.eval.steps=10', '--config.log.every=1',
-          f'--workdir={workdir}'] + extra
-  proc = subprocess.run(args, cwd=root, capture_output=True, text=True, timeout=600,
-                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = json.load(open(workdir / 'results.json'))
+  results = run_shipped(config, workdir, {
+      'data.name': 'npz', 'data.dir': tiny_npz, 'model.width': 8, 'model.depth': 2,
+      'eval.model.width': 8, 'eval.model.depth': 2, 'distill.ipc': 1, 'distill.steps': 3,
+      'distill.batch_per_class': 10, 'eval.num_models': 1, 'eval.steps': 10, 'log.every': 1,
+      **extra})
   assert 0 <= results['eval']['acc_mean'] <= 1
   npz = np.load(workdir / 'distilled.npz')
   if config == 'idc':   # DC iterations x outer_loop (1 at IPC 1); 1 stored image -> 4 decoded
