@@ -41,6 +41,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg.width = 64
   cfg.double_width = False
   cfg.norm = 'none'
+  cfg.norm_placement = 'dc'           # dc: conv -> norm | frepo: FRePo's (ddjax.models.convnet)
+  cfg.bn_momentum = 0.9               # flax's convention (PyTorch's 0.1); FRePo: 0.1
   cfg.pooling = 'avg'
   cfg.mlp_widths = (256, 256)
   cfg.update(overrides)
@@ -73,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distill.label_lr = 3e-3         # FRePo: 3e-4
   cfg.distill.learn_label = True
   cfg.distill.schedule = 'cosine'
+  cfg.distill.end_fraction = 0.0      # cosine ends at this fraction of the rates (FRePo: 0.1)
   cfg.distill.init = 'real'           # real | noise
   cfg.distill.label_init = 'centered_one_hot'
 
@@ -218,7 +221,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   from ddjax.data import DATASETS           # local imports keep `import ddjax.config` light
   from ddjax.evaluate import PROTOCOLS
   from ddjax.kernels.architectures import KERNEL_ARCHITECTURES
-  from ddjax.models import ARCHITECTURES, NORMS, POOLINGS
+  from ddjax.models import ARCHITECTURES, NORM_PLACEMENTS, NORMS, POOLINGS
 
   errors = []
   known = _keys(base_config())
@@ -234,6 +237,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors += choice_errors(cfg, f'{block}.arch', ARCHITECTURES)
     errors += choice_errors(cfg, f'{block}.norm', NORMS)
     errors += choice_errors(cfg, f'{block}.pooling', POOLINGS)
+    errors += choice_errors(cfg, f'{block}.norm_placement', NORM_PLACEMENTS)
+    errors += fraction_errors(cfg, f'{block}.bn_momentum')
     errors += int_errors(cfg, f'{block}.depth', 1)
     errors += int_errors(cfg, f'{block}.width', 1)
   errors += int_errors(cfg, 'distill.ipc', 1, ' (images per class)')
@@ -242,6 +247,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += int_errors(cfg, 'distill.batch_per_class', 0, ' (0: use distill.batch_size)')
   errors += choice_errors(cfg, 'distill.optimizer', ('lamb', 'adam', 'adabelief', 'sgd'))
   errors += choice_errors(cfg, 'distill.schedule', ('cosine', 'constant'))
+  errors += fraction_errors(cfg, 'distill.end_fraction', closed=True)
   errors += choice_errors(cfg, 'distill.init', ('real', 'noise'))
   errors += choice_errors(cfg, 'distill.label_init', ('centered_one_hot', 'one_hot'))
   errors += choice_errors(cfg, 'kernel.arch', KERNEL_ARCHITECTURES)

@@ -79,13 +79,57 @@ def test_pool_starts_staggered_then_ages_and_resets():
   assert int(state.distiller_state.resets) == resets > 0
 
 
-def test_label_margin_regularizer():
-  x, y, _, _ = make_tiny_arrays()
+def test_label_margin_is_frepos_term_against_numpy():
+  """-mean_i min(top1_i - top2_i, 1/K) over label rows, class-agnostic; off gives 0."""
   model = build_model('mlp', TINY_CLASSES, widths=(8,))
-  d = FRePo(model, FRePoConfig(label_margin=0.5, num_models=1), TINY_SHAPE)
-  classes = jnp.array([0, 1, 2])
-  y_ok = jnp.eye(3) * 2.0                            # margin 2 >= 0.5: no penalty
-  y_bad = jnp.array([[0., 1., 0.], [0., 1., 0.], [0., 0., 0.3]])  # margins -1, 1, 0.3
-  assert float(d.regularizer({'x': None, 'y': y_ok}, classes)) == 0.0
-  np.testing.assert_allclose(d.regularizer({'x': None, 'y': y_bad}, classes),
-                             (1.5 + 0.0 + 0.2) / 3, rtol=1e-6)
+  d = FRePo(model, FRePoConfig(num_models=1), TINY_SHAPE)
+  y = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32)
+  y[2] = [0.5, 0.5, -1.0]                                      # a tie: margin 0
+  top = np.sort(y, axis=1)[:, ::-1]
+  want = -np.mean(np.minimum(top[:, 0] - top[:, 1], 1.0 / 3))
+  got = float(d.regularizer({'x': None, 'y': jnp.asarray(y)}, jnp.zeros(7, jnp.int32)))
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert want < 0 and np.any(top[:, 0] - top[:, 1] > 1.0 / 3)  # both branches of the min
+  off = FRePo(model, FRePoConfig(num_models=1, label_margin=False), TINY_SHAPE)
+  assert float(off.regularizer({'x': None, 'y': jnp.asarray(y)}, None)) == 0.0
+
+
+def test_batch_norm_features_use_running_statistics():
+  """FRePo's features: inference mode, the pool model's running statistics, for any batch."""
+  x, y, _, _ = make_tiny_arrays()
+  model = build_model('convnet', TINY_CLASSES, depth=2, width=8, norm='batch',
+                      norm_placement='frepo', bn_momentum=0.1)
+  d = FRePo(model, FRePoConfig(num_models=1, max_online_updates=5), TINY_SHAPE)
+  syn = {k: jnp.asarray(v) for k, v in init_synthetic(0, x, y, 2, TINY_CLASSES).items()}
+  state = d.init(syn, jax.random.PRNGKey(0))
+  for k in range(3):                       # online training moves the running statistics
+    state = d.update(syn, state, jax.random.PRNGKey(k))
+  variables = jax.tree_util.tree_map(lambda a: a[0], state.variables)
+  assert np.abs(np.asarray(jax.tree_util.tree_leaves(variables['batch_stats'])[0])).max() > 0
+  xb = jnp.asarray(x[:5])
+  _, want = model.apply(variables, xb, train=False)
+  np.testing.assert_allclose(d.features(variables, xb), want, rtol=1e-6)
+  # one image's features do not depend on the batch it comes with (no batch statistics)
+  np.testing.assert_allclose(d.features(variables, xb[:1]), want[:1], rtol=1e-5, atol=1e-6)
+
+
+def test_paper_preset_is_frepos_published_setting():
+  """configs/frepo.py:paper against FRePo's values (script/distill.py, networks.py, eval.py)."""
+  from conftest import load_shipped_config
+  cfg = load_shipped_config('frepo', 'paper')
+  frepo_table = {
+      'model.arch': 'convnet', 'model.depth': 3, 'model.width': 128, 'model.double_width': True,
+      'model.norm': 'batch', 'model.norm_placement': 'frepo', 'model.bn_momentum': 0.1,
+      'distill.optimizer': 'lamb', 'distill.lr': 3e-4, 'distill.label_lr': 3e-4,
+      'distill.schedule': 'cosine', 'distill.end_fraction': 0.1, 'distill.batch_size': 1024,
+      'distill.steps': 500_000, 'distill.learn_label': True,
+      'distill.label_init': 'centered_one_hot', 'frepo.num_models': 10,
+      'frepo.max_online_updates': 100, 'frepo.online_lr': 3e-4, 'frepo.reg': 1e-6,
+      'frepo.label_margin': True, 'eval.model.width': 128, 'eval.model.double_width': True,
+      'eval.model.norm': 'none', 'eval.num_models': 5, 'data.preprocessing': 'auto',
+  }
+  for key, want in frepo_table.items():
+    node = cfg
+    for part in key.split('.'):
+      node = node[part]
+    assert node == want, (key, node, want)

@@ -209,3 +209,28 @@ def test_conv2d_matches_lax_convolution_in_value_first_and_second_order_gradient
   gb = jax.grad(lambda w: jnp.sum(jnp.sin(conv2d(big, w, pad))))(w)
   gb_ref = jax.grad(lambda w: jnp.sum(jnp.sin(ref(big, w))))(w)
   np.testing.assert_allclose(gb, gb_ref, rtol=1e-3, atol=1e-2)
+
+
+def test_frepo_norm_placement_matches_frepos_convnet():
+  """FRePo's ConvNet-3 (networks.py): no norm in block 0, a norm on the input of blocks 1 and 2
+  (128 and 256 channels with doubling), none after the last conv; flax momentum 0.1."""
+  model = ConvNet(10, depth=3, width=128, double_width=True, norm='batch', norm_placement='frepo',
+                  bn_momentum=0.1)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 28, 28, 1)), train=False)
+  shapes = jax.tree_util.tree_map(lambda a: a.shape, variables['params'])
+  assert sorted(k for k in shapes if k.startswith('norm')) == ['norm1', 'norm2']
+  assert shapes['norm1']['scale'] == (128,) and shapes['norm2']['scale'] == (256,)
+  assert shapes['conv2']['kernel'] == (3, 3, 256, 512) and shapes['head']['kernel'] == (8192, 10)
+  # norm before conv: with the norm's scale zeroed, conv1 sees a constant (bias) input
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  params = jax.tree_util.tree_map(lambda a: a, variables['params'])
+  params['norm1'] = {'scale': jnp.zeros(128), 'bias': jnp.zeros(128)}
+  _, feats = model.apply({**variables, 'params': params}, x, train=False)
+  np.testing.assert_allclose(feats, jnp.broadcast_to(feats[:1], feats.shape), rtol=1e-5,
+                             atol=1e-5)
+  # running statistics move by (1 - momentum) of the batch statistics in one train step
+  _, new = model.apply(variables, x, train=True, mutable=['batch_stats'])
+  mean1 = np.asarray(new['batch_stats']['norm1']['mean'])
+  assert np.abs(mean1).max() > 0
+  with pytest.raises(ValueError, match='norm placement'):
+    ConvNet(10, norm_placement='before').init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))

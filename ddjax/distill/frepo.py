@@ -50,8 +50,7 @@ class FRePoConfig:
   online_lr: float = flax.struct.field(pytree_node=False, default=3e-4)        # Adam
   reg: float = flax.struct.field(pytree_node=False, default=1e-6)              # lambda / (tr/n)
   flip: bool = flax.struct.field(pytree_node=False, default=False)             # mirror prototypes
-  batch_stats_features: bool = flax.struct.field(pytree_node=False, default=True)
-  label_margin: float = flax.struct.field(pytree_node=False, default=0.0)      # 0 disables
+  label_margin: bool = flax.struct.field(pytree_node=False, default=True)      # lb_margin_th
 
 
 @flax.struct.dataclass
@@ -113,13 +112,11 @@ class FRePo(Distiller):
   def features(self, variables: PyTree, x: Array) -> Array:
     """Penultimate features f_theta(x), (N, H, W, C) -> (N, D).
 
-    With batch norm the batch's own statistics are used (train mode) and the updated running
-    statistics are discarded, so the meta-loss stays a pure function of (x, variables).
+    In inference mode, as FRePo (`train=False`): a batch-norm model normalises the real and the
+    synthetic images alike with the running statistics its online training keeps, and no
+    gradient flows through the statistics of a 10-image batch.
     """
-    if 'batch_stats' in variables and self.cfg.batch_stats_features:
-      (_, feats), _ = self.model.apply(variables, x, train=True, mutable=['batch_stats'])
-    else:
-      _, feats = self.model.apply(variables, x, train=False)
+    _, feats = self.model.apply(variables, x, train=False)
     return feats
 
   def online_step(self, variables: PyTree, opt_state: PyTree, syn: PyTree):
@@ -170,17 +167,16 @@ class FRePo(Distiller):
     return per_sample_mse(pred, batch['y'])
 
   def regularizer(self, syn: PyTree, classes: Array) -> Array:
-    """Label-margin term on learned labels: mean relu(m - (y[c] - max_{k != c} y[k])).
-
-    classes: (n,) the class each prototype was initialised as. Keeps every learned label's own
-    class ahead of the others by at least `label_margin` (0 disables the term).
-    """
-    if self.cfg.label_margin <= 0:
+    """FRePo's label-margin term on the learned labels: -mean_i min(top1_i - top2_i, 1 / K), with
+    top1_i >= top2_i the two largest entries of label row i (whatever their classes). Rewards a
+    gap between a label's two largest entries up to 1 / K, nothing beyond (0 when off).
+    syn['y']: (n, K); classes unused (the term is class-agnostic)."""
+    del classes
+    if not self.cfg.label_margin:
       return jnp.zeros((), jnp.float32)
     y = syn['y']
-    own = jnp.take_along_axis(y, classes[:, None], axis=1)[:, 0]
-    others = jnp.where(jax.nn.one_hot(classes, y.shape[1], dtype=bool), -jnp.inf, y).max(axis=1)
-    return jnp.mean(jax.nn.relu(self.cfg.label_margin - (own - others)))
+    top2 = jax.lax.top_k(y, 2)[0]
+    return -jnp.mean(jnp.minimum(top2[:, 0] - top2[:, 1], 1.0 / y.shape[1]))
 
   def update(self, syn: PyTree, state: PoolState, key: Array) -> PoolState:
     """FRePo's inner loop: train the model just used one step, reset it if too old, draw the next."""
@@ -212,7 +208,7 @@ def config_block():
   b.online_lr = 1e-3          # FRePo: 3e-4 (Adam)
   b.reg = 1e-6                # lambda = reg * trace(K_SS) / n
   b.flip = 'auto'             # auto: on except for 1-channel (digit / clothing) datasets
-  b.label_margin = 0.0        # > 0 adds the label-margin term
+  b.label_margin = True       # FRePo's label-margin term (always on in FRePo)
   return b
 
 
@@ -221,7 +217,10 @@ def apply_paper_preset(cfg) -> None:
   cfg.model.width = 128
   cfg.model.double_width = True
   cfg.model.norm = 'batch'
+  cfg.model.norm_placement = 'frepo'     # no norm in block 0, norm before conv after it
+  cfg.model.bn_momentum = 0.1            # FRePo's flax BatchNorm
   cfg.distill.steps = 500_000
+  cfg.distill.end_fraction = 0.1         # cosine to 0.1 x lr
   cfg.distill.batch_size = 1024
   cfg.distill.optimizer = 'lamb'
   cfg.distill.lr = 3e-4

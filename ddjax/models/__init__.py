@@ -14,12 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddjax.models.convnet import NORMS, POOLINGS, ConvNet, check_choice
+from ddjax.models.convnet import NORM_PLACEMENTS, NORMS, POOLINGS, ConvNet, check_choice
 from ddjax.models.mlp import MLP
 
 ARCHITECTURES = ('convnet', 'mlp')
 
-__all__ = ['ARCHITECTURES', 'NORMS', 'POOLINGS', 'ConvNet', 'MLP', 'build_model', 'from_config',
+__all__ = ['ARCHITECTURES', 'NORM_PLACEMENTS', 'NORMS', 'POOLINGS', 'ConvNet', 'MLP', 'build_model', 'from_config',
            'init_model']
 
 
@@ -35,6 +35,8 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
       check_choice('norm', kwargs['norm'], NORMS)
     if 'pooling' in kwargs:
       check_choice('pooling', kwargs['pooling'], POOLINGS)
+    if 'norm_placement' in kwargs:
+      check_choice('norm placement', kwargs['norm_placement'], NORM_PLACEMENTS)
     return ConvNet(num_classes=num_classes, **kwargs)
   if 'widths' in kwargs:
     kwargs['widths'] = tuple(kwargs['widths'])  # hashable, so jitted trainers can be cached
@@ -43,11 +45,12 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def from_config(block, num_classes: int) -> nn.Module:
   """The model of a config's model block (`ddjax.config.model_config`: arch, depth, width,
-  double_width, norm, pooling, mlp_widths)."""
+  double_width, norm, norm_placement, bn_momentum, pooling, mlp_widths)."""
   if block.arch == 'mlp':
     return build_model('mlp', num_classes, widths=tuple(block.mlp_widths))
   return build_model(block.arch, num_classes, depth=block.depth, width=block.width,
-                     double_width=block.double_width, norm=block.norm, pooling=block.pooling)
+                     double_width=block.double_width, norm=block.norm, pooling=block.pooling,
+                     norm_placement=block.norm_placement, bn_momentum=block.bn_momentum)
 
 
 def _init(model: nn.Module, key: jax.Array, input_shape: tuple, fast_rng: bool) -> dict:

@@ -17,9 +17,13 @@ Norms (`norm`):
   'batch'     BatchNorm, momentum 0.9, running statistics in the 'batch_stats' collection; call
               `apply(..., train=True, mutable=['batch_stats'])` when training.
 
-Note: FRePo's own code puts the norm before the conv for blocks i >= 1 and swaps batch norm for
-the identity at evaluation; here the DC ordering (conv -> norm) is used for every norm, and FRePo's
-evaluation network is norm='none'.
+Placement (`norm_placement`):
+  'dc'     conv -> norm -> relu -> pool in every block (DC, DSA, DM, MTT).
+  'frepo'  FRePo's ConvNet (lib/models/networks.py): no norm in block 0; in blocks i >= 1 the norm
+           acts on the block's input, norm -> conv -> relu -> pool; nothing after the last conv.
+`bn_momentum` is flax's (running = m * running + (1 - m) * batch): 0.9 is PyTorch's 0.1 (DC);
+FRePo's flax BatchNorm uses 0.1, so its running statistics are mostly the latest batch. FRePo
+evaluates the same family without norm (norm='none').
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 NORMS = ('none', 'instance', 'batch', 'layer')
+NORM_PLACEMENTS = ('dc', 'frepo')
 POOLINGS = ('avg', 'max', 'none')
 _EPS = 1e-5  # PyTorch's default norm epsilon, as in DC/MTT.
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -123,11 +128,15 @@ class ConvNet(nn.Module):
   pooling: str = 'avg'
   kernel_size: int = 3
   pad_1ch_28: bool = True
+  norm_placement: str = 'dc'
+  bn_momentum: float = 0.9
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
     check_choice('norm', self.norm, NORMS)
     check_choice('pooling', self.pooling, POOLINGS)
+    check_choice('norm placement', self.norm_placement, NORM_PLACEMENTS)
+    frepo = self.norm_placement == 'frepo'
     if x.ndim != 4:
       raise ValueError(f'ConvNet expects NHWC input, got shape {x.shape}')
     k = self.kernel_size
@@ -136,9 +145,12 @@ class ConvNet(nn.Module):
       if i == 0 and self.pad_1ch_28 and x.shape[1:] == (28, 28, 1):
         pad = k // 2 + 2
       ch = self.width * (2 ** i) if self.double_width else self.width
+      if frepo and i > 0:
+        x = self._norm(x, train, i)
       x = nn.Conv(ch, (k, k), padding=((pad, pad), (pad, pad)), use_bias=True,
                   conv_general_dilated=_flax_conv, name=f'conv{i}')(x)
-      x = self._norm(x, train, i)
+      if not frepo:
+        x = self._norm(x, train, i)
       x = nn.relu(x)
       if self.pooling == 'avg':
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
@@ -155,6 +167,6 @@ class ConvNet(nn.Module):
       return nn.LayerNorm(epsilon=_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1),
                           name=f'norm{i}')(x)
     if self.norm == 'batch':
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=_EPS,
+      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=_EPS,
                           name=f'norm{i}')(x)
     return x

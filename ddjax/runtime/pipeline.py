@@ -144,7 +144,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict):
   d = cfg.distill
   return step_lib.make_syn_optimizer(d.optimizer, d.lr, d.label_lr, spec.steps(cfg),
                                      learn_label=d.learn_label, schedule=d.schedule,
-                                     extra_lrs=extra or None, momentum=d.momentum)
+                                     end_fraction=d.end_fraction, extra_lrs=extra or None,
+                                     momentum=d.momentum)
 
 
 def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, mesh=None):
