@@ -89,10 +89,11 @@ def validation_epochs(epochs: int) -> list[int]:
 
 def train_student(key: Array, student: nn.Module, teacher: nn.Module, teacher_vars: Any,
                   x: Array, protocol: EvalProtocol,
-                  test: Callable[[Any], float] | None = None) -> tuple[Any, dict]:
+                  test: Callable[[Any], float] | None = None,
+                  progress: Callable[[str], Any] | None = None) -> tuple[Any, dict]:
   """Train a fresh `student` on images x (n, H, W, C) with `teacher`'s online soft labels under
   `protocol` ('rded'); returns (variables, {'final_acc', 'best_last20_acc', 'val_accs'}) where the
-  accuracies come from test(variables) (absent without `test`)."""
+  accuracies come from test(variables) (absent without `test`); progress gets a line every 30 s."""
   x = jnp.asarray(x, jnp.float32)
   n = int(x.shape[0])
   epochs = max(1, protocol.steps // max(1, protocol.steps_per_epoch))
@@ -101,11 +102,15 @@ def train_student(key: Array, student: nn.Module, teacher: nn.Module, teacher_va
   carry = fresh_carry(student, k_init, x.shape[1:], make_optimizer(protocol))
   checks = set(validation_epochs(epochs)) if test is not None else set()
   val = {}
+  t0 = last = time.perf_counter()
   for epoch in range(epochs):
     k_epoch = jax.random.fold_in(k_loop, epoch)
     batches = epoch_batches(k_epoch, n, protocol.batch_size)
     for b in range(batches.shape[0]):
-      carry, _ = step(carry, teacher_vars, x, batches[b], jax.random.fold_in(k_epoch, b + 1))
+      carry, loss = step(carry, teacher_vars, x, batches[b], jax.random.fold_in(k_epoch, b + 1))
+    if progress is not None and time.perf_counter() - last > 30:   # a line every 30 s
+      last = time.perf_counter()
+      progress(f'epoch {epoch + 1}/{epochs}: KL {float(loss):.4f} ({last - t0:.0f} s)')
     if epoch + 1 in checks:
       val[epoch + 1] = test(carry_variables(carry))
   variables = carry_variables(carry)
@@ -128,7 +133,8 @@ def evaluate_soft_label(key: Array, student: nn.Module, observer, x_syn: Array, 
   finals, bests = [], []
   for i, k in enumerate(jax.random.split(key, num_models)):
     t0 = time.perf_counter()
-    _, res = train_student(k, student, observer.model, observer.variables, x_syn, protocol, test)
+    _, res = train_student(k, student, observer.model, observer.variables, x_syn, protocol, test,
+                           progress)
     finals.append(res['final_acc'])
     bests.append(res['best_last20_acc'])
     if progress is not None:
