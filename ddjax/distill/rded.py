@@ -243,13 +243,14 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
+  from ddjax.config import int_errors
   r, errors = cfg.rded, []
   for k in ('pool_per_class', 'crops_per_image', 'score_chunk', 'observer_depth',
             'observer_width', 'observer_epochs', 'observer_batch_size', 'eval_epochs'):
-    if int(r[k]) < 1:
-      errors.append(f'rded.{k}={r[k]} must be >= 1')
-  if r.factor < 0:
-    errors.append(f'rded.factor={r.factor} must be 0 (auto) or >= 1')
+    errors += int_errors(cfg, f'rded.{k}', 1)
+  errors += int_errors(cfg, 'rded.factor', 0, ' (0: 2 at >= 64 px, 1 below)')
+  if errors:
+    return errors
   factor = max(1, int(r.factor))
   if r.pool_per_class < cfg.distill.ipc * factor * factor:
     errors.append(f'rded.pool_per_class={r.pool_per_class} must be at least IPC x factor^2 = '
@@ -270,5 +271,6 @@ def _build(cfg: ml_collections.ConfigDict, data) -> RDED:
 
 registry.register(registry.Method(
     name='rded', build=_build, distiller_class=RDED, block='rded', block_defaults=rded_block,
-    configure=_configure, validate=_validate, presets=registry.PRESETS + ('cifar10', 'cifar100'), steps=lambda cfg: 0, eval_protocol='rded',
+    configure=_configure, validate=_validate, presets=registry.PRESETS + ('cifar10', 'cifar100'),
+    steps=lambda cfg: 0, eval_protocol='rded',
     description='RDED: observer-selected realistic patches, stitched; no optimisation'))

@@ -121,7 +121,8 @@ def make_step(distiller: Distiller, transform: LossTransform,
   return step
 
 
-def init_state(distiller: Distiller, transform: LossTransform, optimizer: optax.GradientTransformation,
+def init_state(distiller: Distiller, transform: LossTransform,
+               optimizer: optax.GradientTransformation,
                syn: PyTree, key: Array) -> DistillState:
   """The state at step 0."""
   chex.assert_rank(syn['x'], 4)
