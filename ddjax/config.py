@@ -17,7 +17,7 @@ import math
 import ml_collections
 
 from ddjax import registry
-from ddjax.distill.base import PER_CLASS, PER_SAMPLE
+from ddjax.distill.base import PER_CLASS, accepts_row_transforms, has_ite_form
 
 PRESETS = registry.PRESETS
 SIGNED_KEYS = ('bilp.score_epoch',)    # numbers that may be negative (-1: the last epoch)
@@ -283,16 +283,17 @@ def _capability_errors(cfg: ml_collections.ConfigDict, spec: registry.Method) ->
   """What the method's declared capabilities rule out (record kind, additive form)."""
   errors = []
   t, b, d = cfg.get('transform', {}), cfg.get('bilp', {}), cfg.get('distill', {})
-  if spec.record != PER_SAMPLE and (t.get('drop_easiest', 0.0) > 0 or t.get('isa_eps', 0.0) > 0):
+  method = spec.distiller_class          # capabilities are class attributes
+  if not accepts_row_transforms(method) and (t.get('drop_easiest', 0.0) > 0
+                                             or t.get('isa_eps', 0.0) > 0):
     errors.append(f'transform.drop_easiest / isa_eps rank or pair real examples; '
-                  f'method={spec.name!r} returns no per-example records ({spec.record}): '
+                  f'method={spec.name!r} returns no per-example records ({method.record}): '
                   'set them to 0.')
-  if spec.record == PER_CLASS:
+  if method.record == PER_CLASS:
     if not d.get('batch_per_class') and not d.get('balanced_batch'):
       errors.append(f'method={spec.name!r} matches per class: set distill.batch_per_class '
                     '(real images per class) or distill.balanced_batch=True.')
-  if b.get('adaptive_beta', 0.0) > 0 and not (spec.record == PER_SAMPLE
-                                              or spec.additive):
+  if b.get('adaptive_beta', 0.0) > 0 and not has_ite_form(method):
     errors.append(f'bilp.adaptive_beta > 0 needs per-sample meta-losses or an additive form '
                   f'of the meta-loss, which method={spec.name!r} does not declare; preemptive '
                   'pruning (bilp.prune_fraction) works for every method.')

@@ -75,14 +75,6 @@ class Method:
   eval_protocol: str = 'frepo'
   description: str = ''
 
-  @property
-  def record(self) -> str:
-    return self.distiller_class.record
-
-  @property
-  def additive(self) -> bool:
-    return self.distiller_class.additive_form is not None
-
 
 _METHODS: dict[str, Method] = {}
 _loaded = False

@@ -327,3 +327,18 @@ def test_run_frepo_isa_with_adaptive_pruning(tiny_npz, tmp_path):
   kept = [r['kept'] for r in log if 'kept' in r]
   # ISA keeps ceil(0.8 * 32) = 26 rows; the BiLP mask zeroes some of them
   assert kept and all(0 < k < 26 for k in kept), kept
+
+
+def test_multiformation_exposes_the_additive_form_of_the_decoded_set():
+  dm = _distillers()[1]
+  mf = MultiFormation(dm, 2)
+  batch, _ = _batch(0, 4)
+  syn = _syn(1, 1)
+  key = jax.random.PRNGKey(2)
+  outer = mf.additive_form(syn, (), batch, key)
+  inner = dm.additive_form(mf.decoded(syn), (), batch, key)
+  assert outer.args[1].shape[:2] == (K, 4)                # 1 stored -> 4 decoded per class
+  for a, b in zip(outer.args, inner.args):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  from ddjax.distill.base import Distiller
+  assert MultiFormation(Distiller(), 2).additive_form is None

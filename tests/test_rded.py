@@ -125,6 +125,8 @@ def test_cutmix_takes_a_box_from_a_partner():
     assert len(values) <= 2 and (i in values or len(values) == 1)
     if len(values) == 2:
       masks.append(out[i, :, :, 0] != i)
+  assert masks, 'cutmix left every image unmixed'      # an identity cutmix fails here
+  assert all(0 < m.mean() < 1 for m in masks)            # a box, not the whole image
   for m in masks[1:]:                     # one box for the whole batch
     np.testing.assert_array_equal(m, masks[0])
 

@@ -41,6 +41,17 @@ PER_CLASS = 'per_class'
 NO_META_LOSS = 'none'      # a method that takes no steps (the random-subset baseline)
 
 
+def accepts_row_transforms(distiller) -> bool:
+  """Whether row transforms (drop-easiest, ISA, BiLP's row weights) apply: one record per real
+  example. `distiller`: an instance or a class (capabilities are class attributes)."""
+  return distiller.record == PER_SAMPLE
+
+
+def has_ite_form(distiller) -> bool:
+  """Whether BiLP's ITE applies: per-sample meta-losses or a declared additive form."""
+  return accepts_row_transforms(distiller) or distiller.additive_form is not None
+
+
 class AdditiveForm(NamedTuple):
   """A meta-loss that is additive over real samples, class by class (BiLP's Eq. 6-7 setting).
 

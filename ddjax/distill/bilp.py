@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ddjax.distill.base import PER_SAMPLE, Distiller, Wrapper
+from ddjax.distill.base import Distiller, Wrapper, accepts_row_transforms, has_ite_form
 from ddjax.scoring import ite as ite_lib
 from ddjax.scoring import selection as selection_lib
 
@@ -50,11 +50,6 @@ class BiLPState:
   mask (B,) of the current real batch, in batch order."""
   wrapped_state: PyTree
   selection: selection_lib.SelectionState
-
-
-def supports_adaptive_pruning(distiller: Distiller) -> bool:
-  """Per-sample meta-losses, or a declared additive form of the meta-loss."""
-  return distiller.record == PER_SAMPLE or distiller.additive_form is not None
 
 
 class AdaptivePruning(Wrapper):
@@ -74,7 +69,7 @@ class AdaptivePruning(Wrapper):
   def __init__(self, wrapped: Distiller, batch_size: int, beta: float = 0.3, mode: str = 'both',
                momentum: float = 0.1, every: int = 10, ite_method: str = 'first_order',
                chunk_size: int | None = None, sketch_dim: int = 64):
-    if not supports_adaptive_pruning(wrapped):
+    if not has_ite_form(wrapped):
       raise ValueError(f'BiLP adaptive pruning needs per-sample meta-losses or an additive form '
                        f'of the meta-loss; {wrapped.name} declares neither (record '
                        f'{wrapped.record!r}, no additive_form). Set bilp.adaptive_beta=0 for it '
@@ -98,7 +93,7 @@ class AdaptivePruning(Wrapper):
     """||ITE||_2 of every real sample of `batch`, (B,) in batch order, for the meta-loss that
     `wrapped.per_sample(syn, wrapped_state, batch, key)` computes."""
     frozen = jax.lax.stop_gradient(syn)
-    if self.wrapped.record == PER_SAMPLE:
+    if accepts_row_transforms(self.wrapped):
       losses = lambda x: self.wrapped.per_sample({**frozen, 'x': x}, wrapped_state, batch,
                                                  key).loss
       probe_key = jax.random.fold_in(key, 1) if self.ite_method == 'sketch' else None
@@ -122,7 +117,7 @@ class AdaptivePruning(Wrapper):
 
   def per_sample(self, syn: PyTree, state: BiLPState, batch: dict[str, Array], key: Array):
     weight = state.selection.mask.astype(jnp.float32)
-    if self.wrapped.record == PER_SAMPLE:    # the mean over the kept rows (PerSample.weight)
+    if accepts_row_transforms(self.wrapped):    # the mean over the kept rows (PerSample.weight)
       return self.wrapped.per_sample(syn, state.wrapped_state, batch, key).replace(weight=weight)
     return self.wrapped.per_sample(syn, state.wrapped_state, {**batch, 'weight': weight}, key)
 

@@ -320,13 +320,13 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
   from ddjax.config import choice_errors, fraction_errors, int_errors
   from ddjax.distill.matching import METRICS
-  d = cfg.dc
   errors = choice_errors(cfg, 'dc.metric', METRICS) + fraction_errors(cfg, 'dc.layer_fraction')
   for key in ('iterations', 'outer_loop', 'inner_loop'):
     errors += int_errors(cfg, f'dc.{key}', 0, " (0: DC's rule by IPC)")
-  if not (d.outer_loop and d.inner_loop) and cfg.distill.ipc not in DC_LOOPS:
-    errors.append(f'DC defines (outer_loop, inner_loop) only for IPC in {sorted(DC_LOOPS)}; for '
-                  f'IPC {cfg.distill.ipc} set dc.outer_loop and dc.inner_loop.')
+  try:
+    loops_from_config(cfg)            # DC's rule by IPC, unless both loops are set
+  except ValueError as e:
+    errors.append(str(e))
   return errors
 
 

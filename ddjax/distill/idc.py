@@ -173,6 +173,15 @@ class MultiFormation(Wrapper):
     return self.wrapped.update(self.decoded(syn), state, key)
 
   @property
+  def additive_form(self):
+    """The wrapped distiller's additive form, taken on the decoded set (None when it has none)."""
+    form = self.wrapped.additive_form
+    if form is None:
+      return None
+    return lambda syn, state, batch, key, chunk_size=None: form(self.decoded(syn), state, batch,
+                                                                 key, chunk_size)
+
+  @property
   def images_per_stored(self) -> int:
     return self.factor * self.factor * self.wrapped.images_per_stored
 

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddjax.distill.base import PER_SAMPLE, Distiller
+from ddjax.distill.base import Distiller, accepts_row_transforms
 from ddjax.transforms.base import LossTransform, mean_loss
 
 Array = jax.Array
@@ -78,7 +78,7 @@ def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
 def check_composable(distiller: Distiller, transform: LossTransform) -> None:
   """ValueError when `transform` works on real-example rows and `distiller` returns per-class
   records (ISA or drop-easiest on DC / DM would rank classes, not samples)."""
-  if transform.per_row and distiller.record != PER_SAMPLE:
+  if transform.per_row and not accepts_row_transforms(distiller):
     raise ValueError(f'loss transform {transform.name} ranks or pairs real examples, but '
                      f'{distiller.name} returns no per-example records ({distiller.record}); '
                      'turn the transform off (transform.drop_easiest=0, transform.isa_eps=0) '

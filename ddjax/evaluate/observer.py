@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from ddjax.augment.basic import augment_batch
+from ddjax.evaluate.train import accuracy
 from ddjax.models import build_model, init_model
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
                                    make_train_step)
@@ -125,20 +126,6 @@ def save(path: str, variables: Any, record: dict) -> None:
   files.write_json(os.path.join(path, RECORD), record)
 
 
-def logits_fn(model: nn.Module):
-  return jax.jit(lambda variables, x: model.apply(variables, x, train=False)[0])
-
-
-def test_accuracy(model: nn.Module, variables: Any, x: np.ndarray, y: np.ndarray,
-                  batch: int = 1000) -> float:
-  apply = logits_fn(model)
-  hits = 0
-  for s in range(0, len(y), batch):
-    hits += int(np.sum(np.asarray(apply(variables, jnp.asarray(x[s:s + batch]))).argmax(-1)
-                       == y[s:s + batch]))
-  return hits / max(1, len(y))
-
-
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs: int,
           batch_size: int = 256, lr: float = 1e-3, flip: bool = False,
           translate: int = 0) -> Any:
@@ -222,7 +209,7 @@ def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
                     int(r.observer_batch_size), float(r.observer_lr), bool(r.observer_flip),
                     int(r.observer_translate))
   seconds = time.perf_counter() - t0
-  record = dict(want, test_acc=test_accuracy(model, variables, data.x_test, data.y_test),
+  record = dict(want, test_acc=accuracy(model, variables, data.x_test, data.y_test),
                 train_seconds=seconds)
   save(path, variables, record)
   _log(f'test accuracy {100 * record["test_acc"]:.2f} % after {seconds:.0f} s; cached in {path}')

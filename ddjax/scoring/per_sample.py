@@ -250,7 +250,7 @@ def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: in
     k_init, k_data = jax.random.split(jax.random.fold_in(key, t))
     carry = init(k_init)
     for e in range(epochs):
-      for idx in epoch_batches(jax.random.fold_in(k_data, e), n, batch_size):
+      for idx in np.asarray(epoch_batches(jax.random.fold_in(k_data, e), n, batch_size)):
         carry = step(carry, x, labels, idx)
       scores = score_dataset(model, carry_variables(carry), x, labels, ('loss', 'el2n', 'correct'),
                              score_batch_size)
