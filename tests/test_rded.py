@@ -228,3 +228,35 @@ def test_rded_protocol_evaluates_another_methods_set(tiny_npz, tmp_path):
   assert results['eval']['protocol'] == 'rded' and results['eval']['epochs'] == 2
   assert results['eval']['steps'] == 2                    # 6 images, batch 6 (IPC 2 -> 50, at most n)
   assert 'best_last20_mean' in results['eval'] and results['observer']['trained_now']
+
+
+def test_validation_epochs_are_the_last_fifth():
+  assert soft_labels.validation_epochs(300) == list(range(250, 301, 10))
+  assert soft_labels.validation_epochs(10) == [9, 10]
+  assert soft_labels.validation_epochs(1) == [1]
+
+
+def test_students_learn_the_teachers_soft_labels():
+  """A constant teacher (its head bias only): the student's tempered softmax moves to the
+  teacher's, not to any hard label of the images."""
+  from ddjax.models import build_model
+  from ddjax.models.training import fresh_carry
+  k = TINY_CLASSES
+  teacher = build_model('mlp', k, widths=(4,))
+  t_vars = teacher.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 1)), train=False)
+  t_vars = jax.tree_util.tree_map(jnp.zeros_like, t_vars)
+  bias = jnp.asarray([6.0, 0.0, -6.0])[:k]
+  t_vars['params']['head']['bias'] = bias
+  student = build_model('mlp', k, widths=(4,))
+  protocol = get_protocol('rded', 8, k, lr=0.2, epochs=60)
+  step = soft_labels._student_step(student, teacher, protocol)
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 6, 6, 1))
+  from ddjax.evaluate import make_optimizer
+  carry = fresh_carry(student, jax.random.PRNGKey(2), (6, 6, 1), make_optimizer(protocol))
+  kl = lambda c: float(soft_labels.soft_kl(
+      student.apply({'params': c[0]}, x, train=False)[0], jnp.broadcast_to(bias, (8, k)),
+      protocol.temperature))
+  before = kl(carry)
+  for s in range(60):
+    carry, _ = step(carry, t_vars, x, jnp.arange(8), jax.random.PRNGKey(10 + s))
+  assert kl(carry) < 0.2 * before, (before, kl(carry))

@@ -99,10 +99,15 @@ def model_of(record: dict, num_classes: int) -> nn.Module:
   return build_model(arch.pop('arch'), num_classes, **arch)
 
 
-def load(path: str, num_classes: int) -> tuple[nn.Module, Any, dict]:
-  """(model, variables, record) of the observer directory `path`."""
+def read_record(path: str) -> dict:
   with open(os.path.join(path, RECORD)) as f:
-    record = json.load(f)
+    return json.load(f)
+
+
+def load(path: str, num_classes: int, record: dict | None = None) -> tuple[nn.Module, Any, dict]:
+  """(model, variables, record) of the observer directory `path` (`record`: its record.json,
+  when the caller has read it already)."""
+  record = record if record is not None else read_record(path)
   model = model_of(record, num_classes)
   template = init_model(model, jax.random.PRNGKey(0), [1] + list(record['image_shape']))
   ckpt = Checkpointer(os.path.join(path, CHECKPOINT), keep=1)
@@ -143,8 +148,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs
   x_dev, y_dev = jnp.asarray(x), jnp.asarray(y, jnp.int32)
 
   @jax.jit
-  def one(carry, idx, k):
-    return step(carry, x_dev[idx], y_dev[idx], k)
+  def one(carry, x_all, y_all, idx, k):   # the data as arguments, not compiled-in constants
+    return step(carry, x_all[idx], y_all[idx], k)
 
   t0 = last = time.perf_counter()
   for epoch in range(epochs):
@@ -152,7 +157,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs
     batches = epoch_batches(k_epoch, n, batch_size)
     losses = []
     for b in range(batches.shape[0]):
-      carry, loss = one(carry, batches[b], jax.random.fold_in(k_epoch, b + 1))
+      carry, loss = one(carry, x_dev, y_dev, batches[b], jax.random.fold_in(k_epoch, b + 1))
       losses.append(loss)
       if time.perf_counter() - last > 30:        # a progress line every 30 s
         last = time.perf_counter()
@@ -190,14 +195,13 @@ def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
     return Observer(model, variables, path, record, False)
   path = default_dir(cfg, data)
   if os.path.exists(os.path.join(path, RECORD)):
-    with open(os.path.join(path, RECORD)) as f:
-      have = json.load(f)
+    have = read_record(path)
     diff = record_differences(have, want)
     if diff:
       raise ObserverMismatch(
           f'the cached observer in {path} was made for another run ({"; ".join(diff)}); set '
           'rded.observer_dir to another directory, or delete this one to train again.')
-    model, variables, record = load(path, data.num_classes)
+    model, variables, record = load(path, data.num_classes, have)
     _log(f'reusing {path} (test acc {record.get("test_acc")})')
     return Observer(model, variables, path, record, False)
   model = model_of(want, data.num_classes)
