@@ -1,6 +1,6 @@
 r"""RDED: observer-selected realistic patches (no optimisation), evaluated by students trained on
 the observer's online soft labels (the 'rded' protocol). Fashion-MNIST by default; the observer
-(ConvNet-3, batch norm, width 128) is trained once and cached (rded.observer_dir).
+(ConvNet-3, batch norm, width 128) is trained once and cached (observer.dir).
 
     python -m ddjax.main --config=configs/rded.py --config.distill.ipc=10
     python -m ddjax.main --config=configs/rded.py:cifar10      # = :paper (Conv3 -> Conv3)

@@ -126,7 +126,19 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval.krr = True                 # also report FRePo's KRR-predictor accuracy
   cfg.eval.model = model_config()     # the network trained from scratch (FRePo: no norm)
   cfg.eval.kernel_krr = False         # also KRR with the infinite-width kernel of cfg.kernel
-  cfg.eval.kernel_krr_test = 0        # test images for kernel KRR (0: all; it costs per pair)
+  cfg.eval.kernel_krr_test = 0
+  cfg.eval.soft_label_epochs = 300    # the 'rded' protocol's student epochs (official 300)        # test images for kernel KRR (0: all; it costs per pair)
+
+  cfg.observer = ml_collections.ConfigDict()   # the teacher of soft-label evaluation ('rded'
+  cfg.observer.dir = ''               # protocol) and of RDED's selection (ddjax.evaluate.observer)
+  cfg.observer.checkpoint = ''        # a user's own observer directory (record.json + checkpoint)
+  cfg.observer.depth = 3              # ConvNet-3 with batch norm (RDED's conv3); '' dir above =
+  cfg.observer.width = 128            # runs/observers/<dataset>_<arch>_seed<s>, shared by runs
+  cfg.observer.epochs = 2             # CPU default; the observer's accuracy is in its record
+  cfg.observer.batch_size = 256
+  cfg.observer.lr = 1e-3              # Adam, cosine to 0
+  cfg.observer.flip = True
+  cfg.observer.translate = 2
 
   cfg.checkpoint = ml_collections.ConfigDict()
   cfg.checkpoint.every = 500
@@ -270,6 +282,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += fraction_errors(cfg, 'transform.isa_eps', closed=True)
   errors += choice_errors(cfg, 'eval.protocol', ('auto',) + tuple(PROTOCOLS))
   errors += int_errors(cfg, 'eval.num_models', 0)
+  errors += int_errors(cfg, 'eval.soft_label_epochs', 1)
+  for key in ('depth', 'width', 'epochs', 'batch_size'):
+    errors += int_errors(cfg, f'observer.{key}', 1)
   errors += int_errors(cfg, 'checkpoint.every', 1)
   errors += int_errors(cfg, 'log.every', 1)
   if cfg.get('method') in registry.names():

@@ -160,9 +160,10 @@ def _obs_cfg(tiny_npz, observer_dir, **rded_keys):
   cfg.data, cfg.eval.model = base.data, base.eval.model
   cfg.eval.model.norm = 'batch'
   cfg.distill.ipc = 2
-  cfg.rded.update(dict(observer_dir=str(observer_dir), observer_width=8, observer_depth=2,
-                       observer_epochs=3, observer_batch_size=32, observer_lr=3e-3,
-                       pool_per_class=20, eval_epochs=5, score_chunk=32))
+  cfg.observer.update(dict(dir=str(observer_dir), width=8, depth=2, epochs=3, batch_size=32,
+                           lr=3e-3))
+  cfg.eval.soft_label_epochs = 5
+  cfg.rded.update(dict(pool_per_class=20, score_chunk=32))
   cfg.rded.update(rded_keys)
   return cfg
 
@@ -184,12 +185,12 @@ def test_observer_trains_is_cached_reused_and_a_mismatch_refused(tiny_npz, tiny_
   x = jnp.asarray(tiny_data.x_test[:8])
   np.testing.assert_allclose(again.model.apply(again.variables, x, train=False)[0],
                              obs.model.apply(obs.variables, x, train=False)[0], atol=1e-5)
-  cfg.rded.observer_epochs = 4
-  cfg.rded.observer_width = 16
+  cfg.observer.epochs = 4
+  cfg.observer.width = 16
   with pytest.raises(observer_lib.ObserverMismatch, match='epochs.*|arch'):
     observer_lib.get_observer(cfg, tiny_data)
   # a user's own observer: only the data keys are checked, the architecture is its own
-  cfg.rded.observer_checkpoint = str(tmp_path / 'obs')
+  cfg.observer.checkpoint = str(tmp_path / 'obs')
   user = observer_lib.get_observer(cfg, tiny_data)
   assert user.record['arch']['width'] == 8
   small = tiny_data.subset(np.arange(60))
@@ -221,9 +222,10 @@ def test_rded_protocol_evaluates_another_methods_set(tiny_npz, tmp_path):
   import ddjax
   from ddjax.config import method_config
   cfg = method_config('random_subset')
-  base = _obs_cfg(tiny_npz, tmp_path / 'obs', eval_epochs=2)
-  cfg.data, cfg.eval.model, cfg.rded, cfg.distill.ipc = base.data, base.eval.model, base.rded, 2
-  cfg.eval.num_models, cfg.eval.protocol = 1, 'rded'
+  base = _obs_cfg(tiny_npz, tmp_path / 'obs')
+  cfg.data, cfg.eval.model, cfg.observer, cfg.distill.ipc = (base.data, base.eval.model,
+                                                             base.observer, 2)
+  cfg.eval.num_models, cfg.eval.protocol, cfg.eval.soft_label_epochs = 1, 'rded', 2
   results = ddjax.run(cfg, str(tmp_path / 'run'))
   assert results['eval']['protocol'] == 'rded' and results['eval']['epochs'] == 2
   assert results['eval']['steps'] == 2                    # 6 images, batch 6 (IPC 2 -> 50, at most n)

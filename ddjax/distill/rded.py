@@ -215,16 +215,6 @@ def rded_block() -> ml_collections.ConfigDict:
   b.crops_per_image = 5       # num_crop (scripts: cr5)
   b.factor = 0                # patches per side; 0 = auto (2 at >= 64 px, 1 below)
   b.score_chunk = 256         # images scored per jitted call
-  b.observer_dir = ''         # '' = runs/observers/<dataset>_<arch>_seed<s> (shared by runs)
-  b.observer_checkpoint = ''  # a user's own observer directory (record.json + checkpoint)
-  b.observer_depth = 3        # ConvNet-3 with batch norm (RDED's conv3)
-  b.observer_width = 128
-  b.observer_epochs = 2       # CPU default; the observer's accuracy is in its record
-  b.observer_batch_size = 256
-  b.observer_lr = 1e-3        # Adam, cosine to 0
-  b.observer_flip = True
-  b.observer_translate = 2
-  b.eval_epochs = 300         # the 'rded' protocol's student epochs (official 300)
   return b
 
 
@@ -238,15 +228,14 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   if preset in ('paper', 'cifar10', 'cifar100'):   # the official scripts (Conv3 observer)
     cfg.data.name = 'cifar100' if preset == 'cifar100' else 'cifar10'
     cfg.data.preprocessing = 'standard'
-    cfg.rded.observer_epochs = 30
+    cfg.observer.epochs = 30
     cfg.eval.num_models = 3
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
   from ddjax.config import int_errors
   r, errors = cfg.rded, []
-  for k in ('pool_per_class', 'crops_per_image', 'score_chunk', 'observer_depth',
-            'observer_width', 'observer_epochs', 'observer_batch_size', 'eval_epochs'):
+  for k in ('pool_per_class', 'crops_per_image', 'score_chunk'):
     errors += int_errors(cfg, f'rded.{k}', 1)
   errors += int_errors(cfg, 'rded.factor', 0, ' (0: 2 at >= 64 px, 1 below)')
   if errors:

@@ -10,11 +10,11 @@ An observer directory holds `record.json` and an Orbax checkpoint of the flax va
 record says what the observer was trained on and how (dataset name, train size, image shape,
 preprocessing kind, architecture, seed, epochs, plus its test accuracy, which is not checked):
 
-    obs = get_observer(cfg, data)        # trains once, then reuses cfg.rded.observer_dir
+    obs = get_observer(cfg, data)        # trains once, then reuses cfg.observer.dir
     logits, _ = obs.model.apply(obs.variables, x, train=False)
 
 A cached observer whose record differs from what the run asks for is refused with the differing
-keys named (`ObserverMismatch`). `rded.observer_checkpoint` names a user's own observer directory
+keys named (`ObserverMismatch`). `observer.checkpoint` names a user's own observer directory
 (any ddjax model, its architecture read from its record): only the data keys are checked then.
 Only the ConvNet family is trained here (ConvNet-3 with batch norm, RDED's observer for 28-32 px);
 ResNet-18 for larger images is not in ddjax yet.
@@ -74,8 +74,8 @@ def _log(line: str) -> None:
 
 def arch_of(cfg: ml_collections.ConfigDict) -> dict:
   """The observer's architecture (`ddjax.models.build_model` keywords plus `arch`)."""
-  r = cfg.rded
-  return {'arch': 'convnet', 'depth': int(r.observer_depth), 'width': int(r.observer_width),
+  o = cfg.observer
+  return {'arch': 'convnet', 'depth': int(o.depth), 'width': int(o.width),
           'double_width': False, 'norm': 'batch', 'pooling': 'avg'}
 
 
@@ -84,7 +84,7 @@ def wanted_record(cfg: ml_collections.ConfigDict, data) -> dict:
   return {'dataset': str(data.dataset.name), 'train_size': int(len(data.y_train)),
           'image_shape': [int(d) for d in data.x_train.shape[1:]],
           'preprocessing': str(data.pre.kind), 'arch': arch_of(cfg), 'seed': int(cfg.seed),
-          'epochs': int(cfg.rded.observer_epochs)}
+          'epochs': int(cfg.observer.epochs)}
 
 
 def record_differences(have: dict, want: dict, keys=CHECKED_KEYS) -> list[str]:
@@ -169,27 +169,27 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs
 
 
 def default_dir(cfg: ml_collections.ConfigDict, data) -> str:
-  """rded.observer_dir, or runs/observers/<dataset>_<arch>_seed<s> (shared by every run started
+  """observer.dir, or runs/observers/<dataset>_<arch>_seed<s> (shared by every run started
   from the same directory: the pipeline does not hand its workdir to a method's build)."""
-  if cfg.rded.observer_dir:
-    return cfg.rded.observer_dir
+  if cfg.observer.dir:
+    return cfg.observer.dir
   a = arch_of(cfg)
   return os.path.join('runs', 'observers',
                       f'{data.dataset.name}_{a["arch"]}{a["depth"]}w{a["width"]}_seed{cfg.seed}')
 
 
 def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
-  """The run's observer: the user's (`rded.observer_checkpoint`, data keys checked), else the
+  """The run's observer: the user's (`observer.checkpoint`, data keys checked), else the
   cached one in the observer directory (every key checked), else one trained now and cached.
 
   Raises ObserverMismatch naming the keys that differ and what to do."""
   want = wanted_record(cfg, data)
-  if cfg.rded.observer_checkpoint:
-    path = cfg.rded.observer_checkpoint
+  if cfg.observer.checkpoint:
+    path = cfg.observer.checkpoint
     model, variables, record = load(path, data.num_classes)
     diff = record_differences(record, want, DATA_KEYS)
     if diff:
-      raise ObserverMismatch(f'rded.observer_checkpoint={path} was trained on other data '
+      raise ObserverMismatch(f'observer.checkpoint={path} was trained on other data '
                              f'({"; ".join(diff)}); give an observer of this dataset.')
     _log(f'user observer {path} (test acc {record.get("test_acc")})')
     return Observer(model, variables, path, record, False)
@@ -200,18 +200,18 @@ def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
     if diff:
       raise ObserverMismatch(
           f'the cached observer in {path} was made for another run ({"; ".join(diff)}); set '
-          'rded.observer_dir to another directory, or delete this one to train again.')
+          'observer.dir to another directory, or delete this one to train again.')
     model, variables, record = load(path, data.num_classes, have)
     _log(f'reusing {path} (test acc {record.get("test_acc")})')
     return Observer(model, variables, path, record, False)
   model = model_of(want, data.num_classes)
-  r = cfg.rded
+  o = cfg.observer
   _log(f'training {want["arch"]} on {want["train_size"]} images for {want["epochs"]} epochs')
   t0 = time.perf_counter()
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_OBSERVER)
-  variables = train(model, data.x_train, data.y_train, key, int(r.observer_epochs),
-                    int(r.observer_batch_size), float(r.observer_lr), bool(r.observer_flip),
-                    int(r.observer_translate))
+  variables = train(model, data.x_train, data.y_train, key, int(o.epochs),
+                    int(o.batch_size), float(o.lr), bool(o.flip),
+                    int(o.translate))
   seconds = time.perf_counter() - t0
   record = dict(want, test_acc=accuracy(model, variables, data.x_test, data.y_test),
                 train_seconds=seconds)

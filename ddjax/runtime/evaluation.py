@@ -25,34 +25,45 @@ def _log(line: str) -> None:
   print('[eval] ' + line, flush=True)
 
 
-def soft_label_eval(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> dict:
+def _overrides(cfg: ml_collections.ConfigDict, keys=('batch_size', 'lr')) -> dict:
+  """The eval.* protocol overrides that are set (0 = the protocol's own rule)."""
+  return {k: cfg.eval[k] for k in keys if cfg.eval[k]}
+
+
+def soft_label_eval(cfg: ml_collections.ConfigDict, data: PreparedData,
+                    syn: dict) -> tuple[dict, str]:
   """The 'rded' protocol: eval.num_models students trained on the observer's online soft labels
-  (`ddjax.evaluate.soft_labels`; the observer of cfg.rded, trained or reused by
-  `ddjax.evaluate.observer.get_observer`), rded.eval_epochs epochs."""
+  (`ddjax.evaluate.soft_labels`; the observer of cfg.observer, trained or reused by
+  `ddjax.evaluate.observer.get_observer`), eval.soft_label_epochs epochs. Returns (results
+  entries 'eval' and 'observer', the summary line)."""
   from ddjax.evaluate import observer as observer_lib
   from ddjax.evaluate import soft_labels
-  overrides = {k: cfg.eval[k] for k in ('batch_size', 'lr') if cfg.eval[k]}
-  overrides['epochs'] = int(cfg.rded.eval_epochs)
-  protocol = get_protocol('rded', int(syn['x'].shape[0]), data.num_classes, **overrides)
+  protocol = get_protocol('rded', int(syn['x'].shape[0]), data.num_classes, **_overrides(cfg),
+                          epochs=int(cfg.eval.soft_label_epochs))
   obs = observer_lib.get_observer(cfg, data)
   model = from_config(cfg.eval.model, data.num_classes)
   _log(f'protocol rded: {protocol.epochs} epochs ({protocol.steps} steps), batch '
        f'{protocol.batch_size}, T {protocol.temperature}, {cfg.eval.num_models} students')
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_EVAL)
-  out = soft_labels.evaluate_soft_label(key, model, obs, syn['x'], data.x_test, data.y_test,
-                                        protocol, cfg.eval.num_models, progress=_log)
-  out.update(protocol='rded', steps=protocol.steps, epochs=protocol.epochs,
-             observer=dict(obs.reference(), preprocessing=data.pre.kind))
-  return out
+  ev = soft_labels.evaluate_soft_label(key, model, obs, syn['x'], data.x_test, data.y_test,
+                                       protocol, cfg.eval.num_models, progress=_log)
+  keys = ('accs', 'acc_mean', 'acc_std', 'best_last20_accs', 'best_last20_mean',
+          'best_last20_std')
+  entries = {'eval': {**{k: ev[k] for k in keys}, 'protocol': 'rded', 'steps': protocol.steps,
+                      'epochs': protocol.epochs},
+             'observer': dict(obs.reference(), preprocessing=data.pre.kind)}
+  line = (f'test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} % (final); '
+          f'best over the last 20 % of epochs (RDED\'s reported number) '
+          f'{100 * ev["best_last20_mean"]:.2f} %')
+  return entries, line
 
 
-def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> dict:
+def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
+                       syn: dict) -> tuple[dict, str]:
   """Train eval.num_models fresh eval.model networks on `syn` under the configured protocol
-  (eval.protocol, 'auto' = the method's; DSA on when dsa.strategy is); the 'rded' protocol's
-  students learn from an observer (`soft_label_eval`)."""
-  if config_lib.eval_protocol(cfg) == 'rded':
-    return soft_label_eval(cfg, data, syn)
-  overrides = {k: cfg.eval[k] for k in ('steps', 'batch_size', 'lr') if cfg.eval[k]}
+  (eval.protocol, 'auto' = the method's; DSA on when dsa.strategy is). Returns (results entries
+  'eval' and, with eval.krr, 'krr_eval'; the summary line)."""
+  overrides = _overrides(cfg, ('steps', 'batch_size', 'lr'))
   strategy = strategy_from_config(cfg)
   if strategy:
     overrides['dsa_strategy'] = strategy     # DSA / DM evaluate with DSA
@@ -61,13 +72,22 @@ def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData, syn: 
   _log(f'protocol {protocol.name}: {protocol.steps} steps, batch {protocol.batch_size}, '
        f'{cfg.eval.num_models} models')
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_EVAL)
-  out = evaluate_synthetic(key, model, jnp.asarray(syn['x']), jnp.asarray(syn['y']),
-                           data.x_test, data.y_test, protocol, num_models=cfg.eval.num_models,
-                           krr=cfg.eval.krr, krr_reg=registry.get(cfg.method).krr_reg(cfg),
-                           progress=_log)
-  out['protocol'] = protocol.name
-  out['steps'] = protocol.steps
-  return out
+  ev = evaluate_synthetic(key, model, jnp.asarray(syn['x']), jnp.asarray(syn['y']),
+                          data.x_test, data.y_test, protocol, num_models=cfg.eval.num_models,
+                          krr=cfg.eval.krr, krr_reg=registry.get(cfg.method).krr_reg(cfg),
+                          progress=_log)
+  entries = {'eval': {**{k: ev[k] for k in ('accs', 'acc_mean', 'acc_std')},
+                      'protocol': protocol.name, 'steps': protocol.steps}}
+  line = f'test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} %'
+  if 'krr_acc' in ev:
+    entries['krr_eval'] = {'acc': ev['krr_acc'], 'accs': ev['krr_accs'],
+                           'acc_std': ev['krr_acc_std']}
+    line += f', KRR predictor {100 * ev["krr_acc"]:.2f} %'
+  return entries, line
+
+
+# Protocols whose networks need more than the synthetic set (a teacher); the others train on it.
+RUNNERS = {'rded': soft_label_eval}
 
 
 def kernel_krr(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> dict:
@@ -87,22 +107,12 @@ def kernel_krr(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) ->
 
 def evaluate(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> dict:
   """The results entries of every evaluation the config asks for ('eval', 'krr_eval',
-  'kernel_krr_eval'), each printed as it finishes."""
+  'observer', 'kernel_krr_eval'), each printed as it finishes."""
   results = {}
   if cfg.eval.num_models > 0:
-    ev = train_from_scratch(cfg, data, syn)
-    results['eval'] = {k: ev[k] for k in ('accs', 'acc_mean', 'acc_std', 'protocol', 'steps')}
-    line = f'test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} %'
-    if 'best_last20_mean' in ev:     # the 'rded' protocol: RDED's own (test-selected) number
-      results['eval'].update({k: ev[k] for k in ('epochs', 'best_last20_accs', 'best_last20_mean',
-                                                 'best_last20_std')})
-      results['observer'] = ev['observer']
-      line += (f' (final); best over the last 20 % of epochs (RDED\'s reported number) '
-               f'{100 * ev["best_last20_mean"]:.2f} %')
-    if 'krr_acc' in ev:
-      results['krr_eval'] = {'acc': ev['krr_acc'], 'accs': ev['krr_accs'],
-                             'acc_std': ev['krr_acc_std']}
-      line += f', KRR predictor {100 * ev["krr_acc"]:.2f} %'
+    runner = RUNNERS.get(config_lib.eval_protocol(cfg), train_from_scratch)
+    entries, line = runner(cfg, data, syn)
+    results.update(entries)
     _log(line)
   if cfg.eval.kernel_krr:
     results['kernel_krr_eval'] = kernel_krr(cfg, data, syn)
