@@ -140,6 +140,29 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.observer.flip = True
   cfg.observer.translate = 2
 
+  cfg.expert = ml_collections.ConfigDict()     # expert trajectories of trajectory matching (MTT,
+  cfg.expert.dir = ''                 # DATM, PAD; ddjax.distill.experts). '' = runs/buffers/
+                                      # <dataset>_<short hash of the record>, shared by runs
+  cfg.expert.num_experts = 5          # MTT: 100
+  cfg.expert.epochs = 8               # MTT: 50; DATM / PAD (FTD experts): 100
+  cfg.expert.lr = 0.01                # SGD, constant (MTT buffer.py)
+  cfg.expert.momentum = 0.0           # MTT: 0
+  cfg.expert.weight_decay = 0.0       # coupled L2 as PyTorch's SGD (MTT: 0)
+  cfg.expert.batch_size = 256         # shuffled every epoch (MTT: 256)
+  cfg.expert.dsa = True               # DSA while training (dsa_strategy_for: no flip on digits)
+  cfg.expert.parallel = 0             # experts trained at once as one vmapped step; 0 = all
+  cfg.expert.seed = 0                 # the experts' own seed (runs with other seeds share a buffer)
+  cfg.expert.gsam = False             # FTD's GSAM experts (DATM / PAD): rho, alpha below
+  cfg.expert.gsam_rho = 0.01          # FTD: rho_max = rho_min = 0.01
+  cfg.expert.gsam_alpha = 0.3         # FTD: 0.3
+  cfg.expert.fiex = False             # PAD's FIEX data scheduler (ddjax.scoring.fiex)
+  cfg.expert.fiex_init_ratio = 0.75   # PAD: IR 0.75 (easiest fraction of each class at epoch 0)
+  cfg.expert.fiex_add_end_epoch = 20  # PAD: AEE 20 (CIFAR-10), 40 (CIFAR-100, Tiny)
+  cfg.expert.fiex_remove_epochs = (40, 60)      # PAD README: rm_epoch_first / second
+  cfg.expert.fiex_remove_ratios = (0.1, 0.2)    # PAD README; the paper text says 10 %
+  cfg.expert.fiex_score_models = 4    # K early models whose EL2N is averaged (ddjax's choice)
+  cfg.expert.fiex_score_epochs = 2    # epochs each scoring model trains (ddjax's choice)
+
   cfg.checkpoint = ml_collections.ConfigDict()
   cfg.checkpoint.every = 500
   cfg.checkpoint.keep = 2
@@ -285,6 +308,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += int_errors(cfg, 'eval.soft_label_epochs', 1)
   for key in ('depth', 'width', 'epochs', 'batch_size'):
     errors += int_errors(cfg, f'observer.{key}', 1)
+  for key in ('num_experts', 'epochs', 'batch_size', 'fiex_score_models', 'fiex_score_epochs'):
+    errors += int_errors(cfg, f'expert.{key}', 1)
+  errors += int_errors(cfg, 'expert.parallel', 0, ' (0: all experts at once)')
+  errors += int_errors(cfg, 'expert.fiex_add_end_epoch', 0)
+  errors += fraction_errors(cfg, 'expert.fiex_init_ratio', closed=True)
+  errors += _expert_pair_errors(cfg)
   errors += int_errors(cfg, 'checkpoint.every', 1)
   errors += int_errors(cfg, 'log.every', 1)
   if cfg.get('method') in registry.names():
@@ -292,6 +321,21 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors += registry.get(cfg.method).validate(cfg)
   if errors:
     raise ConfigError('invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def _expert_pair_errors(cfg: ml_collections.ConfigDict) -> list[str]:
+  """FIEX's two removal stages: epochs (e1, e2) with e1 <= e2, ratios (r1, r2) in [0, 1)."""
+  errors = []
+  epochs, ratios = _get(cfg, 'expert.fiex_remove_epochs'), _get(cfg, 'expert.fiex_remove_ratios')
+  ok = lambda v, t: (isinstance(v, (tuple, list)) and len(v) == 2
+                     and all(isinstance(a, t) and not isinstance(a, bool) and a >= 0 for a in v))
+  if not ok(epochs, int) or epochs[0] > epochs[1]:
+    errors.append(f'expert.fiex_remove_epochs must be two integers e1 <= e2 (PAD: (40, 60)), got '
+                  f'{epochs!r}.')
+  if not ok(ratios, (int, float)) or max(ratios) >= 1:
+    errors.append(f'expert.fiex_remove_ratios must be two fractions in [0, 1) (PAD: (0.1, 0.2)), '
+                  f'got {ratios!r}.')
+  return errors
 
 
 def _capability_errors(cfg: ml_collections.ConfigDict, spec: registry.Method) -> list[str]:
