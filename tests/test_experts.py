@@ -1,0 +1,256 @@
+"""Expert-trajectory buffers (ddjax.distill.experts), GSAM and PAD's FIEX (ddjax.scoring.fiex)."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from conftest import tiny_config
+from ddjax.distill import experts
+from ddjax.scoring import fiex
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+  from conftest import make_tiny_arrays
+  from ddjax.runtime.pipeline import load_data
+  x_tr, y_tr, x_te, y_te = make_tiny_arrays()
+  path = tmp_path_factory.mktemp('data') / 'tiny.npz'
+  np.savez(path, x_train=(x_tr[..., 0] * 255).astype(np.uint8), y_train=y_tr,
+           x_test=(x_te[..., 0] * 255).astype(np.uint8), y_test=y_te)
+  return load_data(tiny_config(str(path)))
+
+
+def _cfg(directory, **expert):
+  from ddjax.config import base_config
+  cfg = base_config()
+  cfg.data.name = 'npz'
+  cfg.model.update(dict(depth=1, width=4, norm='instance'))
+  cfg.expert.update(dict(dir=str(directory), num_experts=3, epochs=EPOCHS, batch_size=32,
+                         lr=0.05))
+  cfg.expert.update(expert)
+  return cfg
+
+
+def _reference_trajectories(cfg, data, epochs):
+  """Each expert alone (no vmap), from the keys the module docstring documents."""
+  from ddjax.augment.dsa import dsa, dsa_strategy_for
+  from ddjax.models import from_config
+  from ddjax.models.training import cross_entropy, epoch_batches, fresh_carry, make_train_step
+  e = cfg.expert
+  model = from_config(cfg.model, data.num_classes)
+  opt = experts.make_optimizer(e.lr, e.momentum, e.weight_decay)
+  strategy = dsa_strategy_for(str(data.dataset.name))
+  step = jax.jit(make_train_step(model, opt, cross_entropy, lambda k, x: dsa(k, x, strategy)))
+  x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train, jnp.int32)
+  root = jax.random.fold_in(jax.random.PRNGKey(e.seed), 0)
+  out = []
+  for i in range(e.num_experts):
+    k_init, k_data = jax.random.split(jax.random.fold_in(root, i))
+    carry = fresh_carry(model, k_init, data.image_shape, opt)
+    snaps = [ravel_pytree(carry[0])[0]]
+    for ep in range(epochs):
+      k_ep = jax.random.fold_in(k_data, ep)
+      batches = epoch_batches(k_ep, len(y), e.batch_size)
+      for b in range(batches.shape[0]):
+        carry, _ = step(carry, x[batches[b]], y[batches[b]], jax.random.fold_in(k_ep, b + 1))
+      snaps.append(ravel_pytree(carry[0])[0])
+    out.append(np.stack(snaps))
+  return np.stack(out)   # (E, epochs + 1, P)
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_data, tmp_path_factory):
+  cfg = _cfg(tmp_path_factory.mktemp('buf') / 'a')
+  lines = []
+  buf = experts.get_buffer(cfg, tiny_data, progress=lines.append)
+  return cfg, buf, lines
+
+
+def test_vmapped_experts_equal_separate_runs_and_snapshot_reads_the_row(tiny_data, trained):
+  cfg, buf, lines = trained
+  assert buf.trained_now and buf.num_experts == 3 and buf.num_epochs == EPOCHS
+  ref = _reference_trajectories(cfg, tiny_data, EPOCHS)
+  assert ref.shape == (3, EPOCHS + 1, buf.dim)
+  for i in range(3):
+    np.testing.assert_allclose(buf.trajectory(i), ref[i], rtol=1e-5, atol=1e-5)
+  # the experts differ from each other and move
+  assert np.abs(ref[0, -1] - ref[1, -1]).max() > 1e-2 and np.abs(ref[0, -1] - ref[0, 0]).max() > 1e-2
+  # one row of the epoch file, and unravel gives the flax params back
+  row = buf.snapshot(2, 1)
+  np.testing.assert_array_equal(row, np.load(experts.epoch_path(buf.path, 1))[2])
+  params = buf.unravel(jnp.asarray(row))
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(buf.template)
+  np.testing.assert_array_equal(ravel_pytree(params)[0], row)
+  with pytest.raises(IndexError):
+    buf.snapshot(3, 0)
+  with pytest.raises(IndexError):
+    buf.snapshot(0, EPOCHS + 1)
+  index = json.load(open(os.path.join(buf.path, experts.INDEX)))
+  assert index['finished_epochs'] == EPOCHS and len(index['final_test_acc']) == 3
+  assert np.mean(index['final_test_acc']) > 0.5      # 3 classes: chance is 1/3
+  assert 'test acc' in lines[-1] and 'ETA' in lines[-1]
+
+
+class Killed(Exception):
+  pass
+
+
+def test_killed_job_resumes_equal_and_more_epochs_extend(tiny_data, trained, tmp_path):
+  _, full, _ = trained
+  directory = tmp_path / 'b'
+
+  def kill_after_first(line):
+    if line.startswith('epoch 1/'):
+      raise Killed()
+
+  with pytest.raises(Killed):   # killed after epoch 1's files; chunks of 2 + 1 experts
+    experts.get_buffer(_cfg(directory, epochs=2, parallel=2), tiny_data, kill_after_first)
+  assert json.load(open(directory / experts.INDEX))['finished_epochs'] == 1
+  lines = []
+  buf = experts.get_buffer(_cfg(directory, epochs=2, parallel=2), tiny_data, lines.append)
+  assert 'from epoch 1' in lines[0] and buf.num_epochs == 2
+  buf = experts.get_buffer(_cfg(directory, epochs=EPOCHS, parallel=2), tiny_data, lines.append)
+  assert buf.num_epochs == EPOCHS
+  for e in range(EPOCHS + 1):
+    np.testing.assert_allclose(np.load(experts.epoch_path(buf.path, e)),
+                               np.load(experts.epoch_path(full.path, e)), rtol=1e-6, atol=1e-6)
+  # a finished buffer asked for fewer epochs or experts is only opened
+  again = experts.get_buffer(_cfg(directory, epochs=1, num_experts=2), tiny_data, lines.append)
+  assert not again.trained_now and again.num_experts == 2 and again.num_epochs == EPOCHS
+
+
+def test_a_buffer_of_other_settings_is_refused_naming_the_key(tiny_data, trained):
+  cfg, buf, _ = trained
+  directory = buf.path
+  with pytest.raises(experts.ExpertMismatch, match=r'expert\.lr: 0\.05 -> 0\.1'):
+    experts.get_buffer(_cfg(directory, lr=0.1), tiny_data)
+  with pytest.raises(experts.ExpertMismatch, match=r'model\.width'):
+    c = _cfg(directory)
+    c.model.width = 8
+    experts.get_buffer(c, tiny_data)
+  with pytest.raises(experts.ExpertMismatch, match=r'expert\.num_experts: 3 -> 4'):
+    experts.get_buffer(_cfg(directory, num_experts=4), tiny_data)
+  with pytest.raises(experts.ExpertMismatch, match=r'expert\.gsam'):
+    experts.get_buffer(_cfg(directory, gsam=True), tiny_data)
+  # parallel and dir do not shape trajectories; the default directory hashes the rest
+  assert experts.get_buffer(_cfg(directory, parallel=1), tiny_data).num_epochs == EPOCHS
+  c = _cfg('')
+  assert experts.buffer_dir(c, tiny_data).startswith(os.path.join('runs', 'buffers', 'npz_'))
+  assert experts.buffer_dir(c, tiny_data) == experts.buffer_dir(_cfg('', epochs=50), tiny_data)
+  assert experts.buffer_dir(c, tiny_data) != experts.buffer_dir(_cfg('', lr=0.1), tiny_data)
+
+
+# -- FIEX ------------------------------------------------------------------------------------------
+SCHEDULE = dict(init_ratio=0.75, add_end_epoch=20, remove_epochs=(40, 60),
+                remove_ratios=(0.1, 0.2))
+
+
+@pytest.mark.parametrize('n, want', [
+    (6000, {0: 4500, 10: 5250, 20: 6000, 21: 6000, 40: 6000, 41: 5400, 60: 5400, 61: 4800,
+            99: 4800}),
+    (500, {0: 375, 20: 500, 40: 500, 41: 450, 61: 400}),
+])
+def test_fiex_counts_follow_the_data_not_5000(n, want):
+  for epoch, count in want.items():
+    assert list(fiex.fiex_counts([n, n], epoch, **SCHEDULE)) == [count, count], epoch
+  assert list(fiex.fiex_counts([n, 40], 0, **SCHEDULE)) == [int(0.75 * n), 30]
+
+
+def test_fiex_keeps_the_easiest_of_each_class():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=300)
+  scores = rng.uniform(size=300)
+  order = fiex.difficulty_order(scores, labels, 3)
+  for epoch, easiest in ((0, True), (50, False), (70, False)):
+    kept = fiex.fiex_indices(order, epoch, **SCHEDULE)
+    counts = fiex.fiex_counts([np.sum(labels == c) for c in range(3)], epoch, **SCHEDULE)
+    for c in range(3):
+      mine = np.flatnonzero(labels == c)
+      k = np.intersect1d(kept, mine)
+      assert len(k) == counts[c]
+      s = np.sort(scores[mine])
+      if easiest:      # the kept ones are the lowest EL2N
+        np.testing.assert_allclose(np.sort(scores[k]), s[:counts[c]])
+      else:            # the dropped ones are the lowest EL2N
+        np.testing.assert_allclose(np.sort(scores[k]), s[len(mine) - counts[c]:])
+
+
+def test_fiex_gsam_buffer_trains_on_the_schedule_and_caches_scores(tiny_data, tmp_path,
+                                                                   monkeypatch):
+  cfg = _cfg(tmp_path / 'f', epochs=2, num_experts=2, fiex=True, gsam=True,
+             fiex_add_end_epoch=2, fiex_remove_epochs=(3, 4), fiex_score_models=2,
+             fiex_score_epochs=1)
+
+  def kill(line):
+    if line.startswith('epoch 1/'):
+      raise Killed()
+
+  with pytest.raises(Killed):
+    experts.get_buffer(cfg, tiny_data, kill)
+  monkeypatch.setattr(fiex, 'el2n_difficulty', lambda *a, **k: pytest.fail('scores recomputed'))
+  buf = experts.get_buffer(cfg, tiny_data, lambda line: None)
+  index = buf.index
+  assert index['fiex_size'] == [3 * 30, 3 * 35]           # 40 per class: 0.75, 0.875
+  assert np.all(np.isfinite(index['train_loss']))
+  assert buf.record['expert']['gsam_adaptive'] is True
+  assert any(f.startswith('scores_') for f in os.listdir(buf.path))
+
+
+# -- GSAM ------------------------------------------------------------------------------------------
+def _np_loss_grad(w, X, y):
+  """Logistic loss mean log(1 + exp(-y X w)) and its gradient, in numpy (float64)."""
+  z = y * (X @ w)
+  return np.mean(np.log1p(np.exp(-z))), -(X.T @ (y / (1 + np.exp(z)))) / len(y)
+
+
+@pytest.mark.parametrize('adaptive', [False, True])
+def test_gsam_direction_matches_numpy(adaptive):
+  rng = np.random.default_rng(1)
+  X, y = rng.normal(size=(16, 5)), np.sign(rng.normal(size=16))
+  w = rng.normal(size=5)
+  rho, alpha = 0.3, 0.4
+  _, g = _np_loss_grad(w, X, y)
+  if adaptive:
+    e_w = rho * w ** 2 * g / np.linalg.norm(np.abs(w) * g)
+  else:
+    e_w = rho * g / np.linalg.norm(g)
+  _, gp = _np_loss_grad(w + e_w, X, y)
+  g_perp = g - (g @ gp) / (gp @ gp) * gp
+  want = gp - alpha * g_perp
+
+  Xj, yj = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32)
+
+  def loss_fn(p):   # split over two leaves to exercise the tree sums
+    wv = jnp.concatenate([p['a'], p['b']])
+    return jnp.mean(jnp.log1p(jnp.exp(-yj * (Xj @ wv)))), None
+
+  params = {'a': jnp.asarray(w[:2], jnp.float32), 'b': jnp.asarray(w[2:], jnp.float32)}
+  (value, _), d = experts.gsam_gradient(loss_fn, params, rho, alpha, adaptive)
+  got = np.concatenate([np.asarray(d['a']), np.asarray(d['b'])])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(float(value), _np_loss_grad(w, X, y)[0], rtol=1e-5)
+  # alpha = 0 is SAM's gradient at the perturbed point
+  (_, _), d0 = experts.gsam_gradient(loss_fn, params, rho, 0.0, adaptive)
+  np.testing.assert_allclose(np.concatenate([d0['a'], d0['b']]), gp, rtol=1e-4, atol=1e-6)
+
+
+def test_optimizer_is_pytorch_sgd_with_coupled_l2():
+  opt = experts.make_optimizer(0.1, momentum=0.9, weight_decay=0.01)
+  w = {'w': jnp.asarray([1.0, -2.0])}
+  g = {'w': jnp.asarray([0.5, 0.5])}
+  state = opt.init(w)
+  buf = np.zeros(2)
+  wn = np.array([1.0, -2.0])
+  for _ in range(3):
+    upd, state = opt.update(g, state, w)
+    w = jax.tree_util.tree_map(jnp.add, w, upd)
+    d = np.array([0.5, 0.5]) + 0.01 * wn
+    buf = 0.9 * buf + d
+    wn = wn - 0.1 * buf
+  np.testing.assert_allclose(np.asarray(w['w']), wn, rtol=1e-6)
