@@ -155,9 +155,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.expert.gsam = False             # FTD's GSAM experts (DATM / PAD): rho, alpha below
   cfg.expert.gsam_rho = 0.01          # FTD: rho_max = rho_min = 0.01
   cfg.expert.gsam_alpha = 0.3         # FTD: 0.3
+  cfg.expert.gsam_adaptive = True     # |w|-scaled (ASAM) perturbation: FTD / PAD code's default
   cfg.expert.fiex = False             # PAD's FIEX data scheduler (ddjax.scoring.fiex)
   cfg.expert.fiex_init_ratio = 0.75   # PAD: IR 0.75 (easiest fraction of each class at epoch 0)
-  cfg.expert.gsam_adaptive = True     # |w|-scaled (ASAM) perturbation: FTD / PAD code's default
   cfg.expert.fiex_add_end_epoch = 20  # PAD: AEE 20 (CIFAR-10), 40 (CIFAR-100, Tiny)
   cfg.expert.fiex_remove_epochs = (40, 60)      # PAD README: rm_epoch_first / second
   cfg.expert.fiex_remove_ratios = (0.1, 0.2)    # PAD README; the paper text says 10 %
