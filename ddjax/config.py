@@ -150,7 +150,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.expert.weight_decay = 0.0       # coupled L2 as PyTorch's SGD (MTT: 0)
   cfg.expert.batch_size = 256         # shuffled every epoch (MTT: 256)
   cfg.expert.dsa = True               # DSA while training (dsa_strategy_for: no flip on digits)
-  cfg.expert.parallel = 0             # experts trained at once as one vmapped step; 0 = all
+  cfg.expert.parallel = 0             # experts stepped at once (vmap; CPU: unrolled); 0 = all
+                                      # (CPU: 1, see ddjax.distill.experts.default_mode)
   cfg.expert.seed = 0                 # the experts' own seed (runs with other seeds share a buffer)
   cfg.expert.gsam = False             # FTD's GSAM experts (DATM / PAD): rho, alpha below
   cfg.expert.gsam_rho = 0.01          # FTD: rho_max = rho_min = 0.01

@@ -72,13 +72,16 @@ def trained(tiny_data, tmp_path_factory):
   return cfg, buf, lines
 
 
-def test_vmapped_experts_equal_separate_runs_and_snapshot_reads_the_row(tiny_data, trained):
-  cfg, buf, lines = trained
+def test_vmapped_experts_equal_separate_runs_and_snapshot_reads_the_row(tiny_data, trained,
+                                                                       tmp_path):
+  cfg, buf, lines = trained     # the backend's default mode ('loop' on CPU)
   assert buf.trained_now and buf.num_experts == 3 and buf.num_epochs == EPOCHS
+  vmapped = experts.get_buffer(_cfg(tmp_path / 'v'), tiny_data, lambda line: None, mode='vmap')
   ref = _reference_trajectories(cfg, tiny_data, EPOCHS)
   assert ref.shape == (3, EPOCHS + 1, buf.dim)
   for i in range(3):
     np.testing.assert_allclose(buf.trajectory(i), ref[i], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vmapped.trajectory(i), ref[i], rtol=1e-5, atol=1e-5)
   # the experts differ from each other and move
   assert np.abs(ref[0, -1] - ref[1, -1]).max() > 1e-2 and np.abs(ref[0, -1] - ref[0, 0]).max() > 1e-2
   # one row of the epoch file, and unravel gives the flax params back

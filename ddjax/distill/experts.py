@@ -11,8 +11,11 @@ Options: FTD's GSAM experts (DATM / PAD; `gsam_gradient`) and PAD's FIEX data sc
 
 Many experts train at once: one jitted, `jax.vmap`-ed step over the experts (each its own
 initialisation, batch order and DSA draws), `expert.parallel` at a time (0 = all), the experts'
-axis split over the local devices when there are several. Steps are driven from Python, one
-jitted call per mini-batch (XLA:CPU runs convolutions inside a loop body far slower; see
+axis split over the local devices when there are several. On CPU the default is mode 'loop'
+(`default_mode`): XLA:CPU runs E vmapped convolutions as one grouped convolution about 2x slower
+per expert than E separate ones, so experts there step one at a time (or `expert.parallel` of
+them unrolled in one jitted call). Steps are driven from Python, one jitted call per mini-batch
+(XLA:CPU runs convolutions inside a loop body far slower; see
 `ddjax.evaluate.train.default_loop`).
 
 Randomness (documented because tests rebuild it): root = PRNGKey(expert.seed); expert i has
@@ -192,10 +195,35 @@ def make_expert_step(model, opt, strategy: str, gsam: tuple | None = None) -> Ca
   return step
 
 
+MODES = ('vmap', 'loop')
+
+
+def default_mode(backend: str | None = None) -> str:
+  """How a chunk of experts steps together: 'vmap' (one vmapped step) on accelerators, 'loop'
+  on CPU (each expert's own step, unrolled in one jitted call; chunks of one expert unless
+  expert.parallel says otherwise). XLA:CPU lowers the vmapped convolutions of E experts to a
+  grouped convolution that runs about 2x slower per expert than E separate ones (measured on
+  the 2-core machine: ConvNet-3-IN width 32, batch 256 with DSA, 4 experts: 0.48 s per expert
+  vmapped, 0.24-0.27 s one at a time or unrolled; benchmarks/expert_buffer.py)."""
+  backend = backend or jax.default_backend()
+  return 'loop' if backend == 'cpu' else 'vmap'
+
+
 @functools.lru_cache(maxsize=16)
-def _vmapped_step(model, opt_setting: tuple, strategy: str, gsam: tuple | None):
+def _vmapped_step(model, opt_setting: tuple, strategy: str, gsam: tuple | None,
+                  mode: str = 'vmap'):
+  """The jitted step of a chunk of m experts: (stacked carry, x_all, y_all, idx (m, B), keys
+  (m, 2)) -> (stacked carry, loss (m,)), as one vmapped step or an unrolled loop over m."""
   step = make_expert_step(model, make_optimizer(*opt_setting), strategy, gsam)
-  return jax.jit(jax.vmap(step, in_axes=(0, None, None, 0, 0)), donate_argnums=(0,))
+  if mode == 'vmap':
+    return jax.jit(jax.vmap(step, in_axes=(0, None, None, 0, 0)), donate_argnums=(0,))
+
+  def loop(carry, x_all, y_all, idx, keys):
+    outs = [step(jax.tree_util.tree_map(lambda a, i=i: a[i], carry), x_all, y_all, idx[i],
+                 keys[i]) for i in range(idx.shape[0])]
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
+
+  return jax.jit(loop, donate_argnums=(0,))
 
 
 @functools.lru_cache(maxsize=16)
@@ -490,15 +518,17 @@ def _duration(s: float) -> str:
   return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
 
 
-def train_buffer(cfg, data, directory: str,
-                 progress: Callable[[str], Any] | None = None) -> ExpertBuffer:
+def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | None = None,
+                 mode: str | None = None) -> ExpertBuffer:
   """Train (or resume, or just open) the buffer of `cfg.expert` on `data` in `directory`.
 
   Refuses (ExpertMismatch) a directory whose record differs from the run's (module docstring's
   reuse rule); trains every expert the buffer holds (at least expert.num_experts) until
   expert.epochs epochs are finished, writing one snapshot file per epoch; a buffer with that
   many finished epochs is only opened.
-  progress: receives one line per epoch (default: printed with an '[experts] ' prefix)."""
+  progress: receives one line per epoch (default: printed with an '[experts] ' prefix).
+  mode: 'vmap' or 'loop' (default: `default_mode()` for the backend); the trajectories do not
+  depend on it beyond float reassociation."""
   from ddjax.runtime import files
   progress = progress or _log
   want = wanted_record(cfg, data)
@@ -544,16 +574,19 @@ def train_buffer(cfg, data, directory: str,
   else:
     carry, start, history = state
   trained = start < target
-  vstep = _vmapped_step(model, opt_setting, record['dsa_strategy'], _gsam_setting(e))
+  mode = mode or default_mode()
+  if mode not in MODES:
+    raise ValueError(f'unknown expert step mode {mode!r}; allowed: {MODES}')
+  vstep = _vmapped_step(model, opt_setting, record['dsa_strategy'], _gsam_setting(e), mode)
   order = _fiex_order(cfg, data, directory, model, progress) if e.fiex and trained else None
   n_all = len(data.y_train)
   x_dev = jnp.asarray(data.x_train, jnp.float32)
   y_dev = jnp.asarray(np.asarray(data.y_train), jnp.int32)
-  parallel = int(e.parallel) or num
+  parallel = int(e.parallel) or (num if mode == 'vmap' else 1)
   chunks = [np.arange(s, min(s + parallel, num)) for s in range(0, num, parallel)]
   if trained:
     progress(f'{num} experts x {target} epochs into {directory} (from epoch {start}; '
-             f'{parallel} at once, {jax.local_device_count()} device(s))')
+             f'{parallel} at once ({mode}), {jax.local_device_count()} device(s))')
   t_run = time.perf_counter()
   for epoch in range(start, target):
     t0 = time.perf_counter()
@@ -565,7 +598,7 @@ def train_buffer(cfg, data, directory: str,
     n = n_all if subset is None else len(subset)
     losses, parts = [], []
     for chunk in chunks:
-      split, repl = _shardings(len(chunk))
+      split, repl = _shardings(len(chunk)) if mode == 'vmap' else (None, None)
       c = jax.tree_util.tree_map(lambda a: jnp.asarray(a[chunk]), carry)
       pos, keys = _epoch_plan(jnp.asarray(k_data[chunk]), epoch, n, int(e.batch_size))
       idx = np.asarray(pos) if subset is None else subset[np.asarray(pos)].astype(np.int32)
@@ -601,8 +634,9 @@ def train_buffer(cfg, data, directory: str,
   return open_buffer(directory, asked, trained_now=trained)
 
 
-def get_buffer(cfg, data, progress: Callable[[str], Any] | None = None) -> ExpertBuffer:
+def get_buffer(cfg, data, progress: Callable[[str], Any] | None = None,
+               mode: str | None = None) -> ExpertBuffer:
   """The run's expert buffer: reused from `buffer_dir(cfg, data)` when it holds at least
   expert.num_experts experts and expert.epochs finished epochs, resumed or trained otherwise;
   a buffer made for other settings is refused (ExpertMismatch naming the keys)."""
-  return train_buffer(cfg, data, buffer_dir(cfg, data), progress)
+  return train_buffer(cfg, data, buffer_dir(cfg, data), progress, mode)
