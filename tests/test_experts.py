@@ -257,3 +257,36 @@ def test_optimizer_is_pytorch_sgd_with_coupled_l2():
     buf = 0.9 * buf + d
     wn = wn - 0.1 * buf
   np.testing.assert_allclose(np.asarray(w['w']), wn, rtol=1e-6)
+
+
+_SHARDED = r'''
+import sys
+sys.path.insert(0, 'tests')
+import jax, numpy as np
+from conftest import make_tiny_arrays, tiny_config
+from ddjax.runtime.pipeline import load_data
+from ddjax.distill import experts
+from test_experts import _cfg
+assert jax.local_device_count() == 2
+x_tr, y_tr, x_te, y_te = make_tiny_arrays()
+np.savez(sys.argv[1] + '/tiny.npz', x_train=(x_tr[..., 0] * 255).astype(np.uint8), y_train=y_tr,
+         x_test=(x_te[..., 0] * 255).astype(np.uint8), y_test=y_te)
+data = load_data(tiny_config(sys.argv[1] + '/tiny.npz'))
+quiet = lambda line: None
+a = experts.get_buffer(_cfg(sys.argv[1] + '/s', num_experts=2, epochs=1), data, quiet, 'vmap')
+b = experts.get_buffer(_cfg(sys.argv[1] + '/l', num_experts=2, epochs=1), data, quiet, 'loop')
+assert experts._shardings(2)[0] is not None
+np.testing.assert_allclose(a.trajectory(1), b.trajectory(1), rtol=1e-5, atol=1e-5)
+print('OK')
+'''
+
+
+def test_experts_sharded_over_two_devices_equal_one_device(tmp_path):
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, '-c', _SHARDED, str(tmp_path)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and 'OK' in out.stdout, out.stderr[-3000:]

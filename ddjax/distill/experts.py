@@ -587,7 +587,7 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
   if trained:
     progress(f'{num} experts x {target} epochs into {directory} (from epoch {start}; '
              f'{parallel} at once ({mode}), {jax.local_device_count()} device(s))')
-  t_run = time.perf_counter()
+  t_run = last = time.perf_counter()
   for epoch in range(start, target):
     t0 = time.perf_counter()
     subset = None
@@ -610,6 +610,11 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
         ib = idx[:, b] if split is None else jax.device_put(idx[:, b], split)
         c, loss = vstep(c, xs, ys, ib, keys[:, b])
         losses.append(loss)
+        if time.perf_counter() - last > 60:      # long epochs: a line a minute
+          last = time.perf_counter()
+          progress(f'experts {chunk[0]}-{chunk[-1]} of {num}, epoch {epoch + 1}/{target}: '
+                   f'batch {b + 1}/{idx.shape[1]}, loss {float(jnp.mean(loss)):.4f} '
+                   f'({last - t0:.0f} s into the epoch)')
       parts.append(jax.tree_util.tree_map(np.asarray, c))
     carry = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
     mean_loss = float(np.mean(np.concatenate([np.ravel(np.asarray(v)) for v in losses])))
@@ -629,6 +634,7 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
     if acc is not None:
       line += f' | test acc {100 * np.mean(acc):.2f} % (mean of {num})'
     progress(line)
+    last = time.perf_counter()
   if not trained:   # killed between the last epoch's carry and its index: finish the index
     _write_index(directory, start, num, history, _test_accuracies(model, carry, data))
   return open_buffer(directory, asked, trained_now=trained)
