@@ -83,7 +83,8 @@ def test_vmapped_experts_equal_separate_runs_and_snapshot_reads_the_row(tiny_dat
     np.testing.assert_allclose(buf.trajectory(i), ref[i], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(vmapped.trajectory(i), ref[i], rtol=1e-5, atol=1e-5)
   # the experts differ from each other and move
-  assert np.abs(ref[0, -1] - ref[1, -1]).max() > 1e-2 and np.abs(ref[0, -1] - ref[0, 0]).max() > 1e-2
+  assert np.abs(ref[0, -1] - ref[1, -1]).max() > 1e-2
+  assert np.abs(ref[0, -1] - ref[0, 0]).max() > 1e-2
   # one row of the epoch file, and unravel gives the flax params back
   row = buf.snapshot(2, 1)
   np.testing.assert_array_equal(row, np.load(experts.epoch_path(buf.path, 1))[2])

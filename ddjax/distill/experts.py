@@ -202,9 +202,9 @@ def default_mode(backend: str | None = None) -> str:
   """How a chunk of experts steps together: 'vmap' (one vmapped step) on accelerators, 'loop'
   on CPU (each expert's own step, unrolled in one jitted call; chunks of one expert unless
   expert.parallel says otherwise). XLA:CPU lowers the vmapped convolutions of E experts to a
-  grouped convolution that runs about 2x slower per expert than E separate ones (measured on
-  the 2-core machine: ConvNet-3-IN width 32, batch 256 with DSA, 4 experts: 0.48 s per expert
-  vmapped, 0.24-0.27 s one at a time or unrolled; benchmarks/expert_buffer.py)."""
+  grouped convolution that runs 2-2.6x slower per expert than E separate ones (2-core machine,
+  ConvNet-3-IN, batch 256 with DSA, 4 experts, s per expert step vmapped / one at a time: 0.85 /
+  0.32 at width 32, 2.95 / 1.37 at width 128; benchmarks/results/expert_buffer.md)."""
   backend = backend or jax.default_backend()
   return 'loop' if backend == 'cpu' else 'vmap'
 

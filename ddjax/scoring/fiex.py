@@ -7,7 +7,8 @@ examples of every class in two stages. The official code (`buffer/buffer_CL.py:5
 `utils/utils_cl_scheduler.py:3-4`) at 0-based training epoch e (the epoch whose end gives snapshot
 e + 1; `for e in range(train_epochs)`), with n the examples of a class sorted easy -> hard:
 
-    e <= add_end:                  keep the easiest int(p * n), p = min(1, IR + (1 - IR) * e / add_end)
+    e <= add_end:                  keep the easiest int(p * n),
+                                   p = min(1, IR + (1 - IR) * e / add_end)
     add_end < e <= remove[0]:      keep all n
     remove[0] < e <= remove[1]:    drop the easiest int(ratio[0] * n)
     e > remove[1]:                 drop the easiest int(ratio[1] * n)
