@@ -13,7 +13,8 @@ chunks of 1, the CPU default), each the median of --steps rounds, with XLA's FLO
 FLOP/s reached next to this machine's float32 matmul peak measured in the same run. Experts per
 hour are EXTRAPOLATED from the step time: a full Fashion-MNIST epoch is 235 steps (60000 / 256),
 and an expert is 8 epochs (the CPU default) or 50 (MTT's); file writes and the final test
-accuracy are left out (the end-to-end row below measures them on a --subset of the data). Writes results/expert_buffer.{json,md}.
+accuracy are left out (the end-to-end row below measures them on a --subset of the data).
+Writes results/expert_buffer.{json,md}.
 """
 from __future__ import annotations
 
