@@ -16,16 +16,20 @@ import sys
 
 from absl import app, flags, logging
 
-from ddjax.main import fail, parse_flags   # defines --config, --workdir, --restart, --debug
-
 DEFAULT_CONFIG = 'configs/buffer.py'
 
 
-def _parse(argv):
-  """parse_flags, with --config=configs/buffer.py when none is given."""
-  if not any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
-    argv = [argv[0], f'--config={DEFAULT_CONFIG}', *argv[1:]]
-  return parse_flags(argv)
+def with_default_config(argv: list[str]) -> list[str]:
+  """argv with --config=configs/buffer.py when it names no --config."""
+  if any(a == '--config' or a.startswith('--config=') for a in argv[1:]):
+    return list(argv)
+  return [argv[0], f'--config={DEFAULT_CONFIG}', *argv[1:]]
+
+
+if __name__ == '__main__':   # config_flags reads sys.argv when ddjax.main defines --config
+  sys.argv[:] = with_default_config(sys.argv)
+
+from ddjax.main import fail, parse_flags  # noqa: E402  (defines --config, --workdir, --debug)
 
 
 def main(argv) -> None:
@@ -62,4 +66,4 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=parse_flags)
