@@ -20,7 +20,8 @@ from ddjax import registry
 from ddjax.distill.base import PER_CLASS, accepts_row_transforms, has_ite_form
 
 PRESETS = registry.PRESETS
-SIGNED_KEYS = ('bilp.score_epoch',)    # numbers that may be negative (-1: the last epoch)
+SIGNED_KEYS = ('bilp.score_epoch', 'distill.label_momentum', 'datm.label_epoch',
+               'pad.alpha')      # numbers that may be negative (-1: the last epoch, auto)
 
 
 class ConfigError(ValueError):
@@ -70,7 +71,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distill.batch_per_class = 0     # > 0: real batch = this x classes, class-balanced (DC: 256)
   cfg.distill.balanced_batch = False  # class-balanced real batches (KIP: True)
   cfg.distill.optimizer = 'adam'      # FRePo: lamb
-  cfg.distill.momentum = 0.0          # SGD momentum (DC / DSA / DM: 0.5)
+  cfg.distill.momentum = 0.0          # SGD momentum (DC / DSA / DM / MTT: 0.5)
+  cfg.distill.label_momentum = -1.0   # the labels' SGD momentum (DATM: 0.9); -1 = distill.momentum
   cfg.distill.lr = 3e-3               # FRePo: 3e-4
   cfg.distill.label_lr = 3e-3         # FRePo: 3e-4
   cfg.distill.learn_label = True
@@ -118,7 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.transform.isa_eps = 0.0         # ISA: 1.0
 
   cfg.eval = ml_collections.ConfigDict()
-  cfg.eval.protocol = 'auto'          # auto (the method's) | frepo | dc
+  cfg.eval.protocol = 'auto'          # auto (the method's) | frepo | dc | rded | tm
   cfg.eval.num_models = 5
   cfg.eval.steps = 0                  # 0 -> the protocol's own rule (FRePo: by #prototypes)
   cfg.eval.batch_size = 0             # 0 -> the protocol's own rule
@@ -126,8 +128,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval.krr = True                 # also report FRePo's KRR-predictor accuracy
   cfg.eval.model = model_config()     # the network trained from scratch (FRePo: no norm)
   cfg.eval.kernel_krr = False         # also KRR with the infinite-width kernel of cfg.kernel
-  cfg.eval.kernel_krr_test = 0
-  cfg.eval.soft_label_epochs = 300    # the 'rded' protocol's student epochs (official 300)        # test images for kernel KRR (0: all; it costs per pair)
+  cfg.eval.kernel_krr_test = 0        # test images for kernel KRR (0: all; it costs per pair)
+  cfg.eval.soft_label_epochs = 300    # the 'rded' protocol's student epochs (official 300)
 
   cfg.observer = ml_collections.ConfigDict()   # the teacher of soft-label evaluation ('rded'
   cfg.observer.dir = ''               # protocol) and of RDED's selection (ddjax.evaluate.observer)

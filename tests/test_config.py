@@ -130,7 +130,8 @@ def test_divergence_and_a_changed_workdir_config_stop_with_what_to_do(tiny_npz, 
   diverging = tiny_config(tiny_npz)
   diverging.eval.num_models, diverging.checkpoint.every = 0, 1
   diverging.distill.optimizer, diverging.distill.lr = 'sgd', 1e30
-  with pytest.raises(DivergedError, match=r'diverged by step \d.*last finite checkpoint is step'):
+  with pytest.raises(DivergedError,
+                     match=r'diverged at step \d.*non-finite.*last good checkpoint is step'):
     pipeline.run(diverging, str(tmp_path / 'd'))
   run = str(tmp_path / 'r')
   pipeline.run(cfg, run)

@@ -18,10 +18,18 @@ no-ops. Declared capabilities (class attributes, read by wrappers and `make_step
 - `record`: `PER_SAMPLE` when `per_sample` returns one `PerSample` row per real example whose mean
   is the meta-loss (the KRR family; loss transforms such as ISA and BiLP's row weights apply), or
   `PER_CLASS` when it returns a `PerClass` record (matching methods: one row per class), or
-  `NO_META_LOSS` for a method that takes no distillation steps.
+  `PER_SET` for a single-row `PerClass` (trajectory matching), or `NO_META_LOSS` for a method that
+  takes no distillation steps.
 - `additive_form`: implemented (not None) when the meta-loss is additive-separable over real
   samples, L(G, S) with G = sum_i g(x_i) (DC, DM): BiLP's ITE works on it
   (`ddjax.scoring.ite.additive_ite_scores`).
+- `batch_sampler(seed)`: None (the run draws real batches), or the method's own host-side
+  sampler(step) -> batch (trajectory matching: a pair of expert snapshots); such a batch is
+  replicated on every device, not split.
+- `extra_metrics(syn, state, batch)`: further scalars logged with the step's metrics;
+  `problem(metrics)`: a host-side check of one step's metrics that stops the run with a message
+  (MTT's step size going negative); `update_gate(loss)`: None, or a boolean scalar that lets
+  the step's update through (DATM skips steps whose loss exceeds a threshold).
 - `decode` / `decode_classes` / `encode` / `images_per_stored`: how a stored set maps to the set
   the method trains on (identity; IDC's multi-formation overrides them); `initial_set`: the set at
   step 0 (where an optimisation-free method builds its set).
@@ -39,6 +47,8 @@ PyTree = Any
 PER_SAMPLE = 'per_sample'
 PER_CLASS = 'per_class'
 NO_META_LOSS = 'none'      # a method that takes no steps (the random-subset baseline)
+PER_SET = 'per_set'        # one meta-loss for the whole set, not additive over real examples
+                           # (trajectory matching: a distance between parameter vectors)
 
 
 def accepts_row_transforms(distiller) -> bool:
@@ -103,6 +113,28 @@ class Distiller:
     del syn, key
     return state
 
+  # -- batches, metrics and guards of the run loop --------------------------------------------------
+  def batch_sampler(self, seed: int) -> Callable[[int], dict] | None:
+    """None: the run samples real batches. Else sampler(step) -> host batch, a pure function of
+    (seed, step) (a resumed run replays it), replicated on every device."""
+    del seed
+    return None
+
+  def extra_metrics(self, syn: PyTree, state: PyTree, batch: dict[str, Array]) -> dict:
+    """Further () scalars to log with the step's metrics (jittable)."""
+    del syn, state, batch
+    return {}
+
+  def problem(self, metrics: dict[str, float]) -> str | None:
+    """A host-side check of one step's metrics (floats): a message stops the run."""
+    del metrics
+    return None
+
+  def update_gate(self, loss: Array) -> Array | None:
+    """None (every step updates), or a () bool: False keeps the set and its optimizer state."""
+    del loss
+    return None
+
   # -- the stored set and the set the method trains on --------------------------------------------
   images_per_stored: ClassVar[int] = 1
 
@@ -157,6 +189,18 @@ class Wrapper(Distiller):
 
   def update(self, syn, state, key):
     return self.wrapped.update(syn, state, key)
+
+  def batch_sampler(self, seed):
+    return self.wrapped.batch_sampler(seed)
+
+  def extra_metrics(self, syn, state, batch):
+    return self.wrapped.extra_metrics(syn, state, batch)
+
+  def problem(self, metrics):
+    return self.wrapped.problem(metrics)
+
+  def update_gate(self, loss):
+    return self.wrapped.update_gate(loss)
 
   @property
   def images_per_stored(self) -> int:  # type: ignore[override]

@@ -140,16 +140,22 @@ def _ordered_leaves(tree: PyTree, prefix: tuple = ()) -> list[tuple[tuple, Array
   return [(prefix, tree)]
 
 
-def depth_mask(params: PyTree, fraction: float) -> PyTree:
+def depth_mask(params: PyTree, fraction: float, per_layer: bool = False) -> PyTree:
   """PAD's deep-layer filter: a 0/1 float mask shaped like `params` that removes the first
   `fraction` of all parameter entries, counted shallow to deep in PyTorch's flattening order
-  (PAD masks the flattened parameter vector of the PyTorch network). fraction 0 keeps everything.
+  (PAD masks the flattened parameter vector of the PyTorch network: the cut falls mid-tensor,
+  conv kernels counted in OIHW order). fraction 0 keeps everything. per_layer: round the cut
+  down to the start of the tensor it falls in (whole tensors dropped; ddjax's variant).
+  Serves DC's layer_fraction and trajectory matching's FIEM (`ddjax.distill.mtt`).
   """
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f'matching.layer_fraction={fraction} must lie in [0, 1).')
   leaves = _ordered_leaves(params)
   total = sum(int(np.prod(np.shape(v))) for _, v in leaves)
-  cut = int(round(fraction * total))
+  cut = int(fraction * total)       # PAD: keep = arange(L)[int(depth_ratio * L):]
+  if per_layer:
+    starts = np.cumsum([0] + [int(np.prod(np.shape(v))) for _, v in leaves])
+    cut = int(starts[np.searchsorted(starts, cut, side='right') - 1])
   masks = {}
   seen = 0
   for path, v in leaves:

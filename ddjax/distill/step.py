@@ -47,17 +47,23 @@ def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
                        learn_label: bool = True, schedule: str = 'cosine',
                        end_fraction: float = 0.0,
                        extra_lrs: dict[str, float] | None = None,
-                       momentum: float = 0.0) -> optax.GradientTransformation:
+                       momentum: float = 0.0,
+                       label_momentum: float | None = None) -> optax.GradientTransformation:
   """Optimizer of the synthetic set: images and labels each with their own learning rate.
 
   name: 'lamb' (FRePo), 'adam' (KIP), 'adabelief' (RFAD; optax's eps 1e-16 as RFAD's) or 'sgd'.
   schedule: 'cosine' (decay to end_fraction * lr over `steps`) or 'constant'. Labels are frozen
   (zero update) unless learn_label. extra_lrs: learning rates of further entries of the synthetic
   pytree (e.g. RFAD's Platt temperature 'log_temp'), same optimizer and schedule. momentum: SGD's
-  (DC / DSA / DM: 0.5; ignored by the adaptive optimizers).
+  (DC / DSA / DM / MTT: 0.5; ignored by the adaptive optimizers); label_momentum: the labels' SGD
+  momentum when it differs (DATM: 0.9), None = momentum.
   """
-  makers = {'lamb': optax.lamb, 'adam': optax.adam, 'adabelief': optax.adabelief,
-            'sgd': lambda lr: optax.sgd(lr, momentum=momentum or None)}
+  def makers_for(m):
+    return {'lamb': optax.lamb, 'adam': optax.adam, 'adabelief': optax.adabelief,
+            'sgd': lambda lr: optax.sgd(lr, momentum=m or None)}
+
+  makers = makers_for(momentum)
+  label_makers = makers_for(momentum if label_momentum is None else label_momentum)
   if name not in makers:
     raise ValueError(f'distill.optimizer={name!r}: choose one of {sorted(makers)}.')
   if schedule not in ('cosine', 'constant'):
@@ -69,7 +75,7 @@ def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
     return optax.cosine_decay_schedule(peak, max(int(steps), 1), alpha=end_fraction)
 
   transforms = {'x': makers[name](sched(lr)),
-                'y': makers[name](sched(label_lr)) if learn_label else optax.set_to_zero()}
+                'y': label_makers[name](sched(label_lr)) if learn_label else optax.set_to_zero()}
   for key, key_lr in (extra_lrs or {}).items():
     transforms[key] = makers[name](sched(key_lr))
   return optax.multi_transform(transforms, lambda syn: {k: k for k in syn})
@@ -94,7 +100,8 @@ def make_step(distiller: Distiller, transform: LossTransform,
   classes: (n,) class of each stored prototype (for label regularizers).
   metrics: loss (the optimized scalar), meta_loss (mean over the whole batch before any transform,
   weighted by a BiLP keep mask when the record has one), kept (rows left after selection, or
-  their total weight), grad_norm.
+  their total weight), grad_norm; 'skipped' (1 when the distiller's `update_gate` refused the
+  step) and the distiller's `extra_metrics`.
   """
   check_composable(distiller, transform)
 
@@ -111,9 +118,15 @@ def make_step(distiller: Distiller, transform: LossTransform,
     (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)
     syn = optax.apply_updates(state.syn, updates)
-    d_state = distiller.update(syn, d_state, k_update)
     metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
                'grad_norm': optax.tree.norm(grads)}
+    gate = distiller.update_gate(loss)
+    if gate is not None:      # a refused step keeps the set and the optimizer's state (DATM)
+      keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(gate, a, b), new, old)
+      syn, opt_state = keep(syn, state.syn), keep(opt_state, state.opt_state)
+      metrics['skipped'] = 1.0 - gate.astype(jnp.float32)
+    d_state = distiller.update(syn, d_state, k_update)
+    metrics.update(distiller.extra_metrics(syn, d_state, batch))
     new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state,
                        distiller_state=d_state, transform_state=t_state)
     return new, metrics

@@ -28,6 +28,13 @@ quarter-cosine lr * 0.5 * (1 + cos(pi * epoch / (2 E))) stepped per epoch (ends 
 by IPC as argument.py:233-258 (IPC <= 1: 10, <= 10: 50, else 100; x2 for >= 100 classes; at most
 n), 300 epochs, random horizontal flip. Needs `num_classes` for the batch rule.
 
+'tm' (trajectory matching: MTT utils.py:352-389, DATM utils_baseline.py:472-534): SGD momentum
+0.9, weight decay 5e-4, lr = the set's learned step size (`syn_lr`; 0.01 for a set without one),
+1000 epochs with lr x 0.1 at half, batch 256 (MTT; DATM / PAD: 128), DSA on every batch
+(color_crop_cutout_flip_scale_rotate unless the run sets its own), cross-entropy against argmax(y)
+for one-hot labels and against softmax(y) for learned label logits ('soft_ce', DATM's
+SoftCrossEntropy); the caller picks the loss from the labels (`ddjax.runtime.evaluation`).
+
 Augmentation sizes are fractions of the image side, converted to pixels at train time by
 `augment_pixels` (translate 0.125 ~ DSA's crop ratio: 4 px on 32 px; cutout 0.25: 8 px on 32 px).
 Both stand in for FRePo's augmax chain and DSA until ddjax's DSA lands: an approximation.
@@ -43,9 +50,10 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ('adam', 'sgd')
-LOSSES = ('mse', 'ce', 'kl')
+LOSSES = ('mse', 'ce', 'soft_ce', 'kl')
 SCHEDULES = ('warmup_cosine', 'step', 'quarter_cosine')
-PROTOCOLS = ('frepo', 'dc', 'rded')
+PROTOCOLS = ('frepo', 'dc', 'rded', 'tm')
+TM_EPOCHS = 1000                    # MTT utils.py:352-389 (epoch_eval_train)
 RDED_EPOCHS = 300                   # RDED argument.py:114 and its scripts
 
 # FRePo script/eval.py:207-209, keyed by the total number of prototypes.
@@ -62,6 +70,7 @@ class EvalProtocol:
   momentum: float = 0.0            # sgd only
   weight_decay: float = 0.0        # sgd: coupled L2; adam: decoupled (AdamW) when > 0
   loss: str = 'mse'                # 'mse' (0.5 * sum_k, mean over batch) | 'ce' (vs argmax(y))
+                                   # | 'soft_ce' (vs softmax(y): learned label logits, DATM)
   schedule: str = 'warmup_cosine'  # 'warmup_cosine' | 'step'
   warmup_steps: int = 0            # warmup_cosine: linear 0 -> lr over these steps
   final_lr_fraction: float = 0.01  # warmup_cosine: end lr = fraction * lr
@@ -157,6 +166,14 @@ def get_protocol(name: str, num_prototypes: int, num_classes: int | None = None,
                 steps=epochs * per_epoch, epochs=epochs, steps_per_epoch=per_epoch,
                 decay_weights_only=True, temperature=20.0, augment=True, translate_frac=0.0,
                 cutout_frac=0.0, flip=True)
+  elif name == 'tm':
+    from ddjax.augment.dsa import DEFAULT_DSA_STRATEGY
+    epochs = overrides.get('epochs', TM_EPOCHS)
+    batch = overrides.get('batch_size', min(n, 256))
+    base = dict(optimizer='sgd', lr=0.01, momentum=0.9, weight_decay=5e-4, loss='ce',
+                schedule='step', warmup_steps=0, decay_at=0.5, decay_factor=0.1, batch_size=batch,
+                steps=epochs * math.ceil(n / batch), epochs=epochs, augment=True,
+                dsa_strategy=DEFAULT_DSA_STRATEGY)
   else:
     raise ValueError(f'unknown protocol {name!r}; allowed: {", ".join(PROTOCOLS)}')
   base.update(overrides)

@@ -35,10 +35,12 @@ def protocol_loss(protocol: EvalProtocol, logits: Array, y: Array) -> Array:
   """Scalar loss of logits (B, K) against labels y (B, K) under `protocol`.
 
   'mse': mean over the batch of 0.5 * sum_k (logits - y)^2 (FRePo); 'ce': cross-entropy against
-  the hard labels argmax(y) (DC).
+  the hard labels argmax(y) (DC); 'soft_ce': against the soft targets softmax(y) (DATM).
   """
   if protocol.loss == 'mse':
     return mse_loss(logits, y)
+  if protocol.loss == 'soft_ce':
+    return -jnp.mean(jnp.sum(jax.nn.softmax(y) * jax.nn.log_softmax(logits), axis=-1))
   return cross_entropy(logits, jnp.argmax(y, axis=-1))
 
 

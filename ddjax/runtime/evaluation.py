@@ -58,6 +58,20 @@ def soft_label_eval(cfg: ml_collections.ConfigDict, data: PreparedData,
   return entries, line
 
 
+def is_one_hot(y) -> bool:
+  """Whether every row of y (n, K) is a one-hot vector (hard labels)."""
+  y = np.asarray(y)
+  return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))
+
+
+def learned_step_size(cfg: ml_collections.ConfigDict, syn: dict) -> dict:
+  """{'lr': the set's learned step size syn['syn_lr']} for the 'tm' protocol (trajectory
+  matching evaluates with the step size it learned), unless eval.lr is set."""
+  if cfg.eval.lr or 'syn_lr' not in syn:
+    return {}
+  return {'lr': float(np.asarray(syn['syn_lr']))}
+
+
 def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
                        syn: dict) -> tuple[dict, str]:
   """Train eval.num_models fresh eval.model networks on `syn` under the configured protocol
@@ -67,17 +81,22 @@ def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
   strategy = strategy_from_config(cfg)
   if strategy:
     overrides['dsa_strategy'] = strategy     # DSA / DM evaluate with DSA
-  protocol = get_protocol(config_lib.eval_protocol(cfg), int(syn['x'].shape[0]), **overrides)
+  name = config_lib.eval_protocol(cfg)
+  if name == 'tm':
+    overrides.update(learned_step_size(cfg, syn))
+    overrides['loss'] = 'ce' if is_one_hot(syn['y']) else 'soft_ce'
+  protocol = get_protocol(name, int(syn['x'].shape[0]), **overrides)
   model = from_config(cfg.eval.model, data.num_classes)
   _log(f'protocol {protocol.name}: {protocol.steps} steps, batch {protocol.batch_size}, '
-       f'{cfg.eval.num_models} models')
+       f'lr {protocol.lr:.4g}, loss {protocol.loss}, {cfg.eval.num_models} models')
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_EVAL)
   ev = evaluate_synthetic(key, model, jnp.asarray(syn['x']), jnp.asarray(syn['y']),
                           data.x_test, data.y_test, protocol, num_models=cfg.eval.num_models,
                           krr=cfg.eval.krr, krr_reg=registry.get(cfg.method).krr_reg(cfg),
                           progress=_log)
   entries = {'eval': {**{k: ev[k] for k in ('accs', 'acc_mean', 'acc_std')},
-                      'protocol': protocol.name, 'steps': protocol.steps}}
+                      'protocol': protocol.name, 'steps': protocol.steps, 'lr': protocol.lr,
+                      'loss': protocol.loss}}
   line = f'test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} %'
   if 'krr_acc' in ev:
     entries['krr_eval'] = {'acc': ev['krr_acc'], 'accs': ev['krr_accs'],

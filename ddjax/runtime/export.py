@@ -48,13 +48,17 @@ def save_png(path: str, array: np.ndarray) -> None:
 
 def export_distilled(workdir: str, syn: dict, classes: np.ndarray, preprocessor,
                      class_names) -> dict:
-  """Write distilled.npz and distilled.png; returns the paths."""
+  """Write distilled.npz (x, y, classes, x_pixels, class_names, the preprocessing as pre_*, and
+  every further learned entry of the set under its own name: MTT's syn_lr, RFAD's log_temp) and
+  distilled.png; returns the paths."""
   x = np.asarray(syn['x'], np.float32)
   y = np.asarray(syn['y'], np.float32)
   x_pixels = np.asarray(invert_preprocessor(preprocessor, x), np.float32)
   npz = os.path.join(workdir, 'distilled.npz')
+  learned = {k: np.asarray(v) for k, v in syn.items() if k not in ('x', 'y')}
   files.write_npz(npz, x=x, y=y, classes=np.asarray(classes, np.int32), x_pixels=x_pixels,
-                  class_names=np.asarray(class_names), **preprocessor_to_dict(preprocessor, 'pre_'))
+                  class_names=np.asarray(class_names), **learned,
+                  **preprocessor_to_dict(preprocessor, 'pre_'))
   png = os.path.join(workdir, 'distilled.png')
   save_png(png, image_grid(x_pixels, np.asarray(classes), len(class_names)))
   return {'npz': npz, 'png': png}

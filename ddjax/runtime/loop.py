@@ -74,24 +74,31 @@ def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
   return sample
 
 
-def _diverged_message(step: int, metrics: dict, ckpt: Checkpointer) -> str:
+def _diverged_message(step: int, metrics: dict, ckpt: Checkpointer,
+                      what: str = 'non-finite metrics') -> str:
   shown = ', '.join(f'{k}={v:.4g}' for k, v in metrics.items())
   last = ckpt.latest_step()
-  where = (f'the last finite checkpoint is step {last} in {ckpt.directory}' if last is not None
+  where = (f'the last good checkpoint is step {last} in {ckpt.directory}' if last is not None
            else 'no checkpoint was written before it')
-  return (f'the run diverged by step {step} (non-finite metrics: {shown}); {where}. Lower '
+  return (f'the run diverged at step {step} ({what}; metrics {shown}); {where}. Lower '
           'distill.lr / distill.label_lr or strengthen the method\'s regulariser, then rerun '
           'with --restart or a new --workdir.')
 
 
 def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_steps: int,
         key: jax.Array, workdir: str, checkpoint_every: int, keep: int = 2, log_every: int = 100,
-        mesh=None, name: str = 'distill') -> tuple[Any, dict]:
+        mesh=None, name: str = 'distill', batch_sharded: bool = True,
+        problem: Callable[[dict], str | None] | None = None) -> tuple[Any, dict]:
   """Drive `step_fn(state, batch, key) -> (state, metrics)` from the last checkpoint to num_steps.
 
   Writes `workdir/checkpoints/<step>` every `checkpoint_every` steps and at the end,
   `workdir/metrics.jsonl` every `log_every` steps (each metric averaged over the steps since the
   previous line), and prints progress lines.
+  batch_sharded: split the batch's leading axis over the devices (real batches); False
+  replicates it (a method's own batches, e.g. expert snapshots).
+  problem: problem(metrics of one step, floats) -> message or None, checked for every step at
+  each log / checkpoint point, like finiteness: a message stops the run before the state is
+  saved (`DivergedError`, naming the step, the metrics and the last good checkpoint).
   Returns (final state, summary) where summary has 'steps', 'resumed_from', 'sec_per_step'
   (mean over the steps this process ran, compilation excluded).
   """
@@ -104,29 +111,31 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
     start, state = restored
     print(f'[{name}] resumed from checkpoint at step {start}', flush=True)
   state = jax.device_put(state, rep)
-  jitted = jax.jit(step_fn, in_shardings=(rep, sharding.batch_sharding(mesh), rep),
+  batch_layout = sharding.batch_sharding(mesh) if batch_sharded else rep
+  jitted = jax.jit(step_fn, in_shardings=(rep, batch_layout, rep),
                    out_shardings=(rep, rep), donate_argnums=(0,))
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   progress = Progress(name, num_steps, start)
   timed_steps, timed_secs, t_last = 0, 0.0, None
-  interval_sum, interval_len = None, 0
+  interval = []     # the metrics of the steps since the last log point, on device (no sync)
   for s in range(start, num_steps):
-    batch = sharding.shard_batch(sampler(s), mesh)
+    batch = jax.device_put(sampler(s), batch_layout)
     state, metrics = jitted(state, batch, jax.random.fold_in(key, s))
-    # metrics are averaged over the logging interval (on device, no sync per step)
-    interval_sum = metrics if interval_sum is None else jax.tree_util.tree_map(
-        jnp.add, interval_sum, metrics)
-    interval_len += 1
+    interval.append(metrics)
     done = s + 1
     log_now = done % log_every == 0 or done == num_steps
     save_now = done % checkpoint_every == 0 or done == num_steps
     if log_now or save_now:   # never checkpoint a state whose interval went non-finite
-      metrics = {k: float(v) / interval_len for k, v in jax.device_get(interval_sum).items()}
-      if not all(math.isfinite(v) for v in metrics.values()):
-        ckpt.close()
-        raise DivergedError(_diverged_message(done, metrics, ckpt))
+      steps = [{k: float(v) for k, v in m.items()} for m in jax.device_get(interval)]
+      for i, m in enumerate(steps):
+        bad = 'non-finite metrics' if not all(math.isfinite(v) for v in m.values()) else (
+            problem(m) if problem is not None else None)
+        if bad:
+          ckpt.close()
+          raise DivergedError(_diverged_message(done - len(steps) + i + 1, m, ckpt, bad))
+      metrics = {k: sum(m[k] for m in steps) / len(steps) for k in steps[0]}
     if log_now:
-      interval_sum, interval_len = None, 0
+      interval = []
       now = time.perf_counter()
       if t_last is not None:
         timed_secs += now - t_last

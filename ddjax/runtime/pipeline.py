@@ -145,7 +145,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict):
   return step_lib.make_syn_optimizer(d.optimizer, d.lr, d.label_lr, spec.steps(cfg),
                                      learn_label=d.learn_label, schedule=d.schedule,
                                      end_fraction=d.end_fraction, extra_lrs=extra or None,
-                                     momentum=d.momentum)
+                                     momentum=d.momentum,
+                                     label_momentum=None if d.label_momentum < 0 else
+                                     d.label_momentum)
 
 
 def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, mesh=None):
@@ -161,17 +163,23 @@ def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, me
     transform = transforms_lib.from_config(cfg.transform)
     optimizer = make_optimizer(cfg)
     mesh = mesh or sharding.make_mesh()
-    sharding.check_batch_divisible(batch_size, mesh)
     state = step_lib.init_state(distiller, transform, optimizer, syn,
                                 jax.random.fold_in(root, KEY_DISTILL_INIT))
     step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
-    hold = cfg.bilp.adaptive_every if cfg.bilp.adaptive_beta > 0 else 1
-    sampler = loop.make_sampler(data.x_train, data.targets_train, batch_size, cfg.seed,
-                                balanced=config_lib.balanced_batch(cfg), hold=hold)
+    sampler = distiller.batch_sampler(cfg.seed)      # the method's own batches, replicated
+    if sampler is None:                               # real batches, split over the devices
+      sharding.check_batch_divisible(batch_size, mesh)
+      hold = cfg.bilp.adaptive_every if cfg.bilp.adaptive_beta > 0 else 1
+      sampler = loop.make_sampler(data.x_train, data.targets_train, batch_size, cfg.seed,
+                                  balanced=config_lib.balanced_batch(cfg), hold=hold)
+      own_batches = False
+    else:
+      own_batches = True
     state, summary = loop.run(
         step_fn, state, sampler, num_steps=num_steps, key=jax.random.fold_in(root, KEY_DISTILL),
         workdir=workdir, checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
-        log_every=cfg.log.every, mesh=mesh, name=cfg.method)
+        log_every=cfg.log.every, mesh=mesh, name=cfg.method, batch_sharded=not own_batches,
+        problem=distiller.problem)
     syn = jax.device_get(state.syn)
   decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
   classes = np.asarray(distiller.decode_classes(jnp.asarray(classes)))

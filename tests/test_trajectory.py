@@ -1,0 +1,284 @@
+"""Trajectory matching (MTT, DATM, PAD): the unroll and its gradients, TESLA's rule, the distance
+and PAD's masks, DATM's window, initialisation and gate, the run loop's guards."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from ddjax.distill import datm, mtt, pad
+from ddjax.distill import step as step_lib
+from ddjax.models.convnet import ConvNet
+from ddjax.transforms.base import identity
+
+K, HW = 3, 8
+
+
+def tiny_model():
+  return ConvNet(K, depth=2, width=4, norm='instance')
+
+
+def tiny_data(n_per_class=24, seed=0):
+  """Class c: images with a bright c-th third of rows, plus noise (separable)."""
+  rng = np.random.default_rng(seed)
+  y = np.repeat(np.arange(K), n_per_class)
+  x = rng.normal(0, 0.5, (len(y), HW, HW, 1)).astype(np.float32)
+  for c in range(K):
+    x[y == c, c * HW // K:(c + 1) * HW // K] += 2.0
+  return x, y
+
+
+class MemoryBuffer:
+  """The `ddjax.distill.experts.ExpertBuffer` interface over in-memory trajectories (E, T+1, P):
+  experts trained here by plain SGD on tiny data, one snapshot per 'epoch' of a few steps."""
+
+  def __init__(self, num_experts=2, epochs=4, steps_per_epoch=6, lr=0.5):
+    self.model = tiny_model()
+    x, y = tiny_data()
+    variables = self.model.init(jax.random.PRNGKey(0), jnp.zeros((1, HW, HW, 1)))
+    self.template = variables['params']
+    _, self.unravel = ravel_pytree(self.template)
+    onehot = jax.nn.one_hot(y, K)
+    grad = jax.jit(mtt.make_student_grad(self.model, self.unravel, soft=False))
+    trajectories = []
+    for e in range(num_experts):
+      init = self.model.init(jax.random.PRNGKey(10 + e), jnp.zeros((1, HW, HW, 1)))['params']
+      theta = ravel_pytree(init)[0]
+      snaps = [theta]
+      rng = np.random.default_rng(e)
+      for _ in range(epochs):
+        for _ in range(steps_per_epoch):
+          idx = rng.choice(len(y), 16, replace=False)
+          theta = theta - lr * grad(theta, x[idx], onehot[idx])
+        snaps.append(theta)
+      trajectories.append(np.stack([np.asarray(t) for t in snaps]))
+    self.trajectories = np.stack(trajectories).astype(np.float32)
+    self.num_experts, self.num_epochs = num_experts, epochs
+    self.dim = self.trajectories.shape[-1]
+    self.x, self.y = x, y
+
+  def snapshot(self, expert, epoch):
+    return self.trajectories[expert, epoch]
+
+
+@pytest.fixture(scope='module')
+def buffer():
+  return MemoryBuffer()
+
+
+def _inner(buffer, n=6, steps=3, seed=0):
+  x = jnp.asarray(buffer.x[::len(buffer.x) // n][:n])
+  y = jax.nn.one_hot(jnp.arange(n) % K, K)
+  idx = mtt.minibatch_indices(jax.random.PRNGKey(seed), n, 4, steps)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), steps)
+  augment = lambda k, xb: xb + 0.1 * jax.random.normal(k, xb.shape)
+  return x, y, idx, keys, augment
+
+
+def test_minibatches_cycle_through_permutations_without_replacement():
+  idx = np.asarray(mtt.minibatch_indices(jax.random.PRNGKey(0), 10, 4, 5))
+  assert idx.shape == (5, 4)
+  flat = idx.reshape(-1)
+  assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+  full = np.asarray(mtt.minibatch_indices(jax.random.PRNGKey(1), 6, 10, 3))
+  assert all(sorted(r) == list(range(6)) for r in full)      # batch >= n: the whole set
+
+
+def test_remat_unroll_gradients_equal_the_plain_unroll(buffer):
+  x, y, idx, keys, augment = _inner(buffer)
+  grad_fn = mtt.make_student_grad(buffer.model, buffer.unravel, soft=True)
+  start, target = jnp.asarray(buffer.snapshot(0, 1)), jnp.asarray(buffer.snapshot(0, 3))
+
+  def loss(x, y, lr, remat, loop):
+    xs, ys = mtt.inner_batches(x, y, idx, keys, augment)
+    theta = mtt.unroll(grad_fn, start, xs, ys, lr, remat=remat, loop=loop)
+    return mtt.normalized_distance(theta, start, target)
+
+  ref = jax.grad(loss, argnums=(0, 1, 2))(x, y, 0.3, False, 'python')
+  for remat, loop in ((True, 'scan'), (True, 'python'), (False, 'scan')):
+    got = jax.grad(loss, argnums=(0, 1, 2))(x, y, 0.3, remat, loop)
+    for a, b in zip(got, ref):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+  assert float(jnp.abs(ref[0]).sum()) > 0 and float(jnp.abs(ref[2])) > 0
+
+
+def test_tesla_gradient_equals_its_own_formula(buffer):
+  x, y, idx, keys, augment = _inner(buffer, seed=3)
+  grad_fn = mtt.make_student_grad(buffer.model, buffer.unravel, soft=False)
+  start, target = jnp.asarray(buffer.snapshot(1, 0)), jnp.asarray(buffer.snapshot(1, 2))
+  xs, ys = mtt.inner_batches(x, y, idx, keys, augment)
+  lr = 0.2
+  for loop in ('scan', 'python'):
+    fn = mtt.tesla_unroll(grad_fn, loop)
+    loss = lambda xs, ys, lr: mtt.normalized_distance(fn(start, xs, ys, lr), start, target)
+    gx, gy, glr = jax.grad(loss, argnums=(0, 1, 2))(xs, ys, lr)
+    # direct: theta_i by plain SGD, c = dL/dtheta_N, x_bar_i = -lr d<c, g_i>/dx_i, lr_bar = -<G, c>
+    thetas, theta, g_sum = [], start, 0.0
+    for i in range(len(xs)):
+      thetas.append(theta)
+      g = grad_fn(theta, xs[i], ys[i])
+      theta, g_sum = theta - lr * g, g_sum + g
+    c = jax.grad(lambda th: mtt.normalized_distance(th, start, target))(theta)
+    for i in range(len(xs)):
+      want_x = jax.grad(lambda xb: -lr * jnp.vdot(c, grad_fn(thetas[i], xb, ys[i])))(xs[i])
+      np.testing.assert_allclose(gx[i], want_x, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(glr, -jnp.vdot(g_sum, c), rtol=1e-4)
+  # an approximation: it differs from the exact gradient, but points the same way
+  exact = jax.grad(lambda xs: mtt.normalized_distance(
+      mtt.unroll(grad_fn, start, xs, ys, lr), start, target))(xs)
+  cos = jnp.vdot(exact, gx) / (jnp.linalg.norm(exact) * jnp.linalg.norm(gx))
+  assert 0.5 < float(cos) < 1.0 - 1e-6
+
+
+def test_normalized_distance_and_loss_ranked_mask_against_numpy():
+  rng = np.random.default_rng(0)
+  theta, start, target = (rng.normal(size=50).astype(np.float32) for _ in range(3))
+  mask = (rng.random(50) > 0.3).astype(np.float32)
+  want = np.sum(mask * (theta - target) ** 2) / np.sum(mask * (start - target) ** 2)
+  np.testing.assert_allclose(mtt.normalized_distance(theta, start, target, mask), want, rtol=1e-5)
+  errors = (theta - target) ** 2
+  m = np.asarray(mtt.loss_ranked_mask(jnp.asarray(errors), 0.4))
+  assert m.sum() == 30 and errors[m == 0].max() <= errors[m == 1].min()
+
+
+def _torch_positions(template):
+  """A params tree whose entries are their positions in PyTorch's flattened vector: modules in
+  creation order (conv0, norm0, conv1, norm1, head), weight before bias, kernels as OIHW / (out,
+  in), built by hand (independently of ddjax.distill.matching)."""
+  order = ['conv0', 'norm0', 'conv1', 'norm1', 'head']
+  out, pos = {}, 0
+  for name in order:
+    out[name] = {}
+    for leaf in (('kernel', 'scale'), ('bias',)):
+      key = next(k for k in leaf if k in template[name])
+      shape = np.shape(template[name][key])
+      if len(shape) == 4:
+        torch_shape = (shape[3], shape[2], shape[0], shape[1])
+      elif len(shape) == 2:
+        torch_shape = (shape[1], shape[0])
+      else:
+        torch_shape = shape
+      ids = np.arange(pos, pos + int(np.prod(shape))).reshape(torch_shape)
+      if len(shape) == 4:
+        ids = ids.transpose(2, 3, 1, 0)
+      elif len(shape) == 2:
+        ids = ids.T
+      out[name][key] = ids.astype(np.float64)
+      pos += int(np.prod(shape))
+  return out, pos
+
+
+@pytest.mark.parametrize('fraction', [0.0, 0.25, 0.5, 0.75])
+def test_depth_mask_matches_a_pytorch_order_vector(buffer, fraction):
+  positions, total = _torch_positions(buffer.template)
+  flat_pos = np.asarray(ravel_pytree(jax.tree_util.tree_map(jnp.asarray, positions))[0])
+  cut = int(fraction * total)
+  mask = mtt.parameter_mask(buffer.template, 'depth', fraction)
+  if fraction == 0:
+    assert mask is None
+    return
+  np.testing.assert_array_equal(np.asarray(mask), (flat_pos >= cut).astype(np.float32))
+  per_layer = np.asarray(mtt.parameter_mask(buffer.template, 'per_layer', fraction))
+  # whole tensors: the cut moves down to the start of the tensor it falls in
+  starts = sorted({int(v.min()) for v in jax.tree_util.tree_leaves(positions)})
+  layer_cut = max(s for s in starts if s <= cut)
+  np.testing.assert_array_equal(per_layer, (flat_pos >= layer_cut).astype(np.float32))
+
+
+def test_pad_alpha_follows_the_paper_table():
+  assert [pad.alpha_for_ipc(i) for i in (1, 10, 50, 500, 1000)] == [0, .25, .25, .5, .75]
+  assert pad.alpha_for_ipc(20) == 0.25
+
+
+def test_datm_window_grows_from_current_max_to_max_start():
+  kw = dict(min_start=0, current_max=10, max_start=20, expansion_end=1000, sequential=True)
+  assert datm.window_upper(0, **kw) == 10
+  assert datm.window_upper(500, **kw) == 15
+  assert datm.window_upper(1000, **kw) == 20 == datm.window_upper(5000, **kw)
+  assert datm.window_upper(0, **dict(kw, sequential=False)) == 20
+
+
+def _datm(buffer, **kw):
+  args = dict(x_train=buffer.x, y_train=buffer.y, num_classes=K, current_max=2,
+              expansion_end=10, sequential=True, threshold=1.0, syn_steps=3, expert_epochs=1,
+              max_start=3)
+  args.update(kw)
+  return datm.DATM(buffer, **args)
+
+
+def test_datm_initial_images_are_classified_correctly_by_some_expert(buffer):
+  d = _datm(buffer)
+  syn = {'x': jnp.zeros((2 * K, HW, HW, 1)), 'y': jnp.zeros((2 * K, K)), 'syn_lr': 0.01}
+  out = d.initial_set(syn, jax.random.PRNGKey(0))
+  classes = np.repeat(np.arange(K), 2)
+  right_by_some = np.zeros(len(classes), bool)
+  for e in range(buffer.num_experts):
+    right_by_some |= d.expert_logits(e, np.asarray(out['x'])).argmax(-1) == classes
+  assert right_by_some.all()
+  assert d.initial_accuracy == 1.0
+  assert (np.asarray(out['y']).argmax(-1) == classes).all()
+  # the chosen images are real training images of their class
+  for xi, c in zip(np.asarray(out['x']), classes):
+    assert any(np.array_equal(xi, r) for r in buffer.x[buffer.y == c])
+
+
+def test_datm_sampler_reads_pairs_inside_the_window(buffer):
+  d = _datm(buffer)
+  sample = d.batch_sampler(seed=0)
+  for step in (0, 20):
+    b = sample(step)
+    assert 0 <= int(b['epoch']) < d.start_window(step)[1]
+    t = int(b['epoch'])
+    assert any(np.array_equal(b['start'], buffer.snapshot(e, t)) and
+               np.array_equal(b['target'], buffer.snapshot(e, t + 1))
+               for e in range(buffer.num_experts))
+  assert np.array_equal(sample(7)['start'], sample(7)['start'])     # a pure function of the step
+
+
+def test_datm_gate_refuses_steps_above_the_threshold(buffer):
+  syn = {'x': jnp.asarray(buffer.x[:K * 2]), 'y': jnp.zeros((2 * K, K)), 'syn_lr': jnp.array(0.1)}
+  batch = jax.tree_util.tree_map(jnp.asarray, _datm(buffer).batch_sampler(0)(0))
+  for threshold, moved in ((1e-9, False), (1e9, True)):
+    d = _datm(buffer, threshold=threshold)
+    opt = step_lib.make_syn_optimizer('sgd', 10.0, 1.0, 10, momentum=0.5, label_momentum=0.9,
+                                      extra_lrs={'syn_lr': 1e-3})
+    state = step_lib.init_state(d, identity(), opt, syn, jax.random.PRNGKey(0))
+    new, metrics = step_lib.make_step(d, identity(), opt, jnp.zeros(6, jnp.int32))(
+        state, batch, jax.random.PRNGKey(1))
+    changed = not np.allclose(new.syn['x'], syn['x'])
+    assert changed == moved and float(metrics['skipped']) == (0.0 if moved else 1.0)
+    assert int(new.step) == 1
+
+
+def test_a_negative_step_size_stops_the_run_naming_the_step(tmp_path, buffer):
+  from ddjax.runtime import loop
+  d = _datm(buffer)
+  lrs = [0.02, 0.01, -0.001, -0.002]
+
+  def step_fn(state, batch, key):
+    del batch, key
+    return ({'s': state['s'] + 1},
+            {'loss': jnp.float32(1.0), 'syn_lr': jnp.asarray(lrs)[state['s']]})
+
+  with pytest.raises(loop.DivergedError, match=r'step 3 \(.*syn_lr = -0\.001.*step 2'):
+    loop.run(step_fn, {'s': jnp.int32(0)}, lambda s: {'x': np.zeros((1,))}, num_steps=4,
+             key=jax.random.PRNGKey(0), workdir=str(tmp_path), checkpoint_every=2, log_every=4,
+             problem=d.problem)
+
+
+def test_tm_protocol_reads_the_learned_step_size_and_soft_labels():
+  from ddjax.evaluate import get_protocol
+  from ddjax.runtime.evaluation import is_one_hot
+  p = get_protocol('tm', 10)
+  assert (p.optimizer, p.momentum, p.weight_decay, p.epochs, p.batch_size, p.steps) == (
+      'sgd', 0.9, 5e-4, 1000, 10, 1000)
+  assert p.dsa_strategy and p.decay_at == 0.5
+  assert is_one_hot(np.eye(3)) and not is_one_hot(np.eye(3) * 2.0)
+  from ddjax.evaluate.train import protocol_loss
+  logits, y = jnp.array([[1.0, 2.0, 0.5]]), jnp.array([[0.2, 1.5, -1.0]])
+  soft = protocol_loss(get_protocol('tm', 10, loss='soft_ce'), logits, y)
+  want = -np.sum(np.exp(y) / np.exp(y).sum() * (logits - np.log(np.exp(logits).sum())))
+  np.testing.assert_allclose(soft, want, rtol=1e-5)
