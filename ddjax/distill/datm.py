@@ -171,7 +171,7 @@ def configure_datm(cfg: ml_collections.ConfigDict, preset: str) -> None:
   """DATM's C10/IPC1.yaml transferred to Fashion-MNIST (references section 7): N 80, M 2,
   window [0, 4) fixed, lr_img 100, lr_lr 1e-7, lr_y 5 (momentum 0.9), threshold 1.1, batch_syn
   10 (all), 10000 iterations, eval batch 128; experts: FTD's GSAM, 100 epochs ('faithful').
-  CPU default: width 32, a 5 x 8 buffer without GSAM, N 40, 500 iterations."""
+  CPU default: width 32, a 5 x 6 buffer without GSAM, N 40, 500 iterations."""
   mtt.configure_family(cfg)
   cfg.trajectory.update(syn_steps=80, expert_epochs=2, min_start_epoch=0, max_start_epoch=4,
                         lr_teacher=0.01, lr_lr=1e-7)
@@ -182,7 +182,7 @@ def configure_datm(cfg: ml_collections.ConfigDict, preset: str) -> None:
   cfg.expert.update(num_experts=100, epochs=100, gsam=True)
   if preset in ('', 'cpu'):
     mtt.cpu_widths(cfg, 32)
-    cfg.expert.update(num_experts=5, epochs=8, gsam=False)
+    cfg.expert.update(num_experts=5, epochs=6, gsam=False)
     cfg.trajectory.syn_steps = 40
     cfg.distill.steps = 500
     cfg.checkpoint.every, cfg.log.every = 100, 10

@@ -414,8 +414,8 @@ def get_buffer(cfg: ml_collections.ConfigDict, data):
 
 
 def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
-  """CPU default (Fashion-MNIST): width-32 networks, a buffer of expert.num_experts x
-  expert.epochs, the faithful IPC-1 schedule otherwise (N 50, M 2, T+ 2, lr_img 1000, lr_lr 1e-7,
+  """CPU default (Fashion-MNIST): width-32 networks, a buffer of 5 experts x 6 epochs,
+  the faithful IPC-1 schedule otherwise (N 50, M 2, T+ 2, lr_img 1000, lr_lr 1e-7,
   lr_teacher 0.01) for distill.steps iterations. 'faithful': reference section 7 (width 128,
   100 experts x 50 epochs, 5000 iterations). 'paper' / 'cifar10': MTT's CIFAR-10 IPC-1 row."""
   configure_family(cfg)
@@ -426,7 +426,7 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   cfg.expert.update(num_experts=100, epochs=50)
   if preset in ('', 'cpu'):
     cpu_widths(cfg, 32)
-    cfg.expert.update(num_experts=5, epochs=8)
+    cfg.expert.update(num_experts=5, epochs=6)
     cfg.distill.steps = 500
     cfg.checkpoint.every, cfg.log.every = 100, 10
   elif preset in ('paper', 'cifar10'):

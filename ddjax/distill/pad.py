@@ -50,8 +50,8 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   schedule) and the depth mask."""
   datm.configure_datm(cfg, preset)
   cfg.expert.fiex = True
-  if preset in ('', 'cpu'):     # the schedule scaled to the CPU buffer's 8 epochs
-    cfg.expert.update(fiex_add_end_epoch=2, fiex_remove_epochs=(4, 6))
+  if preset in ('', 'cpu'):     # the schedule scaled to the CPU buffer's 6 epochs
+    cfg.expert.update(fiex_add_end_epoch=2, fiex_remove_epochs=(3, 4))
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:

@@ -1,0 +1,23 @@
+r"""MTT: matching training trajectories (Cazenavette et al., CVPR 2022) on Fashion-MNIST.
+
+The run builds (or reuses, or resumes) its expert buffer first (`python -m ddjax.buffer
+--config=configs/mtt.py` builds it alone), then learns the images and the step size, then trains
+5 networks with the 'tm' protocol (SGD 0.9, wd 5e-4, the learned step size, 1000 epochs, DSA).
+
+    python -m ddjax.main --config=configs/mtt.py
+    python -m ddjax.main --config=configs/mtt.py:faithful          # references section 7, IPC 1
+    python -m ddjax.main --config=configs/mtt.py:faithful --config.distill.ipc=10 \
+        --config.trajectory.syn_steps=30 --config.trajectory.max_start_epoch=20 \
+        --config.trajectory.lr_lr=1e-5 --config.trajectory.lr_teacher=0.001    # its IPC-10 row
+    python -m ddjax.main --config=configs/mtt.py:cifar10           # = :paper, CIFAR-10 IPC 1 (ZCA)
+
+Budget knobs of the CPU default that differ from the faithful setting: network width 32 (not
+128) for experts, students and evaluation; 5 experts x 6 epochs (not 100 x 50); 500 iterations
+(not 5000). Unchanged: N 50, M 2, T+ 2, lr_img 1000, lr_lr 1e-7, lr_teacher 0.01, all images per
+inner step, real initialisation, DSA, hard labels.
+"""
+from ddjax.config import method_config
+
+
+def get_config(preset: str = ''):
+  return method_config('mtt', preset)
