@@ -32,7 +32,8 @@ from ddjax.runtime import pipeline  # noqa: E402
 # ISA Table 1 (Fashion-MNIST, test accuracy %): FRePo, FRePo + ISA ("Ours"), KIP, RFAD, DSA, DM.
 PAPER = {('frepo', 1): 75.6, ('frepo', 10): 86.2, ('frepo_isa', 1): 77.1, ('frepo_isa', 10): 86.0,
          ('kip', 1): 73.5, ('kip', 10): 86.8, ('rfad', 1): 78.6, ('rfad', 10): 87.0,
-         ('dsa', 1): 70.6, ('dsa', 10): 84.8, ('dm', 1): 71.5, ('dm', 10): 83.6}
+         ('dsa', 1): 70.6, ('dsa', 10): 84.8, ('dm', 1): 71.5, ('dm', 10): 83.6,
+         ('mtt', 1): 75.1, ('mtt', 10): 87.2}     # MTT: FRePo's runs (ISA Table 1)
 
 
 def config_of(method: str, ipc: int, steps: int, seed: int, overrides=()):

@@ -10,6 +10,7 @@ The run builds (or reuses, or resumes) its expert buffer first (`python -m ddjax
         --config.trajectory.syn_steps=30 --config.trajectory.max_start_epoch=20 \
         --config.trajectory.lr_lr=1e-5 --config.trajectory.lr_teacher=0.001    # its IPC-10 row
     python -m ddjax.main --config=configs/mtt.py:cifar10           # = :paper, CIFAR-10 IPC 1 (ZCA)
+    python -m ddjax.main --config=configs/mtt.py:cifar100          # CIFAR-100 IPC 1 (ZCA)
 
 Budget knobs of the CPU default that differ from the faithful setting: network width 32 (not
 128) for experts, students and evaluation; 5 experts x 6 epochs (not 100 x 50); 500 iterations

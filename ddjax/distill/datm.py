@@ -171,7 +171,8 @@ def configure_datm(cfg: ml_collections.ConfigDict, preset: str) -> None:
   """DATM's C10/IPC1.yaml transferred to Fashion-MNIST (references section 7): N 80, M 2,
   window [0, 4) fixed, lr_img 100, lr_lr 1e-7, lr_y 5 (momentum 0.9), threshold 1.1, batch_syn
   10 (all), 10000 iterations, eval batch 128; experts: FTD's GSAM, 100 epochs ('faithful').
-  CPU default: width 32, a 5 x 6 buffer without GSAM, N 40, 500 iterations."""
+  CPU default: width 32, a 5 x 6 buffer without GSAM, N 40, 500 iterations. 'cifar10' /
+  'paper': C10/IPC1.yaml on CIFAR-10 with ZCA; 'cifar100': C100/IPC1.yaml."""
   mtt.configure_family(cfg)
   cfg.trajectory.update(syn_steps=80, expert_epochs=2, min_start_epoch=0, max_start_epoch=4,
                         lr_teacher=0.01, lr_lr=1e-7)
@@ -189,6 +190,12 @@ def configure_datm(cfg: ml_collections.ConfigDict, preset: str) -> None:
   elif preset in ('paper', 'cifar10'):
     cfg.data.name = 'cifar10'
     cfg.data.preprocessing = 'zca'
+  elif preset == 'cifar100':      # C100/IPC1.yaml
+    cfg.data.update(name='cifar100', preprocessing='zca')
+    cfg.trajectory.update(syn_steps=40, expert_epochs=3, max_start_epoch=20, lr_lr=1e-5)
+    cfg.datm.update(sequential=True, current_max_start_epoch=10, expansion_end_epoch=1000,
+                    threshold=1.0)
+    cfg.distill.update(lr=1000.0, label_lr=10.0)
 
 
 def build_kwargs(cfg: ml_collections.ConfigDict, data) -> dict:
@@ -207,5 +214,6 @@ def _build(cfg: ml_collections.ConfigDict, data) -> DATM:
 registry.register(registry.Method(
     name='datm', build=_build, distiller_class=DATM, block='datm', block_defaults=datm_block,
     configure=configure_datm, validate=validate_datm,
-    presets=registry.PRESETS + ('faithful', 'cifar10'), extra_params=mtt.extra_params,
+    presets=registry.PRESETS + ('faithful', 'cifar10', 'cifar100'),
+    extra_params=mtt.extra_params,
     eval_protocol='tm', description='DATM: difficulty-aligned trajectory matching, soft labels'))

@@ -417,7 +417,8 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   """CPU default (Fashion-MNIST): width-32 networks, a buffer of 5 experts x 6 epochs,
   the faithful IPC-1 schedule otherwise (N 50, M 2, T+ 2, lr_img 1000, lr_lr 1e-7,
   lr_teacher 0.01) for distill.steps iterations. 'faithful': reference section 7 (width 128,
-  100 experts x 50 epochs, 5000 iterations). 'paper' / 'cifar10': MTT's CIFAR-10 IPC-1 row."""
+  100 experts x 50 epochs, 5000 iterations). 'paper' / 'cifar10' / 'cifar100': MTT's CIFAR IPC-1
+  rows (references section 1.3)."""
   configure_family(cfg)
   cfg.trajectory.update(syn_steps=50, expert_epochs=2, max_start_epoch=2, lr_teacher=0.01,
                         lr_lr=1e-7)
@@ -433,6 +434,9 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
     cfg.data.name = 'cifar10'
     cfg.data.preprocessing = 'zca'
     cfg.distill.lr = 100.0
+  elif preset == 'cifar100':      # MTT's CIFAR-100 IPC-1 row (ZCA)
+    cfg.data.update(name='cifar100', preprocessing='zca')
+    cfg.trajectory.update(syn_steps=20, expert_epochs=3, max_start_epoch=20, lr_lr=1e-5)
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -446,5 +450,5 @@ def _build(cfg: ml_collections.ConfigDict, data) -> TrajectoryMatching:
 registry.register(registry.Method(
     name='mtt', build=_build, distiller_class=TrajectoryMatching, block='trajectory',
     block_defaults=trajectory_block, configure=_configure, validate=_validate,
-    presets=registry.PRESETS + ('faithful', 'cifar10'), extra_params=extra_params,
+    presets=registry.PRESETS + ('faithful', 'cifar10', 'cifar100'), extra_params=extra_params,
     eval_protocol='tm', description='MTT: matching training trajectories of experts'))

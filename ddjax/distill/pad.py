@@ -69,6 +69,7 @@ def _build(cfg: ml_collections.ConfigDict, data) -> PAD:
 
 registry.register(registry.Method(
     name='pad', build=_build, distiller_class=PAD, block='pad', block_defaults=pad_block,
-    configure=_configure, validate=_validate, presets=registry.PRESETS + ('faithful', 'cifar10'),
+    configure=_configure, validate=_validate,
+    presets=registry.PRESETS + ('faithful', 'cifar10', 'cifar100'),
     extra_params=mtt.extra_params, eval_protocol='tm',
     description='PAD: DATM on FIEX experts, matching deep-layer parameters only'))
