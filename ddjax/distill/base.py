@@ -113,7 +113,7 @@ class Distiller:
     del syn, key
     return state
 
-  # -- batches, metrics and guards of the run loop --------------------------------------------------
+  # -- batches, metrics and guards of the run loop -------------------------------------------------
   def batch_sampler(self, seed: int) -> Callable[[int], dict] | None:
     """None: the run samples real batches. Else sampler(step) -> host batch, a pure function of
     (seed, step) (a resumed run replays it), replicated on every device."""

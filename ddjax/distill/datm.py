@@ -72,7 +72,7 @@ class DATM(mtt.TrajectoryMatching):
   def update_gate(self, loss):
     return loss <= self.threshold
 
-  # -- initialisation -------------------------------------------------------------------------------
+  # -- initialisation ------------------------------------------------------------------------------
   def expert_logits(self, expert: int, x: np.ndarray, chunk: int = 256) -> np.ndarray:
     """Logits (n, K) of expert `expert` at `label_epoch` on x (n, H, W, C)."""
     theta = jnp.asarray(self.buffer.snapshot(expert, self.label_epoch))

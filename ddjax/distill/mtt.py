@@ -267,7 +267,7 @@ class TrajectoryMatching(Distiller):
     else:
       self._unroll = lambda *a: unroll(self.grad_fn, *a, remat=remat, loop=loop)
 
-  # -- sampling expert snapshots on the host --------------------------------------------------------
+  # -- sampling expert snapshots on the host -------------------------------------------------------
   def start_window(self, iteration: int) -> tuple[int, int]:
     """[low, high) of the start epoch at `iteration` (MTT: fixed; DATM overrides)."""
     del iteration
@@ -287,7 +287,7 @@ class TrajectoryMatching(Distiller):
               'epoch': np.asarray(start, np.int32)}
     return sample
 
-  # -- the meta-loss ---------------------------------------------------------------------------------
+  # -- the meta-loss -------------------------------------------------------------------------------
   def student_final(self, syn: PyTree, start: Array, key: Array) -> Array:
     """theta_N from `start` (P,) on the synthetic set (differentiable in syn)."""
     n = syn['x'].shape[0]
