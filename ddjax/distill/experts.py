@@ -612,7 +612,7 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
         losses.append(loss)
         if time.perf_counter() - last > 60:      # long epochs: a line a minute
           last = time.perf_counter()
-          progress(f'experts {chunk[0]}-{chunk[-1]} of {num}, epoch {epoch + 1}/{target}: '
+          progress(f'experts {chunk[0] + 1}-{chunk[-1] + 1} of {num}, epoch {epoch + 1}/{target}: '
                    f'batch {b + 1}/{idx.shape[1]}, loss {float(jnp.mean(loss)):.4f} '
                    f'({last - t0:.0f} s into the epoch)')
       parts.append(jax.tree_util.tree_map(np.asarray, c))
