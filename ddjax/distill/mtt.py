@@ -86,9 +86,11 @@ def minibatch_indices(key: Array, n: int, batch: int, steps: int) -> Array:
 def inner_batches(x: Array, y: Array, idx: Array, keys: Array,
                   augment: Callable) -> tuple[Array, Array]:
   """The N inner steps' inputs, drawn before the unroll: xs (N, b, H, W, C) = A_i(x[idx_i]) with
-  A_i = augment(keys[i], .) (vmapped over the steps: each step draws its own DSA parameters),
-  ys (N, b, K) = y[idx_i]. Differentiable in x and y; the loop then holds no augmentation."""
-  xs = jax.vmap(lambda k, rows: augment(k, x[rows]))(keys, idx)
+  A_i = augment(keys[i], .) (each step its own DSA draw), ys (N, b, K) = y[idx_i].
+  Differentiable in x and y; the unroll then holds no augmentation. A `lax.map` over the steps,
+  not a vmap: DSA picks its op family with `lax.switch`, which under vmap would run (and keep
+  for the backward pass) every family for every step."""
+  xs = jax.lax.map(lambda args: augment(args[0], x[args[1]]), (keys, idx))
   return xs, y[idx]
 
 
