@@ -18,7 +18,11 @@ Gradients through the unroll (`trajectory.gradient`):
            holds the N parameter vectors and one step's activations (the step is recomputed on
            the way back), and the gradient is MTT's, Hessian cross-terms included. MTT's code
            keeps the whole graph (memory grows with N x activations); `trajectory.remat=False`
-           does the same here.
+           does the same here. On CPU the steps are unrolled in the graph instead of scanned
+           (`default_loop`: XLA:CPU runs convolutions in loops ~9x slower); there XLA recomputes
+           but does not lower the peak (measured: the same temp memory with and without remat,
+           ~15 MB per step at width 32; benchmarks/results/trajectory_unroll.md), so the bounded
+           memory holds for `trajectory.loop=scan`, the default on accelerators.
   'tesla'  TESLA's decomposition (Cui et al., ICML 2023, distill.py:364-432) as a `custom_vjp`:
            theta_N = theta_0 - alpha * sum_i g_i with the theta_i held fixed, so
            dL/dX = -alpha sum_i (d g_i / dX)^T c and dL/dalpha = -G^T c for c = dL/dtheta_N.
