@@ -30,3 +30,19 @@ def test_export_distilled_round_trips(tmp_path):
     np.testing.assert_allclose(f['x_pixels'], syn['x'] * back.std + back.mean, rtol=1e-5)
     assert list(f['class_names']) == ['a', 'b']
   assert (tmp_path / 'distilled.png').stat().st_size > 0
+
+
+def test_distilled_png_heads_each_column_with_its_class_name():
+  x = np.zeros((6, 8, 8, 1), np.float32)
+  classes = np.repeat(np.arange(3), 2)
+  grid = export.image_grid(x, classes, 3, pad=2, scale=2)
+  names = ['T-shirt/top', 'Bag', 'Ankle boot']
+  out = export.with_class_names(grid, names, column_width=2 * (8 + 2))
+  header = out[:out.shape[0] - grid.shape[0]]
+  assert out.shape[1] == grid.shape[1] and header.shape[0] > 20
+  np.testing.assert_array_equal(out[header.shape[0]:], grid)
+  inked = [(header[:, 4 + 20 * k:4 + 20 * (k + 1)] < 128).sum() for k in range(3)]
+  assert all(i > 0 for i in inked)                    # every column has a name above it
+  assert inked[0] > inked[1]                          # 'T-shirt/top' is longer than 'Bag'
+  rows_inked = lambda k: np.flatnonzero((header[:, 4 + 20 * k:4 + 20 * (k + 1)] < 128).any(1))
+  assert np.ptp(rows_inked(0)) > np.ptp(rows_inked(1))   # written bottom to top: taller

@@ -3,7 +3,8 @@
 distilled.npz   x (n,H,W,C) in the model's input space, y (n,K) (learned) labels, classes (n,),
                 x_pixels (n,H,W,C) in [0,1] pixel space, class_names, and the preprocessing
                 (prefix 'pre_') needed to use x elsewhere (ddjax.data.preprocessor_from_dict).
-distilled.png   grid of the images in pixel space, one column per class.
+distilled.png   grid of the images in pixel space, one column per class, each headed by its class
+                name (written bottom to top above the column).
 curve.png       the distillation loss against steps (from metrics.jsonl).
 results.json    method, dataset, ipc, distill.*, eval.*, krr_eval.*.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ddjax.data import invert_preprocessor, preprocessor_to_dict
 from ddjax.runtime import files
@@ -42,6 +43,28 @@ def image_grid(x_pixels: np.ndarray, classes: np.ndarray, num_classes: int, pad:
   return np.kron(grid, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else grid
 
 
+def with_class_names(grid: np.ndarray, class_names, column_width: int, pad: int = 4) -> np.ndarray:
+  """grid (H, W, 3) uint8 with one column of `column_width` pixels per class (after a left
+  margin of (W - K * column_width) pixels) -> (header + H, W, 3): each class name written
+  bottom to top above its column (PIL's default font), so long names need no truncation."""
+  font = ImageFont.load_default()
+  names = [str(n) for n in class_names]
+  sizes = [font.getbbox(n) for n in names]
+  text_w = max((b[2] - b[0] for b in sizes), default=0)
+  text_h = max((b[3] - b[1] for b in sizes), default=0)
+  header = np.full((text_w + 2 * pad, grid.shape[1], 3), 255, np.uint8)
+  margin = grid.shape[1] - len(names) * column_width
+  for k, (name, box) in enumerate(zip(names, sizes)):
+    label = Image.new('L', (text_w, text_h + 2), 255)
+    ImageDraw.Draw(label).text((-box[0], 1 - box[1]), name, fill=0, font=font)
+    rotated = np.asarray(label.rotate(90, expand=True))          # (text_w, text_h + 2)
+    h, w = rotated.shape
+    x0 = margin // 2 + k * column_width + max(0, (column_width - w) // 2)
+    w = min(w, header.shape[1] - x0)
+    header[pad:pad + h, x0:x0 + w] = rotated[:, :w, None]
+  return np.concatenate([header, grid], axis=0)
+
+
 def save_png(path: str, array: np.ndarray) -> None:
   files.write_atomic(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
 
@@ -60,7 +83,9 @@ def export_distilled(workdir: str, syn: dict, classes: np.ndarray, preprocessor,
                   class_names=np.asarray(class_names), **learned,
                   **preprocessor_to_dict(preprocessor, 'pre_'))
   png = os.path.join(workdir, 'distilled.png')
-  save_png(png, image_grid(x_pixels, np.asarray(classes), len(class_names)))
+  h, w = x.shape[1:3]
+  grid = image_grid(x_pixels, np.asarray(classes), len(class_names), pad=2, scale=2)
+  save_png(png, with_class_names(grid, class_names, column_width=2 * (w + 2)))
   return {'npz': npz, 'png': png}
 
 
