@@ -108,7 +108,8 @@ def test_per_class_user_method_distils_in_process(tiny_npz, tmp_path):
 
 def test_registry_errors_name_what_exists():
   with pytest.raises(registry.RegistryError, match="method='nope' is not registered; choose one "
-                                                   "of \\('dc', 'dm', 'frepo'"):
+                                                   "of \\('datm', 'dc', 'dm', 'frepo', 'kip', "
+                                                   "'mtt', 'pad'"):
     registry.get('nope')
   with pytest.raises(registry.RegistryError, match='already registered'):
     registry.register(registry.Method(name='frepo', build=None, distiller_class=object))
