@@ -41,7 +41,7 @@ KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL = 0, 1, 2
 
 # Keys a resumed workdir may change: they do not touch the distilled set.
 RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir',
-                     'kernel.block_bytes')
+                     'kernel.block_bytes', 'expert.dir', 'expert.parallel', 'observer.dir')
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
            'results.json', 'kept_indices.npz', 'config.json')
 
