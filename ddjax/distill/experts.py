@@ -142,25 +142,9 @@ def gsam_gradient(loss_fn: Callable, params: PyTree, rho: float, alpha: float,
 def make_gsam_train_step(model, opt, loss, augment=None, rho: float = 0.01,
                          alpha: float = 0.3, adaptive: bool = False) -> Callable:
   """`ddjax.models.training.make_train_step` with GSAM's direction in place of the gradient."""
-  def step(carry, x, y, key=None):
-    params, batch_stats, opt_state = carry
-    if augment is not None:
-      x = augment(key, x)
-
-    def objective(p):
-      if batch_stats is None:
-        logits, _ = model.apply({'params': p}, x, train=True)
-        return loss(logits, y), None
-      (logits, _), new = model.apply({'params': p, 'batch_stats': batch_stats}, x, train=True,
-                                     mutable=['batch_stats'])
-      return loss(logits, y), new['batch_stats']
-
-    (value, new_stats), direction = gsam_gradient(objective, params, rho, alpha, adaptive)
-    updates, opt_state = opt.update(direction, opt_state, params)
-    params = jax.tree_util.tree_map(jnp.add, params, updates)
-    return (params, new_stats, opt_state), value
-
-  return step
+  from ddjax.models.training import make_train_step
+  gradient = lambda objective, params: gsam_gradient(objective, params, rho, alpha, adaptive)
+  return make_train_step(model, opt, loss, augment, gradient=gradient)
 
 
 # -- the expert step -------------------------------------------------------------------------------

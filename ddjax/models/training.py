@@ -95,7 +95,8 @@ def carry_variables(carry: Carry) -> dict:
 
 # -- one training step -----------------------------------------------------------------------------
 def make_train_step(model: nn.Module, opt: optax.GradientTransformation, loss: LossFn,
-                    augment: AugmentFn | None = None) -> Callable:
+                    augment: AugmentFn | None = None,
+                    gradient: Callable | None = None) -> Callable:
   """A pure step(carry, x, y, key=None) -> (carry, loss ()) of `model` under `opt`.
 
   Args:
@@ -106,6 +107,10 @@ def make_train_step(model: nn.Module, opt: optax.GradientTransformation, loss: L
       `cross_entropy` on (B,) integer labels.
     augment: optional augment(key, x) -> x of the same shape, applied to the batch before the
       forward pass (`key` is then required; without augmentation it is unused).
+    gradient: optional gradient(objective, params) -> ((value, aux), direction) for
+      objective(params) -> (value, aux), the direction fed to `opt`; default
+      `jax.value_and_grad(objective, has_aux=True)(params)` (GSAM's experts pass theirs,
+      `ddjax.distill.experts.gsam_gradient`).
 
   The step takes the mini-batch itself: x (B, ...) inputs (B, H, W, C) images for a ConvNet, y
   (B, ...) labels or targets with the same leading axis; it draws nothing but the augmentation.
@@ -125,7 +130,10 @@ def make_train_step(model: nn.Module, opt: optax.GradientTransformation, loss: L
                                      mutable=['batch_stats'])
       return loss(logits, y), new['batch_stats']
 
-    (value, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    if gradient is None:
+      (value, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    else:
+      (value, new_stats), grads = gradient(objective, params)
     updates, opt_state = opt.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return (params, new_stats, opt_state), value
