@@ -167,14 +167,12 @@ def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, me
                                 jax.random.fold_in(root, KEY_DISTILL_INIT))
     step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
     sampler = distiller.batch_sampler(cfg.seed)      # the method's own batches, replicated
-    if sampler is None:                               # real batches, split over the devices
+    own_batches = sampler is not None
+    if not own_batches:                               # real batches, split over the devices
       sharding.check_batch_divisible(batch_size, mesh)
       hold = cfg.bilp.adaptive_every if cfg.bilp.adaptive_beta > 0 else 1
       sampler = loop.make_sampler(data.x_train, data.targets_train, batch_size, cfg.seed,
                                   balanced=config_lib.balanced_batch(cfg), hold=hold)
-      own_batches = False
-    else:
-      own_batches = True
     state, summary = loop.run(
         step_fn, state, sampler, num_steps=num_steps, key=jax.random.fold_in(root, KEY_DISTILL),
         workdir=workdir, checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
