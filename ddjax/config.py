@@ -21,7 +21,8 @@ from ddjax.distill.base import PER_CLASS, accepts_row_transforms, has_ite_form
 
 PRESETS = registry.PRESETS
 SIGNED_KEYS = ('bilp.score_epoch', 'distill.label_momentum', 'datm.label_epoch',
-               'pad.alpha')      # numbers that may be negative (-1: the last epoch, auto)
+               'pad.alpha',       # numbers that may be negative (-1: the last epoch, auto,
+               'distributed.process_id')    # detected)
 
 
 class ConfigError(ValueError):
@@ -46,6 +47,8 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   cfg.bn_momentum = 0.9               # flax's convention (PyTorch's 0.1); FRePo: 0.1
   cfg.pooling = 'avg'
   cfg.mlp_widths = (256, 256)
+  cfg.dtype = 'float32'               # compute: float32 | bfloat16 (mixed precision: parameters,
+                                      # synthetic set, optimizer states and losses stay float32)
   cfg.update(overrides)
   return cfg
 
@@ -174,6 +177,17 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.log = ml_collections.ConfigDict()
   cfg.log.every = 100
 
+  cfg.distributed = ml_collections.ConfigDict()  # multi-process runs (ddjax.runtime.distributed)
+  cfg.distributed.initialize = 'auto'  # auto: when the keys below or srun / mpirun ask for it | on
+                                       # (JAX's detection: TPU VMs, SLURM, Open MPI) | off
+  cfg.distributed.coordinator_address = ''  # host:port of process 0; '' = detected
+  cfg.distributed.num_processes = 0   # 0 = detected
+  cfg.distributed.process_id = -1     # -1 = detected
+  cfg.distributed.local_device_ids = ()   # this process's GPUs, e.g. (0,); () = detected / all
+  cfg.distributed.cluster_detection = ''  # JAX's cluster_detection_method ('' = try each)
+  cfg.distributed.cpu_collectives = 'gloo'  # CPU collectives between processes: gloo | mpi | none
+  cfg.distributed.timeout = 300       # seconds to wait for every process to join
+
   for name, block in registry.config_blocks().items():   # each method's own block
     cfg[name] = block
   return cfg
@@ -260,7 +274,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   from ddjax.data import DATASETS           # local imports keep `import ddjax.config` light
   from ddjax.evaluate import PROTOCOLS
   from ddjax.kernels.architectures import KERNEL_ARCHITECTURES
-  from ddjax.models import ARCHITECTURES, NORM_PLACEMENTS, NORMS, POOLINGS
+  from ddjax.models import ARCHITECTURES, COMPUTE_DTYPES, NORM_PLACEMENTS, NORMS, POOLINGS
 
   errors = []
   known = _keys(base_config())
@@ -277,6 +291,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors += choice_errors(cfg, f'{block}.norm', NORMS)
     errors += choice_errors(cfg, f'{block}.pooling', POOLINGS)
     errors += choice_errors(cfg, f'{block}.norm_placement', NORM_PLACEMENTS)
+    errors += choice_errors(cfg, f'{block}.dtype', COMPUTE_DTYPES)
     errors += fraction_errors(cfg, f'{block}.bn_momentum')
     errors += int_errors(cfg, f'{block}.depth', 1)
     errors += int_errors(cfg, f'{block}.width', 1)
@@ -320,6 +335,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += _expert_pair_errors(cfg)
   errors += int_errors(cfg, 'checkpoint.every', 1)
   errors += int_errors(cfg, 'log.every', 1)
+  if isinstance(cfg.get('distributed'), ml_collections.ConfigDict):
+    from ddjax.runtime.distributed import config_errors
+    errors += config_errors(cfg.distributed)
   if cfg.get('method') in registry.names():
     errors += _capability_errors(cfg, registry.get(cfg.method))
     errors += registry.get(cfg.method).validate(cfg)

@@ -1,0 +1,141 @@
+"""Multi-process runs on JAX's own distributed runtime (`jax.distributed`).
+
+One program on every process (multi-controller SPMD): the same `python -m ddjax.main ...` runs on
+every host (or every GPU), each process computes on its own devices, and jitted steps over the
+global mesh communicate through JAX's collectives (NCCL on GPUs, the TPU interconnect, gloo on
+CPUs). Process 0 prints and writes the workdir's files; Orbax writes checkpoints as it does for
+multi-host (the replicated state once, by process 0) and every process restores them. The workdir
+must therefore lie on a filesystem every process sees (NFS, a gcsfuse mount on TPU VMs).
+
+When to initialise comes from the config's `distributed` block (ddjax.config) and the
+environment (`init_kwargs`):
+  initialize='auto' (default): when the block names a coordinator or more than one process, when
+    JAX_COORDINATOR_ADDRESS is set, or when a cluster launcher started this step with several
+    tasks (SLURM's srun: SLURM_STEP_NUM_TASKS > 1; Open MPI: OMPI_COMM_WORLD_SIZE > 1);
+    otherwise never, and a one-process run is the program it always was.
+  initialize='on': always; keys left unset are filled in by JAX's cluster auto-detection (Cloud
+    TPU VMs, SLURM, Open MPI; mpi4py with cluster_detection='mpi4py').
+  initialize='off': never (one process, even inside a SLURM or MPI job).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Mapping
+
+import jax
+
+MODES = ('auto', 'on', 'off')
+CPU_COLLECTIVES = ('gloo', 'mpi', 'none')
+
+
+def _count(environ: Mapping[str, str], name: str) -> int:
+  try:
+    return int(environ.get(name, '0'))
+  except ValueError:
+    return 0
+
+
+def launched_tasks(environ: Mapping[str, str]) -> int:
+  """Processes a cluster launcher started for this job step (0 when none is detected): srun's
+  SLURM_STEP_NUM_TASKS (not SLURM_NTASKS, which the batch script's own shell also sees), Open
+  MPI's OMPI_COMM_WORLD_SIZE."""
+  return max(_count(environ, 'SLURM_STEP_NUM_TASKS'), _count(environ, 'OMPI_COMM_WORLD_SIZE'))
+
+
+def init_kwargs(dist, environ: Mapping[str, str] | None = None) -> dict | None:
+  """The keyword arguments of `jax.distributed.initialize` for the config block `dist`
+  (cfg.distributed), or None when this run must not initialise (the module docstring's rules).
+
+  Unset entries are left out, so JAX detects them: coordinator_address '' -> JAX_COORDINATOR_ADDRESS
+  or the cluster's, num_processes 0 and process_id -1 -> the cluster's, local_device_ids () ->
+  the cluster's (SLURM and Open MPI: one device per local task) or all.
+  """
+  environ = os.environ if environ is None else environ
+  mode = dist.initialize
+  if mode not in MODES:
+    raise ValueError(f'distributed.initialize={mode!r} is not one of {MODES}.')
+  if mode == 'off':
+    return None
+  asked = (bool(dist.coordinator_address) or dist.num_processes > 1
+           or bool(environ.get('JAX_COORDINATOR_ADDRESS')) or launched_tasks(environ) > 1)
+  if mode == 'auto' and not asked:
+    return None
+  kwargs = {'initialization_timeout': int(dist.timeout)}
+  if dist.coordinator_address:
+    kwargs['coordinator_address'] = dist.coordinator_address
+  if dist.num_processes:
+    kwargs['num_processes'] = int(dist.num_processes)
+  if dist.process_id >= 0:
+    kwargs['process_id'] = int(dist.process_id)
+  if len(dist.local_device_ids):
+    kwargs['local_device_ids'] = [int(i) for i in dist.local_device_ids]
+  if dist.cluster_detection:
+    kwargs['cluster_detection_method'] = dist.cluster_detection
+  return kwargs
+
+
+def config_errors(dist) -> list[str]:
+  """What is wrong with the block cfg.distributed (for ddjax.config.validate)."""
+  errors = []
+  if dist.initialize not in MODES:
+    errors.append(f'distributed.initialize={dist.initialize!r} is not one of {MODES}.')
+  if dist.cpu_collectives not in CPU_COLLECTIVES:
+    errors.append(f'distributed.cpu_collectives={dist.cpu_collectives!r} is not one of '
+                  f'{CPU_COLLECTIVES}.')
+  n, pid = dist.num_processes, dist.process_id
+  if not isinstance(pid, int) or pid < -1 or (n and pid >= n):
+    errors.append(f'distributed.process_id={pid!r} must be -1 (detected) or in [0, '
+                  f'distributed.num_processes={n}).')
+  if n > 1 and not dist.coordinator_address and dist.initialize != 'off' and pid >= 0:
+    errors.append(f'distributed.num_processes={n} with process_id {pid} needs '
+                  'distributed.coordinator_address (host:port of process 0), unless a cluster '
+                  'provides it (then leave num_processes and process_id unset).')
+  if dist.coordinator_address and ':' not in dist.coordinator_address:
+    errors.append(f'distributed.coordinator_address={dist.coordinator_address!r} must be '
+                  'host:port (process 0\'s host and a free port).')
+  return errors
+
+
+def initialize(dist) -> bool:
+  """Start JAX's distributed runtime when `init_kwargs(dist)` asks for it (once per Python
+  process; must run before any JAX computation). Returns whether this run is multi-process-aware
+  (initialised now or before)."""
+  if jax.distributed.is_initialized():
+    return True
+  kwargs = init_kwargs(dist)
+  if kwargs is None:
+    return False
+  if dist.cpu_collectives != 'none':
+    jax.config.update('jax_cpu_collectives_implementation', dist.cpu_collectives)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except RuntimeError as e:
+    raise RuntimeError(
+        f'jax.distributed.initialize({kwargs}) failed: {e}. It must run before any JAX '
+        'computation in this Python process (start a fresh process), and every process of the '
+        'run must be started with the same coordinator and process count.') from e
+  return True
+
+
+def is_main() -> bool:
+  """Whether this is process 0, the one that prints and writes files."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Wait until every process reaches the barrier `name` (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+@contextlib.contextmanager
+def quiet_unless_main() -> Iterator[None]:
+  """Standard output of processes other than 0 is dropped inside the block (progress lines and
+  results come from process 0 once); warnings and errors on stderr stay on every process."""
+  if is_main():
+    yield
+    return
+  with open(os.devnull, 'w') as sink, contextlib.redirect_stdout(sink):
+    yield
