@@ -9,8 +9,9 @@ Two named protocols, every field overridable through `get_protocol(name, n, **ov
   Warm-up: FRePo's 500 steps whenever steps >= 1000 (every entry of its table); for shorter,
   overridden runs (smoke tests) 500 would swallow the run, so steps // 10 is used instead.
   Batch min(n, 500). Loss: mean over the batch of 0.5 * sum_k (pred_k - y_k)^2 against the
-  (possibly learned, real-valued) labels y (N, K). Augmentation: translate + cutout, no flip (FRePo
-  flips only non-digit data: pass flip=True for natural images).
+  (possibly learned, real-valued) labels y (N, K). Augmentation: FRePo's own, one op per batch
+  drawn from 'color_crop_rotate_translate_cutout' (`ddjax.augment.frepo`; the caller prepends
+  'flip_' for natural images, as FRePo, via `frepo_strategy_for`).
 'dc' (DC/DSA official evaluation):
   SGD lr 0.01, momentum 0.9, weight decay 5e-4 (coupled L2 as PyTorch's SGD), cross-entropy
   against the HARD labels argmax(y) (learned soft labels are reduced to their argmax; DC's
@@ -35,9 +36,8 @@ n), 300 epochs, random horizontal flip. Needs `num_classes` for the batch rule.
 for one-hot labels and against softmax(y) for learned label logits ('soft_ce', DATM's
 SoftCrossEntropy); the caller picks the loss from the labels (`ddjax.runtime.evaluation`).
 
-Augmentation sizes are fractions of the image side, converted to pixels at train time by
-`augment_pixels` (translate 0.125 ~ DSA's crop ratio: 4 px on 32 px; cutout 0.25: 8 px on 32 px).
-Both stand in for FRePo's augmax chain and DSA until ddjax's DSA lands: an approximation.
+The basic ops' sizes ('dc', or any protocol with augment_ops='' and no DSA) are fractions of the
+image side, converted to pixels at train time by `augment_pixels` (translate 0.125: 4 px on 32 px).
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+
+from ddjax.augment.frepo import FREPO_STRATEGY, parse_strategy
 
 OPTIMIZERS = ('adam', 'sgd')
 LOSSES = ('mse', 'ce', 'soft_ce', 'kl')
@@ -84,6 +86,8 @@ class EvalProtocol:
   cutout_frac: float = 0.0         # cutout square side, fraction of the image side
   flip: bool = False
   dsa_strategy: str = ''           # non-empty: DSA (ddjax.augment.dsa) instead of the basic ops
+  augment_ops: str = ''            # non-empty: FRePo's one-op-per-batch augmentation with these
+                                   # ops (ddjax.augment.frepo) instead of the basic ops
   temperature: float = 1.0         # 'kl' loss: softmax temperature of student and teacher
   steps_per_epoch: int = 0         # 'quarter_cosine': the schedule moves once per epoch
   decay_weights_only: bool = False  # weight decay on arrays with ndim > 1 only (RDED)
@@ -98,6 +102,8 @@ class EvalProtocol:
       raise ValueError(f'steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}')
     if not 0 <= self.warmup_steps <= self.steps:
       raise ValueError(f'warmup_steps must lie in [0, steps], got {self.warmup_steps}')
+    if self.augment_ops:
+      parse_strategy(self.augment_ops)
 
 
 def frepo_steps(num_prototypes: int) -> int:
@@ -149,7 +155,7 @@ def get_protocol(name: str, num_prototypes: int, num_classes: int | None = None,
     base = dict(optimizer='adam', lr=3e-4, momentum=0.0, weight_decay=0.0, loss='mse',
                 schedule='warmup_cosine', warmup_steps=frepo_warmup(steps), final_lr_fraction=0.01,
                 batch_size=min(n, 500), steps=steps, epochs=None, augment=True,
-                translate_frac=0.125, cutout_frac=0.25, flip=False)
+                translate_frac=0.0, cutout_frac=0.0, flip=False, augment_ops=FREPO_STRATEGY)
   elif name == 'dc':
     epochs = overrides.get('epochs', 1000)
     batch = overrides.get('batch_size', min(n, 256))

@@ -23,6 +23,7 @@ import numpy as np
 
 from ddjax.augment.basic import augment_batch
 from ddjax.augment.dsa import dsa
+from ddjax.augment.frepo import frepo_augment
 from ddjax.evaluate.protocols import EvalProtocol, augment_pixels, make_optimizer
 from ddjax.kernels.krr import krr_predict_from_features
 from ddjax.models.training import (carry_variables, cross_entropy, fresh_carry, make_train_step,
@@ -57,6 +58,8 @@ def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: 
   translate, cutout, flip = augment_pixels(protocol, image_shape)
   if protocol.dsa_strategy and protocol.augment:
     augment = lambda k, xb: dsa(k, xb, protocol.dsa_strategy)
+  elif protocol.augment_ops and protocol.augment:
+    augment = lambda k, xb: frepo_augment(k, xb, protocol.augment_ops)
   else:
     augment = lambda k, xb: augment_batch(k, xb, translate=translate, cutout=cutout, flip=flip)
   train_step = make_train_step(model, opt, functools.partial(protocol_loss, protocol), augment)

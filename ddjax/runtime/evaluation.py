@@ -13,6 +13,7 @@ import numpy as np
 from ddjax import config as config_lib
 from ddjax import registry
 from ddjax.augment.dsa import strategy_from_config
+from ddjax.augment.frepo import frepo_strategy_for
 from ddjax.data.prepared import PreparedData
 from ddjax.evaluate import evaluate_synthetic, get_protocol, kernel_krr_accuracy
 from ddjax.kernels.architectures import kernel_fn_from_config
@@ -82,6 +83,8 @@ def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
   if strategy:
     overrides['dsa_strategy'] = strategy     # DSA / DM evaluate with DSA
   name = config_lib.eval_protocol(cfg)
+  if name == 'frepo':
+    overrides['augment_ops'] = frepo_strategy_for(cfg.data.name)   # flip for natural images
   if name == 'tm':
     overrides.update(learned_step_size(cfg, syn))
     overrides['loss'] = 'ce' if is_one_hot(syn['y']) else 'soft_ce'
