@@ -50,12 +50,15 @@ def balanced_batch_indices(seed: int, step: int, labels: np.ndarray, batch_size:
 
 
 def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                 balanced: bool = False, hold: int = 1) -> Callable[[int], dict]:
+                 balanced: bool = False, hold: int = 1,
+                 rows: np.ndarray | None = None) -> Callable[[int], dict]:
   """sampler(step) -> {'x': (B, H, W, C), 'y': (B, K)} host arrays for that step.
 
   balanced: draw B // K examples of every class (classes = argmax of y) instead of B uniformly.
   hold: each batch serves `hold` consecutive steps (steps k * hold ... (k + 1) * hold - 1 get batch
   k; BiLP's lazy selection keeps a selected batch for its reselection period).
+  rows: the positions of the batch this process loads (`sharding.process_rows`; None = all):
+  the sampler returns only those (len(rows) instead of B) of the same global batch.
   """
   if hold < 1:
     raise ValueError(f'hold must be >= 1, got {hold}.')
@@ -69,6 +72,8 @@ def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
       idx = balanced_batch_indices(seed, step, labels, batch_size, y.shape[-1])
     else:
       idx = batch_indices(seed, step, len(x), batch_size)
+    if rows is not None:
+      idx = idx[rows]
     return {'x': x[idx], 'y': y[idx]}
 
   return sample
@@ -88,7 +93,8 @@ def _diverged_message(step: int, metrics: dict, ckpt: Checkpointer,
 def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_steps: int,
         key: jax.Array, workdir: str, checkpoint_every: int, keep: int = 2, log_every: int = 100,
         mesh=None, name: str = 'distill', batch_sharded: bool = True,
-        problem: Callable[[dict], str | None] | None = None) -> tuple[Any, dict]:
+        problem: Callable[[dict], str | None] | None = None,
+        batch_size: int | None = None) -> tuple[Any, dict]:
   """Drive `step_fn(state, batch, key) -> (state, metrics)` from the last checkpoint to num_steps.
 
   Writes `workdir/checkpoints/<step>` every `checkpoint_every` steps and at the end,
@@ -96,6 +102,11 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
   previous line), and prints progress lines.
   batch_sharded: split the batch's leading axis over the devices (real batches); False
   replicates it (a method's own batches, e.g. expert snapshots).
+  Several processes (ddjax.runtime.distributed): every process runs this with the same
+  arguments; a batch-sharded sampler returns this process's rows of the step's batch
+  (`sharding.process_rows`), assembled into the global batch of `batch_size` rows (None: the
+  rows times the process count); only process 0 prints and writes metrics.jsonl; Orbax
+  checkpoints the replicated state once and every process restores it.
   problem: problem(metrics of one step, floats) -> message or None, checked for every step at
   each log / checkpoint point, like finiteness: a message stops the run before the state is
   saved (`DivergedError`, naming the step, the metrics and the last good checkpoint).
@@ -104,13 +115,15 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
   """
   mesh = mesh or sharding.make_mesh()
   rep = sharding.replicated(mesh)
+  main = jax.process_index() == 0
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=keep)
+  state = jax.device_put(state, rep)       # the template: restored arrays come back replicated
   restored = ckpt.restore_latest(state)
   start = 0
   if restored is not None:
     start, state = restored
-    print(f'[{name}] resumed from checkpoint at step {start}', flush=True)
-  state = jax.device_put(state, rep)
+    if main:
+      print(f'[{name}] resumed from checkpoint at step {start}', flush=True)
   batch_layout = sharding.batch_sharding(mesh) if batch_sharded else rep
   jitted = jax.jit(step_fn, in_shardings=(rep, batch_layout, rep),
                    out_shardings=(rep, rep), donate_argnums=(0,))
@@ -119,7 +132,9 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
   timed_steps, timed_secs, t_last = 0, 0.0, None
   interval = []     # the metrics of the steps since the last log point, on device (no sync)
   for s in range(start, num_steps):
-    batch = jax.device_put(sampler(s), batch_layout)
+    batch = sampler(s)
+    batch = (sharding.global_batch(batch, mesh, batch_size) if batch_sharded
+             else jax.device_put(batch, rep))
     state, metrics = jitted(state, batch, jax.random.fold_in(key, s))
     interval.append(metrics)
     done = s + 1
@@ -141,8 +156,9 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
         timed_secs += now - t_last
         timed_steps += done - last_logged
       t_last, last_logged = now, done
-      files.append_jsonl(metrics_path, {'step': done, **metrics})
-      progress.update(done, metrics)
+      if main:
+        files.append_jsonl(metrics_path, {'step': done, **metrics})
+        progress.update(done, metrics)
     if save_now:
       ckpt.save(done, state)
   ckpt.close()

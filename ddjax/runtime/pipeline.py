@@ -32,7 +32,7 @@ from ddjax.data.prepared import PreparedData, prepare
 from ddjax.distill import bilp as bilp_lib
 from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
-from ddjax.runtime import evaluation, export, files, loop, sharding
+from ddjax.runtime import distributed, evaluation, export, files, loop, sharding
 from ddjax.runtime.pruning import preemptive_prune
 
 # Purposes folded into the root key, so every consumer of randomness has its own stream
@@ -41,7 +41,8 @@ KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL = 0, 1, 2
 
 # Keys a resumed workdir may change: they do not touch the distilled set.
 RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir',
-                     'kernel.block_bytes', 'expert.dir', 'expert.parallel', 'observer.dir')
+                     'kernel.block_bytes', 'expert.dir', 'expert.parallel', 'observer.dir',
+                     'distributed.')
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
            'results.json', 'kept_indices.npz', 'config.json')
 
@@ -91,12 +92,14 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str, restart: bool = 
     raise WorkdirError(f'--workdir={workdir} is a file, not a directory; name a directory '
                        '(it is created when missing).')
   if restart:
-    for name in OUTPUTS:
-      path = os.path.join(workdir, name)
-      if os.path.isdir(path):
-        shutil.rmtree(path)
-      elif os.path.exists(path):
-        os.remove(path)
+    if distributed.is_main():        # several processes: process 0 deletes, the others wait
+      for name in OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+          shutil.rmtree(path)
+        elif os.path.exists(path):
+          os.remove(path)
+    distributed.barrier('ddjax restart')
     return
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
@@ -172,12 +175,13 @@ def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, me
       sharding.check_batch_divisible(batch_size, mesh)
       hold = cfg.bilp.adaptive_every if cfg.bilp.adaptive_beta > 0 else 1
       sampler = loop.make_sampler(data.x_train, data.targets_train, batch_size, cfg.seed,
-                                  balanced=config_lib.balanced_batch(cfg), hold=hold)
+                                  balanced=config_lib.balanced_batch(cfg), hold=hold,
+                                  rows=sharding.process_rows(mesh, batch_size))
     state, summary = loop.run(
         step_fn, state, sampler, num_steps=num_steps, key=jax.random.fold_in(root, KEY_DISTILL),
         workdir=workdir, checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
         log_every=cfg.log.every, mesh=mesh, name=cfg.method, batch_sharded=not own_batches,
-        problem=distiller.problem)
+        problem=distiller.problem, batch_size=batch_size)
     syn = jax.device_get(state.syn)
   decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
   classes = np.asarray(distiller.decode_classes(jnp.asarray(classes)))
@@ -202,28 +206,43 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | None = None, *, mesh=None
   workdir: default runs/<method>[_isa]_<dataset>_ipc<k>_seed<s>. data: the prepared dataset when
   the caller has it already (else loaded from cfg.data). restart: discard a previous run in the
   workdir instead of resuming it.
+
+  Several processes (cfg.distributed, ddjax.runtime.distributed): every process calls this with
+  the same config; JAX's distributed runtime starts first, each process loads its rows of every
+  real batch, every process evaluates; process 0 alone prints and writes the workdir's files.
   """
-  t0 = time.perf_counter()
   config_lib.validate(cfg)
+  distributed.initialize(cfg.distributed)
+  with distributed.quiet_unless_main():
+    return _run(cfg, workdir, mesh, data, restart)
+
+
+def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: PreparedData | None,
+         restart: bool) -> dict:
+  t0 = time.perf_counter()
+  main = distributed.is_main()
   workdir = workdir or default_workdir(cfg)
   check_workdir(cfg, workdir, restart)
   data = data or load_data(cfg)
   os.makedirs(workdir, exist_ok=True)
-  files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
+  if main:
+    files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
   print(f'[data] {data.dataset!r}, preprocessing {data.pre.kind}', flush=True)
   pruning = None
   if cfg.bilp.prune_fraction > 0:
     data, pruning = preemptive_prune(cfg, data, workdir)
   syn, classes, summary = distill(cfg, data, workdir, mesh)
-  paths = export.export_distilled(workdir, syn, classes, data.pre, data.class_names)
-  export.plot_curve(workdir, f'{run_tag(cfg)} {cfg.data.name} IPC {cfg.distill.ipc}')
-  print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)
+  if main:
+    paths = export.export_distilled(workdir, syn, classes, data.pre, data.class_names)
+    export.plot_curve(workdir, f'{run_tag(cfg)} {cfg.data.name} IPC {cfg.distill.ipc}')
+    print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)
   results = {
       'method': cfg.method, 'dataset': cfg.data.name, 'ipc': cfg.distill.ipc, 'seed': cfg.seed,
       'transform': {'drop_easiest': cfg.transform.drop_easiest,
                     'isa_eps': cfg.transform.isa_eps},
       'distill': {'steps': summary['steps'], 'sec_per_step': summary['sec_per_step'],
-                  'resumed_from': summary['resumed_from'], 'devices': jax.device_count()},
+                  'resumed_from': summary['resumed_from'], 'devices': jax.device_count(),
+                  'processes': jax.process_count()},
   }
   if pruning is not None:
     results['preemptive_pruning'] = pruning
@@ -232,6 +251,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | None = None, *, mesh=None
                                                             'adaptive_every', 'ite')}
   results.update(evaluation.evaluate(cfg, data, syn))
   results['wall_seconds'] = time.perf_counter() - t0
-  files.write_json(os.path.join(workdir, 'results.json'), results)
+  if main:
+    files.write_json(os.path.join(workdir, 'results.json'), results)
   print(f'[done] {os.path.join(workdir, "results.json")}', flush=True)
   return results
