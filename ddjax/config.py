@@ -64,6 +64,13 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.data.dir = ''                   # '' -> $DDJAX_DATA, then the Debian path
   cfg.data.preprocessing = 'auto'     # auto | none | standard | zca (auto: FRePo's per dataset)
   cfg.data.zca_reg = 0.1
+  cfg.data.image_size = 0             # image_folder / tfds: square size to resize to (0: own size)
+  cfg.data.channels = 0               # image_folder / tfds: 1 grey | 3 RGB (0: the images' own)
+  cfg.data.train_split = 'train'      # image_folder: split folders (ImageNette: test_split=val);
+  cfg.data.test_split = 'test'        # tfds: split names
+  cfg.data.test_fraction = 0.0        # image_folder: > 0 splits class folders under data.dir
+  cfg.data.tfds_name = ''             # data.name=tfds: the TFDS dataset (mnist, cifar10, ...)
+  cfg.data.streaming = False          # npy / image_folder / tfds: read training batches from disk
 
   cfg.model = model_config()          # the network distillation trains (FRePo: 128-256-512, BN)
 
@@ -176,6 +183,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   cfg.log = ml_collections.ConfigDict()
   cfg.log.every = 100
+  cfg.log.tensorboard = False         # TensorBoard summaries in <workdir>/tensorboard (tensorboardX)
+  cfg.log.image_every = 500           # ... with the distilled grid every N steps (0: at the end)
 
   cfg.distributed = ml_collections.ConfigDict()  # multi-process runs (ddjax.runtime.distributed)
   cfg.distributed.initialize = 'auto'  # auto: when the keys below or srun / mpirun ask for it | on
@@ -286,6 +295,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += choice_errors(cfg, 'method', registry.names())
   errors += choice_errors(cfg, 'data.name', tuple(DATASETS))
   errors += choice_errors(cfg, 'data.preprocessing', ('auto', 'none', 'standard', 'zca'))
+  errors += _data_source_errors(cfg)
   for block in ('model', 'eval.model'):
     errors += choice_errors(cfg, f'{block}.arch', ARCHITECTURES)
     errors += choice_errors(cfg, f'{block}.norm', NORMS)
@@ -335,6 +345,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += _expert_pair_errors(cfg)
   errors += int_errors(cfg, 'checkpoint.every', 1)
   errors += int_errors(cfg, 'log.every', 1)
+  errors += int_errors(cfg, 'log.image_every', 0, ' (0: only at the end)')
+  if not isinstance(_get(cfg, 'log.tensorboard'), bool):
+    errors.append(f"log.tensorboard must be True or False, got {_get(cfg, 'log.tensorboard')!r}.")
   if isinstance(cfg.get('distributed'), ml_collections.ConfigDict):
     from ddjax.runtime.distributed import config_errors
     errors += config_errors(cfg.distributed)
@@ -343,6 +356,32 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors += registry.get(cfg.method).validate(cfg)
   if errors:
     raise ConfigError('invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def _data_source_errors(cfg: ml_collections.ConfigDict) -> list[str]:
+  """The options of image folders, TFDS and streaming (ddjax.data.sources)."""
+  from ddjax.data import sources
+  errors = int_errors(cfg, 'data.image_size', 0, " (0: the images' own size)")
+  errors += choice_errors(cfg, 'data.channels', (0, 1, 3))
+  errors += fraction_errors(cfg, 'data.test_fraction')
+  name = _get(cfg, 'data.name')
+  for key in ('train_split', 'test_split'):
+    if not isinstance(_get(cfg, f'data.{key}'), str) or not _get(cfg, f'data.{key}'):
+      errors.append(f'data.{key} must name a split (a folder of an image folder, a TFDS split).')
+  if name == 'tfds' and not _get(cfg, 'data.tfds_name'):
+    errors.append("data.name='tfds' needs data.tfds_name, the TFDS dataset (e.g. mnist).")
+  streaming = _get(cfg, 'data.streaming')
+  if not isinstance(streaming, bool):
+    errors.append(f'data.streaming must be True or False, got {streaming!r}.')
+  elif streaming:
+    if name in sources.DATASETS and not sources.streams(name):
+      able = tuple(k for k in sources.DATASETS if sources.streams(k))
+      errors.append(f'data.streaming=True reads {able}, not {name!r}: convert it once with '
+                    'ddjax.data.write_npy and use data.name=npy.')
+    if (_get(cfg, 'bilp.prune_fraction') or 0) > 0:
+      errors.append('bilp.prune_fraction scores every training example at once, which needs '
+                    'the training set in memory: set data.streaming=False.')
+  return errors
 
 
 def _expert_pair_errors(cfg: ml_collections.ConfigDict) -> list[str]:

@@ -315,7 +315,8 @@ def test_unknown_dataset():
 
 
 def test_registry():
-  assert set(data.DATASETS) == {'fashion_mnist', 'mnist', 'cifar10', 'cifar100', 'npz'}
+  assert set(data.DATASETS) == {'fashion_mnist', 'mnist', 'cifar10', 'cifar100', 'npz', 'npy',
+                                'image_folder', 'tfds'}
   assert data.DATASETS['fashion_mnist']['debian_path'] == FMNIST_DIR
   assert len(data.DATASETS['cifar10']['class_names']) == 10
   for meta in data.DATASETS.values():

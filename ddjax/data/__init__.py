@@ -1,13 +1,18 @@
 """Data: dataset sources, preprocessing (standardize, ZCA) and class-balanced sampling.
 
-Sources: `sources` (registry, search order, `load_dataset`), one reader per file format (`idx`,
-`cifar`, `npz`), and `dataset` (the `Dataset` they return); `prepared`: the preprocessed arrays
-every run stage works on.
+Sources: `sources` (registry, search order, `load_dataset`), one reader per format (`idx`,
+`cifar`, `npz`, `npy`, `imagefolder`, `tfds_source`), and `dataset` (the `Dataset` they return);
+`streaming`: the `Rows` view a training set larger than memory is read through; `prepared`: the
+preprocessed arrays every run stage works on.
 """
 from ddjax.data.cifar import load_cifar_dir, load_cifar_tar
 from ddjax.data.dataset import Dataset
 from ddjax.data.idx import read_idx, write_idx
+from ddjax.data.imagefolder import scan_image_folder
+from ddjax.data.npy import load_npy_dir, write_npy
 from ddjax.data.npz import load_npz
+from ddjax.data.streaming import InMemoryRequiredError, Rows, channel_moments, is_streamed
+from ddjax.data.tfds_source import load_tfds
 from ddjax.data.preprocess import (
     Preprocessor,
     apply_preprocessor,
@@ -32,6 +37,7 @@ from ddjax.data.sources import (
     candidate_paths,
     load_dataset,
     locate_dataset,
+    source_options,
 )
 
 __all__ = [
@@ -41,4 +47,6 @@ __all__ = [
     'default_preprocessing', 'fit_preprocessor', 'init_synthetic', 'invert_preprocessor',
     'load_cifar_dir', 'load_cifar_tar', 'load_dataset', 'load_npz', 'locate_dataset', 'one_hot',
     'preprocessor_from_dict', 'preprocessor_to_dict', 'read_idx', 'real_subset', 'write_idx',
+    'InMemoryRequiredError', 'Rows', 'channel_moments', 'is_streamed', 'load_npy_dir', 'load_tfds',
+    'scan_image_folder', 'source_options', 'write_npy',
 ]

@@ -1,4 +1,8 @@
-"""A dataset ready to distil: loaded, preprocessed (fit on train), as host float32 arrays."""
+"""A dataset ready to distil: loaded, preprocessed (fit on train), as host float32 arrays.
+
+A streamed training set (data.streaming) stays a `ddjax.data.streaming.Rows` view: x_train and
+targets_train convert each batch as it is read; y_train (labels) and the test split are in memory.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +12,7 @@ import numpy as np
 from ddjax.data.preprocess import Preprocessor, apply_preprocessor, default_preprocessing, \
     fit_preprocessor
 from ddjax.data.sampling import centered_one_hot
+from ddjax.data.streaming import Rows, is_streamed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +24,7 @@ class PreparedData:
     pre: the fitted preprocessor (standardize / ZCA), inverted for export.
     x_train: (N, H, W, C) float32 model-space images; y_train: (N,) integer labels;
     targets_train: (N, K) centred one-hot targets (the real batch's 'y').
+    (x_train and targets_train are `Rows` views when the training set is streamed.)
     x_test: (M, H, W, C) float32; y_test: (M,) integer labels.
     num_classes: K.
   """
@@ -41,8 +47,9 @@ class PreparedData:
 
   def subset(self, indices: np.ndarray) -> 'PreparedData':
     """The same data with only the training examples at `indices` (the test set unchanged)."""
-    return dataclasses.replace(self, x_train=self.x_train[indices], y_train=self.y_train[indices],
-                               targets_train=self.targets_train[indices])
+    take = lambda a: a.subset(indices) if is_streamed(a) else a[indices]
+    return dataclasses.replace(self, x_train=take(self.x_train), y_train=self.y_train[indices],
+                               targets_train=take(self.targets_train))
 
 
 def prepare(dataset, preprocessing: str = 'auto', zca_reg: float = 0.1) -> PreparedData:
@@ -53,8 +60,12 @@ def prepare(dataset, preprocessing: str = 'auto', zca_reg: float = 0.1) -> Prepa
   kind = default_preprocessing(dataset.name) if preprocessing == 'auto' else preprocessing
   pre = fit_preprocessor(dataset.x_train, kind=kind, zca_reg=zca_reg)
   as_model = lambda x: np.asarray(apply_preprocessor(pre, x), np.float32)
-  return PreparedData(dataset=dataset, pre=pre, x_train=as_model(dataset.x_train),
-                      y_train=dataset.y_train,
-                      targets_train=centered_one_hot(dataset.y_train, dataset.num_classes),
-                      x_test=as_model(dataset.x_test), y_test=dataset.y_test,
-                      num_classes=dataset.num_classes)
+  k = dataset.num_classes
+  if is_streamed(dataset.x_train):     # stays on disk: batches are converted as they are read
+    x_train = dataset.x_train.map(as_model)
+    targets = Rows(np.asarray(dataset.y_train), lambda y: centered_one_hot(y, k))
+  else:
+    x_train, targets = as_model(dataset.x_train), centered_one_hot(dataset.y_train, k)
+  return PreparedData(dataset=dataset, pre=pre, x_train=x_train, y_train=dataset.y_train,
+                      targets_train=targets, x_test=as_model(dataset.x_test),
+                      y_test=dataset.y_test, num_classes=k)

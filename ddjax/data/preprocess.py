@@ -19,6 +19,10 @@ Covariance sample: when d <= 1024 (MNIST-sized images; X^T X costs n d^2, a few 
 and 20000 samples estimate a 3072 x 3072 covariance well. Pass `zca_max_samples` to override.
 The per-channel mean and std always use every image.
 
+A streamed training set (`ddjax.data.streaming.Rows`, data.streaming) is fitted the same way
+without being loaded: the per-channel mean and variance in one chunked pass (Chan's merge of
+chunk moments, float64), ZCA's covariance from its sample read chunk by chunk.
+
 A `Preprocessor` is a frozen bundle of numpy arrays; `apply_preprocessor`/`invert_preprocessor` are
 pure and work on numpy arrays (returning numpy) or jax arrays (returning jax arrays, jittable).
 """
@@ -30,7 +34,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from ddjax.data import sources
+from ddjax.data import sources, streaming
 
 KINDS = ('none', 'standard', 'zca')
 _STD_FLOOR = 1e-8  # a constant channel gets std 1e-8 instead of a division by zero
@@ -99,6 +103,8 @@ def fit_preprocessor(x_train: np.ndarray, kind: str = 'standard', zca_reg: float
   """
   if kind not in KINDS:
     raise ValueError(f'unknown preprocessing {kind!r}; choose one of {KINDS}')
+  if streaming.is_streamed(x_train):
+    return _fit_streamed(x_train, kind, zca_reg, zca_max_samples, seed)
   x = np.asarray(x_train)
   if x.ndim != 4:
     raise ValueError(f'x_train must be (N, H, W, C), got shape {x.shape}')
@@ -121,6 +127,29 @@ def fit_preprocessor(x_train: np.ndarray, kind: str = 'standard', zca_reg: float
   if n > zca_max_samples:
     idx = np.sort(np.random.default_rng(seed).choice(n, zca_max_samples, replace=False))
     x = x[idx]
+  w_mat, w_inv = _zca_matrices(x, mean, std, zca_reg)
+  return Preprocessor('zca', mean32, std32, w_mat.astype(np.float32), w_inv.astype(np.float32))
+
+
+def _fit_streamed(x: streaming.Rows, kind: str, zca_reg: float, zca_max_samples: Optional[int],
+                  seed: int) -> Preprocessor:
+  """fit_preprocessor of a streamed training set: per-channel moments in one streaming pass;
+  ZCA's covariance from its (capped, as in memory) sample read 4096 images at a time."""
+  if x.ndim != 4:
+    raise ValueError(f'x_train must be (N, H, W, C), got shape {x.shape}')
+  n, h, w, c = x.shape
+  if kind == 'none':
+    return Preprocessor('none', np.zeros(c, np.float32), np.ones(c, np.float32))
+  mean, var = streaming.channel_moments(x)
+  std = np.maximum(np.sqrt(var), _STD_FLOOR)
+  mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+  if kind == 'standard':
+    return Preprocessor('standard', mean32, std32)
+  d = h * w * c
+  if zca_max_samples is None:
+    zca_max_samples = n if d <= _AUTO_FULL_D else _AUTO_MAX_SAMPLES
+  if n > zca_max_samples:
+    x = x.subset(np.sort(np.random.default_rng(seed).choice(n, zca_max_samples, replace=False)))
   w_mat, w_inv = _zca_matrices(x, mean, std, zca_reg)
   return Preprocessor('zca', mean32, std32, w_mat.astype(np.float32), w_inv.astype(np.float32))
 

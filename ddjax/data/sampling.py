@@ -93,7 +93,8 @@ def real_subset(seed_or_rng: SeedOrRng, x: np.ndarray, y: np.ndarray, ipc: int, 
     raise ValueError(f'unknown label_init {label_init!r}; choose one of {LABEL_INITS}')
   idx = class_balanced_indices(_rng(seed_or_rng), y, ipc, num_classes)
   classes = np.repeat(np.arange(num_classes), ipc)
-  syn = {'x': np.asarray(np.asarray(x)[idx], np.float32),
+  x = x if hasattr(x, 'shape') else np.asarray(x)   # arrays and streamed Rows read only idx
+  syn = {'x': np.asarray(x[idx], np.float32),
          'y': _labels(classes, num_classes, label_init)}
   return syn, idx
 

@@ -1,8 +1,12 @@
 """The dataset registry, where each dataset's files are looked for, and `load_dataset`.
 
-The readers of each file format live in `idx`, `cifar` and `npz`; every one returns a `Dataset` of
-numpy arrays: images float32 (N, H, W, C) in [0, 1] and labels int32 (N,). Nothing is cached: each
-`load_dataset` call reads the files again.
+The readers of each format live in `idx`, `cifar`, `npz`, `npy`, `imagefolder` and
+`tfds_source`; every one returns a `Dataset`: images float32 (N, H, W, C) in [0, 1] and labels int32
+(N,). With `streaming` ('npy', 'image_folder', 'tfds'), the training images are a
+`ddjax.data.streaming.Rows` view read batch by batch instead of an array. Nothing is cached: each
+`load_dataset` call reads the files again. The options of the newer sources (image size,
+channels, split names, TFDS name, streaming) come from the config's data block
+(`source_options`).
 
 Where the files are looked for, for a registry name NAME:
 
@@ -24,9 +28,12 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 from ddjax.data.cifar import CIFAR10_CLASSES, find_cifar, load_cifar_dir, load_cifar_tar
-from ddjax.data.dataset import Dataset
+from ddjax.data.dataset import Dataset, make_dataset, to_unit_float
 from ddjax.data.idx import IDX_FILES, find_idx_files, load_idx_dir
+from ddjax.data.imagefolder import is_image_folder, scan_image_folder
+from ddjax.data.npy import NPY_FILES, find_npy, load_npy_dir
 from ddjax.data.npz import find_npz, load_npz
+from ddjax.data.streaming import Rows
 
 ENV_VAR = 'DDJAX_DATA'
 
@@ -99,7 +106,63 @@ DATASETS: dict[str, dict[str, Any]] = {
               'arrays x_train, y_train, x_test, y_test (uint8 0-255 or float in [0, 1]; (N,H,W) or '
               '(N,H,W,C)) and optionally class_names.'),
     ),
+    'npy': dict(
+        format='npy',
+        num_classes=None,
+        image_shape=None,
+        files=NPY_FILES,
+        subdirs=('npy',),
+        debian_path=None,
+        class_names=None,  # from class_names.json, else the labels
+        preprocessing='standard',
+        streams=True,
+        hint=('Pass --config.data.dir=DIR holding x_train.npy, y_train.npy, x_test.npy, y_test.npy '
+              '(uint8 0-255 or float in [0, 1]) and optionally class_names.json; '
+              'ddjax.data.write_npy(DIR, dataset) writes one from any loaded dataset.'),
+    ),
+    'image_folder': dict(
+        format='image_folder',
+        num_classes=None,  # one per class folder
+        image_shape=None,  # data.image_size / data.channels
+        files=('<train_split>/<class>/*.png|jpg|...',),
+        subdirs=('image_folder',),
+        debian_path=None,
+        class_names=None,  # the class folder names, sorted
+        preprocessing='standard',
+        streams=True,
+        hint=('Pass --config.data.dir=ROOT with ROOT/train/<class>/*.png|jpg and '
+              'ROOT/test/<class>/... (torchvision ImageFolder layout; data.train_split / '
+              'data.test_split name the two folders, e.g. val for ImageNette), or class folders '
+              'directly under ROOT with data.test_fraction > 0.'),
+    ),
+    'tfds': dict(
+        format='tfds',
+        num_classes=None,
+        image_shape=None,
+        files=(),
+        subdirs=(),
+        debian_path=None,
+        class_names=None,  # the label feature's names
+        preprocessing='standard',
+        streams=True,
+        hint=('Set data.tfds_name (e.g. mnist) and prepare the dataset in the array_record format '
+              'with `tfds build NAME --file_format=array_record`; data.dir is its data_dir.'),
+    ),
 }
+
+# The config's data keys the sources read, with their defaults (ddjax.config's data block).
+SOURCE_OPTIONS = dict(image_size=0, channels=0, train_split='train', test_split='test',
+                      test_fraction=0.0, tfds_name='', streaming=False)
+
+
+def source_options(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """The keyword options of `load_dataset` from a config's data block (defaults if absent)."""
+  return {k: data_cfg.get(k, v) for k, v in SOURCE_OPTIONS.items()}
+
+
+def streams(name: str) -> bool:
+  """Whether dataset `name` can keep its training images on disk (data.streaming)."""
+  return bool(_meta(name).get('streams', False))
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -154,10 +217,18 @@ def candidate_paths(name: str, data_dir: Optional[str | os.PathLike] = None,
   return unique
 
 
-def _probe(name: str, path: str) -> tuple[Optional[tuple], str]:
+def _probe(name: str, path: str,
+           options: Optional[Mapping[str, Any]] = None) -> tuple[Optional[tuple], str]:
   """((loader kind, location), note) if `path` holds dataset `name`, else (None, why not)."""
   meta = _meta(name)
   fmt = meta['format']
+  options = {**SOURCE_OPTIONS, **(options or {})}
+  if fmt == 'npy':
+    found = find_npy(path)
+    return (('npy', found) if found else None), ''
+  if fmt == 'image_folder':
+    found = is_image_folder(path, options['train_split'], options['test_fraction'])
+    return (('image_folder', path) if found else None), ''
   if fmt == 'idx':
     files = find_idx_files(path)
     return (('idx', files), '') if files else (None, '')
@@ -185,12 +256,14 @@ def _check_data_dir(name: str, data_dir: str | os.PathLike,
 
 def locate_dataset(name: str, data_dir: Optional[str | os.PathLike] = None,
                    env: Optional[Mapping[str, str]] = None,
-                   system_dirs: Optional[Sequence[str]] = None) -> tuple[str, Any]:
+                   system_dirs: Optional[Sequence[str]] = None,
+                   options: Optional[Mapping[str, Any]] = None) -> tuple[str, Any]:
   """Find dataset `name`: returns (kind, location); raises DatasetNotFoundError if absent.
 
   kind is 'idx' (location: {stem: path} of the four files), 'dir' or 'tar' (CIFAR: a directory or
-  tarball path) or 'npz' (the file path). Arguments as in `candidate_paths`; a non-empty
-  `data_dir` that does not exist raises at once.
+  tarball path), 'npz' (the file path), 'npy' or 'image_folder' (the directory). Arguments as in
+  `candidate_paths` (options: `source_options`); a non-empty `data_dir` that does not exist
+  raises at once.
   """
   meta = _meta(name)
   if data_dir:
@@ -198,7 +271,7 @@ def locate_dataset(name: str, data_dir: Optional[str | os.PathLike] = None,
   candidates = candidate_paths(name, data_dir, env, system_dirs)
   tried = []
   for path, origin in candidates:
-    found, note = _probe(name, path)
+    found, note = _probe(name, path, options)
     if found is not None:
       return found
     tried.append(f'  {path}  ({origin}{"; " + note if note else ""})')
@@ -217,25 +290,54 @@ def locate_dataset(name: str, data_dir: Optional[str | os.PathLike] = None,
 
 def load_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
                  env: Optional[Mapping[str, str]] = None,
-                 system_dirs: Optional[Sequence[str]] = None) -> Dataset:
+                 system_dirs: Optional[Sequence[str]] = None, image_size: int = 0,
+                 channels: int = 0, train_split: str = 'train', test_split: str = 'test',
+                 test_fraction: float = 0.0, tfds_name: str = '',
+                 streaming: bool = False) -> Dataset:
   """Load dataset `name` (a DATASETS key) from the first place it is found.
 
   Args:
-    name: 'fashion_mnist', 'mnist', 'cifar10', 'cifar100' or 'npz'.
-    data_dir: a directory (or, for CIFAR, a tarball; for 'npz', the .npz file) searched first; if
-      given, it must exist.
+    name: 'fashion_mnist', 'mnist', 'cifar10', 'cifar100', 'npz', 'npy', 'image_folder' or 'tfds'.
+    data_dir: a directory (or, for CIFAR, a tarball; for 'npz', the .npz file; for 'tfds', TFDS's
+      data_dir) searched first; if given, it must exist.
     env: environment mapping used for $DDJAX_DATA (default: os.environ); for tests.
     system_dirs: system paths searched last (default: the Debian path of the dataset); for tests.
+    image_size, channels: image folders and TFDS: the square size and channels (1 or 3) images are
+      brought to; 0 keeps the first training image's (ddjax.data.imagefolder).
+    train_split, test_split: image folders: the two split folders; TFDS: the two splits.
+    test_fraction: image folders only: > 0 splits class folders directly under the root.
+    tfds_name: 'tfds' only: the TFDS dataset name.
+    streaming: 'npy', 'image_folder', 'tfds': x_train is a `Rows` view read batch by batch.
 
   Returns:
-    A Dataset with float32 (N, H, W, C) images in [0, 1] and int32 labels.
+    A Dataset with float32 (N, H, W, C) images in [0, 1] (x_train a `Rows` view when streaming)
+    and int32 labels.
   Raises:
-    ValueError: unknown name, or a file found but malformed.
+    ValueError: unknown name, a file found but malformed, or streaming asked of a format that
+      cannot stream.
     DatasetNotFoundError: `data_dir` given but missing (the message names it), or no candidate path
       holds the files (the message lists them all).
   """
   meta = _meta(name)
-  kind, where = locate_dataset(name, data_dir, env, system_dirs)
+  if streaming and not meta.get('streams', False):
+    able = ', '.join(sorted(k for k, m in DATASETS.items() if m.get('streams')))
+    raise ValueError(f'data.streaming=True reads {able}; {name!r} is read into memory. Convert it '
+                     'once with ddjax.data.write_npy(DIR, ddjax.data.load_dataset(...)) and use '
+                     "data.name='npy', data.dir=DIR.")
+  if meta['format'] == 'tfds':
+    from ddjax.data.tfds_source import load_tfds   # imports tensorflow_datasets only when used
+    if data_dir:
+      _check_data_dir(name, data_dir, system_dirs)
+    return load_tfds(tfds_name, os.fspath(data_dir) if data_dir else None,
+                     train_split=train_split, test_split=test_split, image_size=image_size,
+                     channels=channels, streaming=streaming, name=name)
+  options = dict(image_size=image_size, channels=channels, train_split=train_split,
+                 test_split=test_split, test_fraction=test_fraction)
+  kind, where = locate_dataset(name, data_dir, env, system_dirs, options)
+  if kind == 'npy':
+    return load_npy_dir(where, name=name, streaming=streaming)
+  if kind == 'image_folder':
+    return _load_image_folder(name, where, streaming, options)
   if kind == 'idx':
     return load_idx_dir(where, name, meta['class_names'],
                         os.path.dirname(where[IDX_FILES[0]]))
@@ -244,3 +346,16 @@ def load_dataset(name: str, data_dir: Optional[str | os.PathLike] = None, *,
   if kind == 'tar':
     return dataclasses.replace(load_cifar_tar(where, meta['format']), name=name)
   return load_npz(where, name=name)
+
+
+def _load_image_folder(name: str, root: str, streaming: bool,
+                       options: Mapping[str, Any]) -> Dataset:
+  """An image folder as a Dataset: decoded into memory, or the training split streamed."""
+  train, y_train, test, y_test, classes = scan_image_folder(root, **options)
+  unit = lambda what: (lambda r: to_unit_float(r, what))
+  x_test = to_unit_float(Rows(test)[:], root)
+  x_train = Rows(train, unit(root))
+  if not streaming:
+    x_train = x_train[:]
+  return make_dataset(name, x_train, y_train, x_test, y_test, tuple(classes), root,
+                      num_classes=len(classes))
