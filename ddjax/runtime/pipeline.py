@@ -14,6 +14,7 @@ made with another config is refused before any compute (`check_workdir`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from ddjax.distill import bilp as bilp_lib
 from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
 from ddjax.runtime import distributed, evaluation, export, files, loop, sharding
+from ddjax.runtime import summaries as summaries_lib
 from ddjax.runtime.pruning import preemptive_prune
 
 # Purposes folded into the root key, so every consumer of randomness has its own stream
@@ -44,7 +46,7 @@ RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir
                      'kernel.block_bytes', 'expert.dir', 'expert.parallel', 'observer.dir',
                      'distributed.')
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
-           'results.json', 'kept_indices.npz', 'config.json')
+           'results.json', 'kept_indices.npz', 'config.json', summaries_lib.SUBDIR)
 
 
 class WorkdirError(ValueError):
@@ -53,7 +55,8 @@ class WorkdirError(ValueError):
 
 def load_data(cfg: ml_collections.ConfigDict) -> PreparedData:
   """cfg.data loaded and preprocessed; the IPC checked against the smallest class."""
-  ds = data_lib.load_dataset(cfg.data.name, cfg.data.dir or None)
+  ds = data_lib.load_dataset(cfg.data.name, cfg.data.dir or None,
+                             **data_lib.source_options(cfg.data))
   data_lib.check_ipc(ds.y_train, config_lib.real_per_class(cfg), ds.num_classes, ds.class_names)
   return prepare(ds, cfg.data.preprocessing, cfg.data.zca_reg)
 
@@ -153,8 +156,11 @@ def make_optimizer(cfg: ml_collections.ConfigDict):
                                      d.label_momentum)
 
 
-def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, mesh=None):
-  """Run (or resume) the distillation; returns (decoded set, its classes, summary)."""
+def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, mesh=None,
+            summaries=None):
+  """Run (or resume) the distillation; returns (decoded set, its classes, summary).
+
+  summaries: process 0's TensorBoard writer (`ddjax.runtime.summaries`), or None."""
   root = jax.random.PRNGKey(cfg.seed)
   spec = registry.get(cfg.method)
   batch_size = config_lib.real_batch_size(cfg, data.num_classes)
@@ -169,6 +175,11 @@ def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, me
     state = step_lib.init_state(distiller, transform, optimizer, syn,
                                 jax.random.fold_in(root, KEY_DISTILL_INIT))
     step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
+    image = None
+    if summaries is not None:       # the distilled grid, drawn by process 0 from its own copy
+      image = functools.partial(export.state_image, distiller,
+                                np.asarray(distiller.decode_classes(jnp.asarray(classes))),
+                                data.pre, data.class_names)
     sampler = distiller.batch_sampler(cfg.seed)      # the method's own batches, replicated
     own_batches = sampler is not None
     if not own_batches:                               # real batches, split over the devices
@@ -176,12 +187,14 @@ def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, me
       hold = cfg.bilp.adaptive_every if cfg.bilp.adaptive_beta > 0 else 1
       sampler = loop.make_sampler(data.x_train, data.targets_train, batch_size, cfg.seed,
                                   balanced=config_lib.balanced_batch(cfg), hold=hold,
-                                  rows=sharding.process_rows(mesh, batch_size))
+                                  rows=sharding.process_rows(mesh, batch_size),
+                                  labels=data.y_train)
     state, summary = loop.run(
         step_fn, state, sampler, num_steps=num_steps, key=jax.random.fold_in(root, KEY_DISTILL),
         workdir=workdir, checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
         log_every=cfg.log.every, mesh=mesh, name=cfg.method, batch_sharded=not own_batches,
-        problem=distiller.problem, batch_size=batch_size)
+        problem=distiller.problem, batch_size=batch_size, summaries=summaries,
+        summary_image=image)
     syn = jax.device_get(state.syn)
   decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
   classes = np.asarray(distiller.decode_classes(jnp.asarray(classes)))
@@ -231,7 +244,13 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   pruning = None
   if cfg.bilp.prune_fraction > 0:
     data, pruning = preemptive_prune(cfg, data, workdir)
-  syn, classes, summary = distill(cfg, data, workdir, mesh)
+  logger = summaries_lib.from_config(cfg, workdir)     # log.tensorboard, process 0 only
+  try:
+    syn, classes, summary = distill(cfg, data, workdir, mesh, summaries=logger)
+  except BaseException:
+    if logger is not None:
+      logger.close()
+    raise
   if main:
     paths = export.export_distilled(workdir, syn, classes, data.pre, data.class_names)
     export.plot_curve(workdir, f'{run_tag(cfg)} {cfg.data.name} IPC {cfg.distill.ipc}')
@@ -253,5 +272,8 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   results['wall_seconds'] = time.perf_counter() - t0
   if main:
     files.write_json(os.path.join(workdir, 'results.json'), results)
+  if logger is not None:
+    logger.results(summary['steps'], results)
+    logger.close()
   print(f'[done] {os.path.join(workdir, "results.json")}', flush=True)
   return results
