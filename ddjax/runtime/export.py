@@ -4,7 +4,9 @@ distilled.npz   x (n,H,W,C) in the model's input space, y (n,K) (learned) labels
                 x_pixels (n,H,W,C) in [0,1] pixel space, class_names, and the preprocessing
                 (prefix 'pre_') needed to use x elsewhere (ddjax.data.preprocessor_from_dict).
 distilled.png   grid of the images in pixel space, one column per class, each headed by its class
-                name (written bottom to top above the column).
+                name (written bottom to top above the column); when the labels are soft or
+                learned, each image has a caption below it: its top label and that label's weight
+                (`label_captions`).
 curve.png       the distillation loss against steps (from metrics.jsonl).
 results.json    method, dataset, ipc, distill.*, eval.*, krr_eval.*.
 """
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -65,6 +69,95 @@ def with_class_names(grid: np.ndarray, class_names, column_width: int, pad: int 
   return np.concatenate([header, grid], axis=0)
 
 
+def _hard_labels(classes: np.ndarray, num_classes: int) -> list[np.ndarray]:
+  """The label rows a set starts from: one-hot and FRePo's centred one-hot, (n, K) each."""
+  hot = np.eye(num_classes, dtype=np.float64)[classes]
+  return [hot, (hot - 1.0 / num_classes) / np.sqrt(num_classes / 10.0)]
+
+
+def label_captions(y: np.ndarray, classes: np.ndarray, class_names,
+                   atol: float = 1e-6) -> list[str] | None:
+  """Each image's top label and its weight, e.g. 'T-shirt/top 0.83'; None for hard labels.
+
+  Args:
+    y: (n, K) the set's labels as stored (soft, learned or hard).
+    classes: (n,) the class each image belongs to (its column in the grid).
+    class_names: K names.
+  Returns:
+    n captions '<name of argmax y_i> <y_i[argmax]:.2f>' (the weight on the label's own scale:
+    a probability for soft labels, FRePo's centred target, DATM's logit), or None when every row
+    is still the one-hot or centred one-hot label of its class (nothing to show).
+  """
+  y = np.asarray(y, np.float64)
+  classes = np.asarray(classes)
+  if y.ndim != 2 or y.shape[0] != classes.shape[0]:
+    raise ValueError(f'labels {y.shape} do not match {classes.shape[0]} images')
+  if any(np.allclose(y, h, atol=atol) for h in _hard_labels(classes, y.shape[1])):
+    return None
+  top = y.argmax(-1)
+  return [f'{class_names[t]} {y[i, t]:.2f}' for i, t in enumerate(top)]
+
+
+def _fit_text(text: str, font, width: int) -> str:
+  """`text` cut (with a trailing '.') to at most `width` pixels in `font`."""
+  if font.getlength(text) <= width:
+    return text
+  while text and font.getlength(text + '.') > width:
+    text = text[:-1]
+  return text + '.'
+
+
+def with_captions(grid: np.ndarray, captions, classes: np.ndarray, num_classes: int,
+                  image_hw: tuple[int, int], pad: int = 2, scale: int = 2) -> np.ndarray:
+  """`image_grid`'s grid (same pad and scale) with a caption band under every row of images:
+  each image's caption in two lines, the name (cut to the image's width) over the weight
+  (the caption's last word). Returns (H + rows * band, W, 3) uint8."""
+  font = ImageFont.load_default()
+  h, w = image_hw
+  cell_h, cell_w = (h + pad) * scale, (w + pad) * scale
+  line_h = max(font.getbbox('Ag')[3], 8) + 1
+  per_class = [np.flatnonzero(np.asarray(classes) == k) for k in range(num_classes)]
+  rows = max(1, max(len(p) for p in per_class))
+  parts = [grid[:pad * scale]]
+  for r in range(rows):
+    y0 = pad * scale + r * cell_h
+    parts.append(grid[y0:y0 + cell_h])
+    band = Image.new('RGB', (grid.shape[1], 2 * line_h + 2), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for col, idx in enumerate(per_class):
+      if r < len(idx):
+        name, _, weight = str(captions[idx[r]]).rpartition(' ')
+        x0 = pad * scale + col * cell_w
+        for line, text in enumerate((name, weight)):
+          text = _fit_text(text, font, w * scale)
+          dx = max(0, (w * scale - int(font.getlength(text))) // 2)
+          draw.text((x0 + dx, line * line_h), text, fill=(0, 0, 0), font=font)
+    parts.append(np.asarray(band, np.uint8))
+  return np.concatenate(parts, axis=0)
+
+
+def distilled_image(x_pixels: np.ndarray, y: np.ndarray, classes: np.ndarray,
+                    class_names) -> np.ndarray:
+  """The picture of distilled.png (and of TensorBoard's distill/images): `image_grid` at scale 2,
+  captions when the labels are soft or learned, class names above the columns; (H, W, 3) uint8."""
+  classes = np.asarray(classes)
+  h, w = x_pixels.shape[1:3]
+  grid = image_grid(x_pixels, classes, len(class_names), pad=2, scale=2)
+  captions = label_captions(y, classes, class_names)
+  if captions is not None:
+    grid = with_captions(grid, captions, classes, len(class_names), (h, w), pad=2, scale=2)
+  return with_class_names(grid, class_names, column_width=2 * (w + 2))
+
+
+def state_image(distiller, classes: np.ndarray, preprocessor, class_names, state) -> np.ndarray:
+  """`distilled_image` of a run state's synthetic set (decoded, in pixel space), read to this host
+  first so that one process can draw it alone. classes: (n,) of the decoded set."""
+  syn = jax.device_get(state.syn)
+  decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
+  x_pixels = np.asarray(invert_preprocessor(preprocessor, np.asarray(decoded['x'])), np.float32)
+  return distilled_image(x_pixels, np.asarray(decoded['y']), classes, class_names)
+
+
 def save_png(path: str, array: np.ndarray) -> None:
   files.write_atomic(path, lambda f: Image.fromarray(array).save(f, format='PNG'))
 
@@ -83,9 +176,7 @@ def export_distilled(workdir: str, syn: dict, classes: np.ndarray, preprocessor,
                   class_names=np.asarray(class_names), **learned,
                   **preprocessor_to_dict(preprocessor, 'pre_'))
   png = os.path.join(workdir, 'distilled.png')
-  h, w = x.shape[1:3]
-  grid = image_grid(x_pixels, np.asarray(classes), len(class_names), pad=2, scale=2)
-  save_png(png, with_class_names(grid, class_names, column_width=2 * (w + 2)))
+  save_png(png, distilled_image(x_pixels, y, classes, class_names))
   return {'npz': npz, 'png': png}
 
 

@@ -50,8 +50,8 @@ def balanced_batch_indices(seed: int, step: int, labels: np.ndarray, batch_size:
 
 
 def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
-                 balanced: bool = False, hold: int = 1,
-                 rows: np.ndarray | None = None) -> Callable[[int], dict]:
+                 balanced: bool = False, hold: int = 1, rows: np.ndarray | None = None,
+                 labels: np.ndarray | None = None) -> Callable[[int], dict]:
   """sampler(step) -> {'x': (B, H, W, C), 'y': (B, K)} host arrays for that step.
 
   balanced: draw B // K examples of every class (classes = argmax of y) instead of B uniformly.
@@ -59,12 +59,15 @@ def make_sampler(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
   k; BiLP's lazy selection keeps a selected batch for its reselection period).
   rows: the positions of the batch this process loads (`sharding.process_rows`; None = all):
   the sampler returns only those (len(rows) instead of B) of the same global batch.
+  labels: (N,) integer classes for `balanced` (default: argmax of y). x and y may be streamed
+  `ddjax.data.Rows` views: a batch reads only its own rows (pass labels then).
   """
   if hold < 1:
     raise ValueError(f'hold must be >= 1, got {hold}.')
   if batch_size > len(x):
     raise ValueError(f'distill.batch_size={batch_size} exceeds the {len(x)} training examples.')
-  labels = np.asarray(y).argmax(-1) if balanced else None
+  if balanced and labels is None:
+    labels = np.asarray(y).argmax(-1)
 
   def sample(step: int) -> dict:
     step = step // hold
@@ -94,7 +97,8 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
         key: jax.Array, workdir: str, checkpoint_every: int, keep: int = 2, log_every: int = 100,
         mesh=None, name: str = 'distill', batch_sharded: bool = True,
         problem: Callable[[dict], str | None] | None = None,
-        batch_size: int | None = None) -> tuple[Any, dict]:
+        batch_size: int | None = None, summaries=None,
+        summary_image: Callable[[Any], np.ndarray] | None = None) -> tuple[Any, dict]:
   """Drive `step_fn(state, batch, key) -> (state, metrics)` from the last checkpoint to num_steps.
 
   Writes `workdir/checkpoints/<step>` every `checkpoint_every` steps and at the end,
@@ -110,6 +114,8 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
   problem: problem(metrics of one step, floats) -> message or None, checked for every step at
   each log / checkpoint point, like finiteness: a message stops the run before the state is
   saved (`DivergedError`, naming the step, the metrics and the last good checkpoint).
+  summaries: a `ddjax.runtime.summaries.Summaries` (process 0's, else None) that gets the
+  metrics of every log point and, when it wants one, summary_image(state) -> (H, W, 3) uint8.
   Returns (final state, summary) where summary has 'steps', 'resumed_from', 'sec_per_step'
   (mean over the steps this process ran, compilation excluded).
   """
@@ -124,6 +130,8 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
     start, state = restored
     if main:
       print(f'[{name}] resumed from checkpoint at step {start}', flush=True)
+  if summaries is not None:
+    summaries.begin(start)
   batch_layout = sharding.batch_sharding(mesh) if batch_sharded else rep
   jitted = jax.jit(step_fn, in_shardings=(rep, batch_layout, rep),
                    out_shardings=(rep, rep), donate_argnums=(0,))
@@ -159,6 +167,11 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
       if main:
         files.append_jsonl(metrics_path, {'step': done, **metrics})
         progress.update(done, metrics)
+        if summaries is not None:
+          summaries.scalars(done, metrics)
+    if (summaries is not None and summary_image is not None
+        and summaries.wants_image(done, done == num_steps)):
+      summaries.image(done, summary_image(state))
     if save_now:
       ckpt.save(done, state)
   ckpt.close()
