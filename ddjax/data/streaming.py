@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 # Rows per chunk of a streaming pass: about this many bytes of float64 per chunk.
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 
 
 class InMemoryRequiredError(ValueError):
