@@ -263,6 +263,15 @@ def dsa_strategy(cfg, dataset_name: str) -> str:
   return dsa_strategy_for(dataset_name) if cfg.expert.dsa else ''
 
 
+def model_record(block) -> dict:
+  """The model block as a buffer records it: its compute dtype only when not float32 (the
+  buffers written before mixed precision existed record none, and stay usable)."""
+  model = block.to_dict()
+  if model.get('dtype') == 'float32':
+    del model['dtype']
+  return model
+
+
 def wanted_record(cfg, data) -> dict:
   """The record a buffer of this run must have: data (name, train size, image shape,
   preprocessing, classes, a CRC of the labels), the model block, the DSA strategy and the expert
@@ -275,7 +284,7 @@ def wanted_record(cfg, data) -> dict:
       'format': FORMAT, 'dataset': str(data.dataset.name), 'train_size': int(len(labels)),
       'image_shape': [int(d) for d in data.x_train.shape[1:]],
       'preprocessing': str(data.pre.kind), 'num_classes': int(data.num_classes),
-      'labels_crc32': int(zlib.crc32(labels.tobytes())), 'model': cfg.model.to_dict(),
+      'labels_crc32': int(zlib.crc32(labels.tobytes())), 'model': model_record(cfg.model),
       'dsa_strategy': dsa_strategy(cfg, str(data.dataset.name)),
       'expert': {k: e[k] for k in keys}})
 

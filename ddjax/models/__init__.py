@@ -4,6 +4,10 @@ Every model follows one convention: `model.apply(variables, x, train=bool, mutab
 float32 input returns `(logits (N, K), features (N, D))`, features being the flattened input of the
 final Dense layer. Models with batch norm keep running statistics in `variables['batch_stats']`:
 train with `mutable=['batch_stats']` and carry the returned statistics; infer with `train=False`.
+
+Mixed precision: a model block's `dtype` ('float32' or 'bfloat16', `COMPUTE_DTYPES`) is the
+networks' compute dtype; parameters stay float32 and outputs come back float32 (see
+`ddjax.models.convnet`), so everything downstream (losses, KRR, optimizers) is unchanged.
 """
 from __future__ import annotations
 
@@ -18,9 +22,17 @@ from ddjax.models.convnet import NORM_PLACEMENTS, NORMS, POOLINGS, ConvNet, chec
 from ddjax.models.mlp import MLP
 
 ARCHITECTURES = ('convnet', 'mlp')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
-__all__ = ['ARCHITECTURES', 'NORM_PLACEMENTS', 'NORMS', 'POOLINGS', 'ConvNet', 'MLP', 'build_model', 'from_config',
-           'init_model']
+__all__ = ['ARCHITECTURES', 'COMPUTE_DTYPES', 'NORM_PLACEMENTS', 'NORMS', 'POOLINGS', 'ConvNet',
+           'MLP', 'build_model', 'compute_dtype', 'from_config', 'init_model']
+
+
+def compute_dtype(name: str):
+  """A model block's `dtype` name -> the modules' `dtype` field: None for 'float32' (the default
+  modules, computing in float32), jnp.bfloat16 for 'bfloat16'. ValueError names the allowed."""
+  check_choice('compute dtype', name, COMPUTE_DTYPES)
+  return None if name == 'float32' else jnp.bfloat16
 
 
 def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -45,12 +57,15 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def from_config(block, num_classes: int) -> nn.Module:
   """The model of a config's model block (`ddjax.config.model_config`: arch, depth, width,
-  double_width, norm, norm_placement, bn_momentum, pooling, mlp_widths)."""
+  double_width, norm, norm_placement, bn_momentum, pooling, mlp_widths, dtype; a block without
+  dtype, e.g. an older expert buffer's record, computes in float32)."""
+  dtype = compute_dtype(block.get('dtype', 'float32'))
   if block.arch == 'mlp':
-    return build_model('mlp', num_classes, widths=tuple(block.mlp_widths))
+    return build_model('mlp', num_classes, widths=tuple(block.mlp_widths), dtype=dtype)
   return build_model(block.arch, num_classes, depth=block.depth, width=block.width,
                      double_width=block.double_width, norm=block.norm, pooling=block.pooling,
-                     norm_placement=block.norm_placement, bn_momentum=block.bn_momentum)
+                     norm_placement=block.norm_placement, bn_momentum=block.bn_momentum,
+                     dtype=dtype)
 
 
 def _init(model: nn.Module, key: jax.Array, input_shape: tuple, fast_rng: bool) -> dict:

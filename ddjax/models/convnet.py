@@ -24,10 +24,17 @@ Placement (`norm_placement`):
 `bn_momentum` is flax's (running = m * running + (1 - m) * batch): 0.9 is PyTorch's 0.1 (DC);
 FRePo's flax BatchNorm uses 0.1, so its running statistics are mostly the latest batch. FRePo
 evaluates the same family without norm (norm='none').
+
+Mixed precision (`dtype`): None computes in the inputs' dtype (float32); `jnp.bfloat16` runs the
+convolutions, matmuls, pooling and norms in bfloat16 (flax's `dtype`; norms keep their statistics
+in float32) while the parameters stay float32 (`param_dtype`) and the returned logits and features
+are cast back to float32, so losses, KRR solves, optimizer states and the gradients reaching the
+inputs (the synthetic set) are float32.
 """
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -108,6 +115,12 @@ def _flax_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
       precision=precision, **kwargs)
 
 
+def to_float32(x: Array) -> Array:
+  """A network output in float32: bfloat16 / float16 activations of a mixed-precision model cast
+  up, anything else (float32, float64 under x64) unchanged."""
+  return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+
+
 def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
   """Raise ValueError naming the allowed values when `value` is not one of them."""
   if value not in allowed:
@@ -130,6 +143,7 @@ class ConvNet(nn.Module):
   pad_1ch_28: bool = True
   norm_placement: str = 'dc'
   bn_momentum: float = 0.9
+  dtype: Any = None              # compute dtype (None: float32; jnp.bfloat16: mixed precision)
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, Array]:
@@ -148,7 +162,7 @@ class ConvNet(nn.Module):
       if frepo and i > 0:
         x = self._norm(x, train, i)
       x = nn.Conv(ch, (k, k), padding=((pad, pad), (pad, pad)), use_bias=True,
-                  conv_general_dilated=_flax_conv, name=f'conv{i}')(x)
+                  conv_general_dilated=_flax_conv, dtype=self.dtype, name=f'conv{i}')(x)
       if not frepo:
         x = self._norm(x, train, i)
       x = nn.relu(x)
@@ -157,16 +171,17 @@ class ConvNet(nn.Module):
       elif self.pooling == 'max':
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     features = x.reshape((x.shape[0], -1))
-    logits = nn.Dense(self.num_classes, name='head')(features)
-    return logits, features
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head')(features)
+    return to_float32(logits), to_float32(features)
 
   def _norm(self, x: Array, train: bool, i: int) -> Array:
     if self.norm == 'instance':
-      return nn.GroupNorm(num_groups=x.shape[-1], epsilon=_EPS, name=f'norm{i}')(x)
+      return nn.GroupNorm(num_groups=x.shape[-1], epsilon=_EPS, dtype=self.dtype,
+                          name=f'norm{i}')(x)
     if self.norm == 'layer':
       return nn.LayerNorm(epsilon=_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1),
-                          name=f'norm{i}')(x)
+                          dtype=self.dtype, name=f'norm{i}')(x)
     if self.norm == 'batch':
       return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=_EPS,
-                          name=f'norm{i}')(x)
+                          dtype=self.dtype, name=f'norm{i}')(x)
     return x

@@ -45,6 +45,8 @@ KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL = 0, 1, 2
 RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir',
                      'kernel.block_bytes', 'expert.dir', 'expert.parallel', 'observer.dir',
                      'distributed.')
+# Keys added to the schema after workdirs were written, with the value every older run had.
+ADDED_KEYS = {'model.dtype': 'float32'}
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
            'results.json', 'kept_indices.npz', 'config.json', summaries_lib.SUBDIR)
 
@@ -78,7 +80,7 @@ def config_differences(old: dict, new: dict) -> list[str]:
   for key in sorted(set(a) | set(b)):
     if key.startswith(RESUMABLE_CHANGES):
       continue
-    va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
+    va, vb = a.get(key, ADDED_KEYS.get(key, '<absent>')), b.get(key, '<absent>')
     if isinstance(va, list):
       va = tuple(va)
     if isinstance(vb, list):
