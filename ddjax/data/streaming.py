@@ -126,10 +126,10 @@ class Rows:
     raise InMemoryRequiredError(
         f'this step needs the whole training set in memory as one array, but it is streamed from '
         f'disk (data.streaming=True; {self.shape} would take {self.nbytes / 2**30:.2f} GiB as '
-        f'{self.dtype}). Streaming serves the distillation loop\'s batches; features that '
-        'read every training example at once (BiLP preemptive pruning, expert / observer '
-        'training, RDED selection, DATM initialisation) need data.streaming=False and the '
-        'memory for it, or a smaller subset of the data written with ddjax.data.write_npy.')
+        f'{self.dtype}). Streaming serves the distillation loop\'s batches; what reads every '
+        'training example at once (BiLP preemptive pruning, training expert trajectories or '
+        'an observer) needs data.streaming=False and the memory for it, or a smaller subset '
+        'of the data written with ddjax.data.write_npy.')
 
   def __repr__(self) -> str:
     return f'Rows(shape={self.shape}, dtype={self.dtype}, base={type(self.base).__name__})'
