@@ -185,11 +185,10 @@ def plot_curve(workdir: str, title: str) -> str | None:
   records = files.read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
   if not records:
     return None
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure   # not pyplot: a notebook's inline backend stays as it is
   steps = [r['step'] for r in records]
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+  fig = Figure(figsize=(6, 3.5), dpi=100)
+  ax = fig.subplots()
   for key in ('loss', 'meta_loss'):
     if key in records[0]:
       ax.plot(steps, [r[key] for r in records], label=key)
@@ -197,5 +196,4 @@ def plot_curve(workdir: str, title: str) -> str | None:
   ax.set_title(title); ax.legend(); fig.tight_layout()
   path = os.path.join(workdir, 'curve.png')
   files.write_atomic(path, lambda f: fig.savefig(f, format='png'))
-  plt.close(fig)
   return path
