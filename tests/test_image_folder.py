@@ -121,3 +121,14 @@ def test_pipeline_loads_an_image_folder_from_the_config(tmp_path):
   cfg.data.channels = 2
   with pytest.raises(ConfigError, match='data.channels'):
     validate(cfg)
+
+
+def test_streamed_image_folder_decodes_only_the_rows_asked(tmp_path):
+  root = _folder(tmp_path / 'folder')
+  mem = data.load_dataset('image_folder', root, image_size=6, channels=3)
+  streamed = data.load_dataset('image_folder', root, image_size=6, channels=3, streaming=True)
+  assert isinstance(streamed.x_train, data.Rows)
+  np.testing.assert_array_equal(streamed.x_train[np.array([8, 0, 4])], mem.x_train[[8, 0, 4]])
+  np.testing.assert_array_equal(streamed.x_test, mem.x_test)
+  npy = data.write_npy(str(tmp_path / 'npy'), streamed)    # converted chunk by chunk
+  np.testing.assert_array_equal(data.load_dataset('npy', npy).x_train, mem.x_train)

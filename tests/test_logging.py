@@ -65,6 +65,22 @@ def _events(logdir):
   return out
 
 
+def test_resumed_writer_hides_what_the_interrupted_run_logged_after_its_checkpoint(tmp_path):
+  from ddjax.runtime.summaries import Summaries
+  first = Summaries(str(tmp_path))
+  first.begin(0)
+  for step in range(1, 6):
+    first.scalars(step, {'loss': 1.0 / step})
+  first.close()
+  resumed = Summaries(str(tmp_path))
+  resumed.begin(3)                             # restored from the checkpoint at step 3
+  resumed.scalars(4, {'loss': 0.5})
+  resumed.close()
+  starts = [e.step for e in _events(str(tmp_path)) if e.HasField('session_log')
+            and e.session_log.status == event_pb2.SessionLog.START]
+  assert starts == [4]                         # TensorBoard drops the older events of step >= 4
+
+
 def test_streamed_run_writes_tensorboard_summaries(tmp_path):
   x_tr, y_tr, x_te, y_te = make_tiny_arrays()
   ds = data.dataset.make_dataset('npy', x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32),

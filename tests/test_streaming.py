@@ -49,7 +49,10 @@ def npy_dir(tmp_path):
 
 @pytest.mark.parametrize('kind', ['standard', 'zca'])
 def test_streamed_run_data_equal_in_memory(npy_dir, kind):
-  mem = prepare(data.load_dataset('npy', npy_dir), kind)
+  original = make_tiny_arrays()[0]
+  loaded = data.load_dataset('npy', npy_dir)
+  np.testing.assert_allclose(loaded.x_train, original, atol=0.5 / 255 + 1e-7)   # stored uint8
+  mem = prepare(loaded, kind)
   streamed = prepare(data.load_dataset('npy', npy_dir, streaming=True), kind)
   assert isinstance(streamed.dataset.x_train.base, np.memmap)
   assert isinstance(streamed.x_train, Rows) and isinstance(streamed.targets_train, Rows)
