@@ -16,7 +16,8 @@ class Dataset:
 
   Attributes:
     name: registry name ('fashion_mnist', 'cifar10', ...).
-    x_train: float32 (N, H, W, C) in [0, 1].
+    x_train: float32 (N, H, W, C) in [0, 1]; a `ddjax.data.streaming.Rows` view of them when
+      the source streams (data.streaming), read row by row when indexed.
     y_train: int32 (N,) in [0, num_classes).
     x_test: float32 (M, H, W, C) in [0, 1].
     y_test: int32 (M,).

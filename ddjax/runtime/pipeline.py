@@ -240,6 +240,7 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   main = distributed.is_main()
   workdir = workdir or default_workdir(cfg)
   check_workdir(cfg, workdir, restart)
+  logger = summaries_lib.from_config(cfg, workdir)     # log.tensorboard: process 0, tensorboardX
   data = data or load_data(cfg)
   os.makedirs(workdir, exist_ok=True)
   if main:
@@ -248,7 +249,6 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   pruning = None
   if cfg.bilp.prune_fraction > 0:
     data, pruning = preemptive_prune(cfg, data, workdir)
-  logger = summaries_lib.from_config(cfg, workdir)     # log.tensorboard, process 0 only
   try:
     syn, classes, summary = distill(cfg, data, workdir, mesh, summaries=logger)
   except BaseException:
