@@ -54,7 +54,8 @@ def main(argv) -> None:
   from ddjax.runtime.checkpoint import CheckpointError
   try:   # config, data and workdir problems fail before compute; divergence names a checkpoint
     run(flags.FLAGS.config, flags.FLAGS.workdir or None, restart=flags.FLAGS.restart)
-  except (ValueError, FloatingPointError, DatasetNotFoundError, CheckpointError) as e:
+  except (ValueError, FloatingPointError, DatasetNotFoundError, CheckpointError,
+          ImportError) as e:       # ImportError: an optional extra (tfds, tensorboard) missing
     fail(e)
 
 
