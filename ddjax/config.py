@@ -183,7 +183,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   cfg.log = ml_collections.ConfigDict()
   cfg.log.every = 100
-  cfg.log.tensorboard = False         # TensorBoard summaries in <workdir>/tensorboard (tensorboardX)
+  cfg.log.tensorboard = False         # TensorBoard summaries in <workdir>/tensorboard
   cfg.log.image_every = 500           # ... with the distilled grid every N steps (0: at the end)
 
   cfg.distributed = ml_collections.ConfigDict()  # multi-process runs (ddjax.runtime.distributed)

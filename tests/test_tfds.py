@@ -61,7 +61,8 @@ def test_prepared_array_record_dataset_reads_without_tensorflow():
 
 
 def test_missing_or_unnamed_tfds_dataset_says_how_to_prepare_it(tmp_path):
-  with pytest.raises(data.DatasetNotFoundError, match='tfds build ddjax_tiny --file_format=array_record'):
+  with pytest.raises(data.DatasetNotFoundError,
+                     match='tfds build ddjax_tiny --file_format=array_record'):
     data.load_dataset('tfds', str(tmp_path), tfds_name='ddjax_tiny')
   cfg = base_config()
   cfg.data.name = 'tfds'

@@ -34,7 +34,7 @@ def _summary_writer_class():
 
 
 def flatten_numbers(tree: Mapping[str, Any], prefix: str = '') -> dict[str, float]:
-  """{'a/b': float} for every int / float leaf of a nested dict (booleans, strings, lists left out)."""
+  """{'a/b': float} for every int / float leaf of a nested dict (no booleans, strings, lists)."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, Mapping):
