@@ -4,6 +4,9 @@ Orbax writes each step into a temporary directory and renames it when complete (
 `commit_success` marker), so a kill during a save never leaves a broken *latest* checkpoint: the
 manager only lists finished steps. A checkpoint that is present but unreadable (disk corruption, a
 different config) is reported with what to do; older checkpoints are tried before giving up.
+With several processes every process saves and restores together, as Orbax does for multi-host:
+arrays over the global mesh are written once (their replicas by process 0), and a process's own
+arrays (an observer's, trained identically on every process) as numpy arrays by process 0.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -19,6 +23,25 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be restored into the expected state."""
+
+
+def _global_or_host(tree: Any) -> Any:
+  """With several processes, a process's own (host-local) jax arrays as numpy arrays, which
+  Orbax writes once from process 0 and restores on every process; arrays over the global mesh
+  unchanged. The tree itself with one process."""
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x, tree)
+
+
+def _like(template: Any, restored: Any) -> Any:
+  """Restored host-local arrays (numpy, see `_global_or_host`) back on their template's device."""
+  if jax.process_count() == 1:
+    return restored
+  return jax.tree_util.tree_map(
+      lambda t, x: jax.device_put(x, t.sharding) if isinstance(t, jax.Array)
+      and t.is_fully_addressable else x, template, restored)
 
 
 class Checkpointer:
@@ -40,7 +63,7 @@ class Checkpointer:
   def save(self, step: int, state: Any) -> None:
     if step in self._mngr.all_steps():
       return
-    self._mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._mngr.save(step, args=ocp.args.StandardSave(_global_or_host(state)), force=True)
     self._mngr.wait_until_finished()
 
   def restore_latest(self, template: Any) -> tuple[int, Any] | None:
@@ -52,11 +75,11 @@ class Checkpointer:
     steps = sorted(self._mngr.all_steps(), reverse=True)
     if not steps:
       return None
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _global_or_host(template))
     problems = []
     for step in steps:
       try:
-        state = self._mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+        state = _like(template, self._mngr.restore(step, args=ocp.args.StandardRestore(abstract)))
         if problems:
           log.warning('restored step %d after skipping unreadable checkpoints: %s', step,
                       '; '.join(problems))
