@@ -36,12 +36,12 @@ def test_bf16_forward_is_float32_within_bf16_precision(block):
   m32 = from_config(_block(**block), TINY_CLASSES)
   m16 = from_config(_block(dtype='bfloat16', **block), TINY_CLASSES)
   variables = init_model(m32, jax.random.PRNGKey(0), (1,) + TINY_SHAPE)
-  assert _dtypes(init_model(m16, jax.random.PRNGKey(0), (1,) + TINY_SHAPE)) == {'float32'}
   x = jnp.asarray(make_tiny_arrays()[0][:32])
+  assert _dtypes(jax.eval_shape(m16.init, jax.random.PRNGKey(0), x)) == {'float32'}   # params
   mutable = ['batch_stats'] if 'batch_stats' in variables else False
   outs = {}
   for name, m in (('f32', m32), ('bf16', m16)):
-    out = m.apply(variables, x, train=bool(mutable), mutable=mutable)
+    out = jax.jit(lambda v, x: m.apply(v, x, train=bool(mutable), mutable=mutable))(variables, x)
     (logits, feats), new = out if mutable else (out, {})
     assert logits.dtype == feats.dtype == jnp.float32          # outputs cast back up
     assert _dtypes(new) <= {'float32'}                          # batch statistics stay float32
