@@ -97,11 +97,18 @@ def config_errors(dist) -> list[str]:
   return errors
 
 
+def _initialized() -> bool:
+  if hasattr(jax.distributed, 'is_initialized'):          # JAX >= 0.4.36
+    return jax.distributed.is_initialized()
+  from jax._src import distributed as jax_distributed     # older: the runtime's own state
+  return jax_distributed.global_state.client is not None
+
+
 def initialize(dist) -> bool:
   """Start JAX's distributed runtime when `init_kwargs(dist)` asks for it (once per Python
   process; must run before any JAX computation). Returns whether this run is multi-process-aware
   (initialised now or before)."""
-  if jax.distributed.is_initialized():
+  if _initialized():
     return True
   kwargs = init_kwargs(dist)
   if kwargs is None:
