@@ -98,7 +98,7 @@ def config_errors(dist) -> list[str]:
 
 
 def _initialized() -> bool:
-  if hasattr(jax.distributed, 'is_initialized'):          # JAX >= 0.4.36
+  if hasattr(jax.distributed, 'is_initialized'):          # newer JAX
     return jax.distributed.is_initialized()
   from jax._src import distributed as jax_distributed     # older: the runtime's own state
   return jax_distributed.global_state.client is not None
