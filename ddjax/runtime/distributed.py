@@ -29,6 +29,10 @@ MODES = ('auto', 'on', 'off')
 CPU_COLLECTIVES = ('gloo', 'mpi', 'none')
 
 
+class DistributedSetupError(ValueError):
+  """JAX's distributed runtime could not start with the settings given or detected."""
+
+
 def _count(environ: Mapping[str, str], name: str) -> int:
   try:
     return int(environ.get(name, '0'))
@@ -117,11 +121,12 @@ def initialize(dist) -> bool:
     jax.config.update('jax_cpu_collectives_implementation', dist.cpu_collectives)
   try:
     jax.distributed.initialize(**kwargs)
-  except RuntimeError as e:
-    raise RuntimeError(
-        f'jax.distributed.initialize({kwargs}) failed: {e}. It must run before any JAX '
-        'computation in this Python process (start a fresh process), and every process of the '
-        'run must be started with the same coordinator and process count.') from e
+  except (RuntimeError, ValueError, TypeError) as e:
+    raise DistributedSetupError(
+        f'jax.distributed.initialize({kwargs}) failed: {e}. Set distributed.coordinator_address, '
+        'num_processes and process_id, or run under a cluster JAX detects (TPU VM, srun, mpirun); '
+        'start every process with the same coordinator and process count, in a fresh Python '
+        'process (it must come before any JAX computation).') from None
   return True
 
 
