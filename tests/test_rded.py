@@ -1,5 +1,6 @@
 """RDED: crop / score / select, stitching, the soft-label KL, the observer cache, the 'rded'
 protocol and one end-to-end run, all on tiny data."""
+import dataclasses
 import json
 import os
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLASSES, tiny_config
+from ddjax.data.prepared import cache_identity
 from ddjax.distill import rded
 from ddjax.evaluate import get_protocol, make_schedule
 from ddjax.evaluate import observer as observer_lib
@@ -196,6 +198,11 @@ def test_observer_trains_is_cached_reused_and_a_mismatch_refused(tiny_npz, tiny_
   small = tiny_data.subset(np.arange(60))
   with pytest.raises(observer_lib.ObserverMismatch, match='train_size'):
     observer_lib.get_observer(cfg, small)
+  # another npz of the same name and size (different pixels) is another dataset: refused
+  other = dataclasses.replace(tiny_data, x_train=np.ascontiguousarray(tiny_data.x_train[:, ::-1]))
+  assert cache_identity(other) != cache_identity(tiny_data) != {}
+  with pytest.raises(observer_lib.ObserverMismatch, match='data_crc32'):
+    observer_lib.get_observer(cfg, other)
 
 
 def test_rded_end_to_end_run(tiny_npz, tmp_path):

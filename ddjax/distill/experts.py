@@ -68,6 +68,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddjax.data.prepared import cache_identity
+
 PyTree = Any
 Array = jax.Array
 
@@ -286,7 +288,7 @@ def wanted_record(cfg, data) -> dict:
       'preprocessing': str(data.pre.kind), 'num_classes': int(data.num_classes),
       'labels_crc32': int(zlib.crc32(labels.tobytes())), 'model': model_record(cfg.model),
       'dsa_strategy': dsa_strategy(cfg, str(data.dataset.name)),
-      'expert': {k: e[k] for k in keys}})
+      'expert': {k: e[k] for k in keys}, **cache_identity(data)})
 
 
 def record_differences(have: dict, want: dict) -> list[str]:
@@ -493,7 +495,7 @@ def _fiex_order(cfg, data, path: str, model, progress) -> list[np.ndarray]:
   from ddjax.scoring import fiex
   e = cfg.expert
   name = scoring.cache_name(kind='fiex_el2n', models=e.fiex_score_models,
-                            epochs=e.fiex_score_epochs)
+                            epochs=e.fiex_score_epochs, **cache_identity(data))
 
   def compute():
     progress(f'FIEX: EL2N of {len(data.y_train)} examples from {e.fiex_score_models} networks '

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from ddjax.augment.basic import augment_batch
+from ddjax.data.prepared import cache_identity
 from ddjax.evaluate.train import accuracy
 from ddjax.models import build_model, init_model
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
@@ -46,6 +47,7 @@ RECORD = 'record.json'
 CHECKPOINT = 'checkpoint'
 DATA_KEYS = ('dataset', 'train_size', 'image_shape', 'preprocessing')
 CHECKED_KEYS = DATA_KEYS + ('arch', 'seed', 'epochs')
+IDENTITY_KEYS = ('data_crc32',)     # generic sources only (`ddjax.data.prepared.cache_identity`)
 KEY_OBSERVER = 5          # the purpose folded into the root key for observer training
 
 
@@ -84,14 +86,15 @@ def wanted_record(cfg: ml_collections.ConfigDict, data) -> dict:
   return {'dataset': str(data.dataset.name), 'train_size': int(len(data.y_train)),
           'image_shape': [int(d) for d in data.x_train.shape[1:]],
           'preprocessing': str(data.pre.kind), 'arch': arch_of(cfg), 'seed': int(cfg.seed),
-          'epochs': int(cfg.observer.epochs)}
+          'epochs': int(cfg.observer.epochs), **cache_identity(data)}
 
 
 def record_differences(have: dict, want: dict, keys=CHECKED_KEYS) -> list[str]:
   """'key: have -> want' for every checked key that differs."""
   norm = lambda v: json.loads(json.dumps(v))
-  return [f'{k}: {have.get(k, "<absent>")!r} -> {want[k]!r}' for k in keys
-          if norm(have.get(k, '<absent>')) != norm(want[k])]
+  keys = tuple(keys) + tuple(k for k in IDENTITY_KEYS if k in want or k in have)
+  return [f'{k}: {have.get(k, "<absent>")!r} -> {want.get(k, "<absent>")!r}' for k in keys
+          if norm(have.get(k, '<absent>')) != norm(want.get(k, '<absent>'))]
 
 
 def model_of(record: dict, num_classes: int) -> nn.Module:

@@ -11,7 +11,7 @@ import numpy as np
 from ddjax import config as config_lib
 from ddjax import scoring
 from ddjax.data import check_ipc
-from ddjax.data.prepared import PreparedData
+from ddjax.data.prepared import PreparedData, cache_identity
 from ddjax.models import build_model
 from ddjax.runtime import files
 
@@ -33,6 +33,7 @@ def loss_scores(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str
   """
   b = cfg.bilp
   name = scoring.cache_name(dataset=cfg.data.name, n=len(data.y_train), seed=cfg.seed,
+                            **cache_identity(data),
                             trials=b.score_trials, epochs=b.score_epochs, width=b.score_width,
                             preprocessing=data.pre.kind)
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_SCORE)
