@@ -38,7 +38,8 @@ def __getattr__(name: str):
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """Architecture block (ddjax.models.build_model keywords plus `arch`)."""
   cfg = ml_collections.ConfigDict()
-  cfg.arch = 'convnet'
+  cfg.arch = 'convnet'                # convnet | resnet18 (its own widths; norm, bn_momentum,
+                                      # dtype apply; ddjax.models.resnet) | mlp
   cfg.depth = 3
   cfg.width = 64
   cfg.double_width = False
@@ -144,6 +145,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.observer = ml_collections.ConfigDict()   # the teacher of soft-label evaluation ('rded'
   cfg.observer.dir = ''               # protocol) and of RDED's selection (ddjax.evaluate.observer)
   cfg.observer.checkpoint = ''        # a user's own observer directory (record.json + checkpoint)
+  cfg.observer.arch = 'auto'          # auto (convnet <= 32 px, resnet18 above) | convnet | resnet18
   cfg.observer.depth = 3              # ConvNet-3 with batch norm (RDED's conv3); '' dir above =
   cfg.observer.width = 128            # runs/observers/<dataset>_<arch>_seed<s>, shared by runs
   cfg.observer.epochs = 2             # CPU default; the observer's accuracy is in its record
@@ -337,6 +339,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += int_errors(cfg, 'eval.soft_label_epochs', 1)
   for key in ('depth', 'width', 'epochs', 'batch_size'):
     errors += int_errors(cfg, f'observer.{key}', 1)
+  errors += choice_errors(cfg, 'observer.arch', ('auto', 'convnet', 'resnet18'))
   for key in ('num_experts', 'epochs', 'batch_size', 'fiex_score_models', 'fiex_score_epochs'):
     errors += int_errors(cfg, f'expert.{key}', 1)
   errors += int_errors(cfg, 'expert.parallel', 0, ' (0: all experts at once)')

@@ -48,7 +48,8 @@ RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir
 # Keys added to the schema after workdirs were written, with the value every older run had.
 ADDED_KEYS = {'model.dtype': 'float32', 'data.image_size': 0, 'data.channels': 0,
               'data.train_split': 'train', 'data.test_split': 'test', 'data.test_fraction': 0.0,
-              'data.tfds_name': '', 'data.streaming': False}
+              'data.tfds_name': '', 'data.streaming': False,
+              'observer.arch': 'auto'}    # older runs: a ConvNet observer, which is auto <= 32 px
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
            'results.json', 'kept_indices.npz', 'config.json', summaries_lib.SUBDIR)
 
