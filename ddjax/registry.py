@@ -59,6 +59,9 @@ class Method:
       entries of the synthetic set (RFAD's Platt temperature).
     krr_reg: krr_reg(cfg) -> the regulariser of KRR evaluations of this method's sets.
     eval_protocol: the evaluation protocol `eval.protocol='auto'` means.
+    patch_factor: patch_factor(cfg, image_shape (H, W, C)) -> the patches per side this method's
+      images are stitched from (RDED); the 'rded' protocol's students shuffle and crop them at
+      > 1 (`ddjax.augment.patches`). 1 for every other method.
     description: one line for listings.
   """
   name: str
@@ -73,6 +76,7 @@ class Method:
   extra_params: Callable[[ConfigDict], dict[str, tuple[Any, float]]] = lambda cfg: {}
   krr_reg: Callable[[ConfigDict], float] = lambda cfg: 1e-6
   eval_protocol: str = 'frepo'
+  patch_factor: Callable[[ConfigDict, tuple], int] = lambda cfg, image_shape: 1
   description: str = ''
 
 

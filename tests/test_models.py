@@ -105,8 +105,75 @@ def test_unknown_names_raise_with_allowed_values():
     build_model('convnet', 10, pooling='median')
   with pytest.raises(ValueError, match='none'):
     ConvNet(10, norm='bogus').init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
-  assert ARCHITECTURES == ('convnet', 'mlp')
+  assert ARCHITECTURES == ('convnet', 'mlp', 'resnet18')
+  with pytest.raises(ValueError, match='batch'):
+    build_model('resnet18', 10, norm='group')
   assert set(POOLINGS) == {'avg', 'max', 'none'}
+
+
+def resnet18_parameters_by_hand(channels, classes):
+  """torchvision's CIFAR ResNet-18 (3 x 3 stride-1 stem, no max-pool) counted layer by layer:
+  convolutions without bias, two parameters per norm channel, projections where shapes change."""
+  conv = lambda k, c_in, c_out: k * k * c_in * c_out
+  n = conv(3, channels, 64) + 2 * 64
+  c_in = 64
+  for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+    for block in range(2):
+      n += conv(3, c_in, c_out) + conv(3, c_out, c_out) + 2 * (2 * c_out)
+      if (block == 0 and stride != 1) or c_in != c_out:
+        n += conv(1, c_in, c_out) + 2 * c_out
+      c_in = c_out
+  return n + 512 * classes + classes
+
+
+def test_resnet18_parameter_count_is_torchvisions():
+  # torchvision resnet18: 11,689,512 with a 7 x 7 stem and 1000 classes
+  assert resnet18_parameters_by_hand(3, 1000) - 3 * 3 * 3 * 64 + 7 * 7 * 3 * 64 == 11_689_512
+  assert resnet18_parameters_by_hand(3, 10) == 11_173_962
+
+
+@pytest.mark.parametrize('side', [32, 64])
+def test_resnet18_small_stem_shapes_and_parameters(side):
+  from ddjax.models import ResNet18
+  model = build_model('resnet18', 10)
+  assert isinstance(model, ResNet18)
+  (logits, feats), variables = jax.eval_shape(
+      lambda k: model.init_with_output(k, jnp.zeros((2, side, side, 3)), train=False,
+                                       capture_intermediates=True), jax.random.PRNGKey(0))
+  assert logits.shape == (2, 10) and feats.shape == (2, 512)
+  count = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(variables['params']))
+  assert count == resnet18_parameters_by_hand(3, 10) == 11_173_962
+  assert variables['params']['stem_conv']['kernel'].shape == (3, 3, 3, 64)
+  assert 'batch_stats' in variables
+  # the small-image stem keeps the resolution (no stride, no max-pool); stages 2-4 halve it
+  inter = variables['intermediates']
+  assert inter['stem_conv']['__call__'][0].shape == (2, side, side, 64)
+  for stage, (width, div) in enumerate(((64, 1), (128, 2), (256, 4), (512, 8)), start=1):
+    out = inter[f'stage{stage}_block1']['__call__'][0]
+    assert out.shape == (2, side // div, side // div, width), (stage, out.shape)
+  # projections only where the shape changes
+  blocks = {k: v for k, v in variables['params'].items() if k.startswith('stage')}
+  with_projection = sorted(k for k, v in blocks.items() if 'shortcut_conv' in v)
+  assert with_projection == ['stage2_block0', 'stage3_block0', 'stage4_block0']
+  # one channel: only the stem's kernel changes
+  _, grey = jax.eval_shape(lambda k: model.init_with_output(k, jnp.zeros((1, side, side, 1))),
+                           jax.random.PRNGKey(0))
+  grey_count = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(grey['params']))
+  assert grey_count == resnet18_parameters_by_hand(1, 10) == 11_173_962 - 2 * 9 * 64
+
+
+def test_resnet18_from_a_model_block():
+  from ddjax.config import model_config
+  from ddjax.models import ResNet18, from_config
+  block = model_config(arch='resnet18', norm='instance', bn_momentum=0.8, dtype='bfloat16')
+  model = from_config(block, 7)
+  assert isinstance(model, ResNet18)
+  assert (model.norm, model.bn_momentum, model.dtype) == ('instance', 0.8, jnp.bfloat16)
+  (logits, feats), variables = _shapes(model, (2, 28, 28, 1))
+  assert logits.shape == (2, 7) and feats.shape == (2, 512)
+  assert logits.dtype == feats.dtype == jnp.float32            # bf16 compute, float32 outputs
+  assert 'batch_stats' not in variables
+  assert variables['params']['stem_norm']['scale'].dtype == jnp.float32
 
 
 def test_mlp_shapes():

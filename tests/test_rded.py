@@ -269,3 +269,190 @@ def test_students_learn_the_teachers_soft_labels():
   for s in range(60):
     carry, _ = step(carry, t_vars, x, jnp.arange(8), jax.random.PRNGKey(10 + s))
   assert kl(carry) < 0.2 * before, (before, kl(carry))
+
+
+# -- the students' patch augmentation (factor > 1) ------------------------------------------------
+@pytest.mark.parametrize('factor,side', [(2, 8), (3, 9), (2, 9)])
+def test_shuffle_patches_moves_whole_cells_by_the_drawn_permutations(factor, side):
+  from ddjax.augment.patches import patch_permutations, shuffle_patches
+  n, cell = 8, side // factor
+  x = np.arange(n * side * side * 2, dtype=np.float32).reshape(n, side, side, 2)  # all distinct
+  key = jax.random.PRNGKey(4)
+  run = jax.jit(lambda k, x: (shuffle_patches(k, x, factor), patch_permutations(k, n, factor)))
+  out, (rows, cols) = jax.tree_util.tree_map(np.asarray, run(key, jnp.asarray(x)))
+  assert out.shape == x.shape
+  # pixel k of cell j along an axis comes from pixel k of cell perm[j]; a remainder past the
+  # factor x cell pixels stays where it is along that axis
+  source = lambda perm: [perm[y // cell] * cell + y % cell if y < factor * cell else y
+                         for y in range(side)]
+  grid = lambda img: [img[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell]
+                      for r in range(factor) for c in range(factor)]
+  moved = 0
+  for i in range(n):
+    assert sorted(rows[i]) == sorted(cols[i]) == list(range(factor))
+    np.testing.assert_array_equal(out[i], x[i][source(rows[i])][:, source(cols[i])])
+    key_of = lambda img: sorted(float(g.min()) for g in grid(img))
+    assert key_of(out[i]) == key_of(x[i])     # a round trip: the multiset of cells is kept
+    moved += not np.array_equal(out[i], x[i])
+  assert moved >= 2, 'the patches were not shuffled'
+  assert shuffle_patches(key, x, 1) is x
+
+
+def test_rrc_boxes_stay_in_the_scale_range_and_the_image():
+  from ddjax.augment.patches import rrc_boxes
+  k = jax.random.PRNGKey(5)
+  # (image, scale, the largest area fraction a box of aspect in [3/4, 4/3] can have); the last
+  # two: scale (1, 1), RDED's factor 1, where only the whole image fits (the crop is the
+  # identity), and a wide image where nothing fits (torchvision's centred, ratio-clamped box)
+  cases = (((16, 16), (0.5, 1.0), 1.0), ((12, 20), (0.25, 1.0), 0.8), ((16, 16), (1.0, 1.0), 1.0),
+           ((10, 20), (1.0, 1.0), 2 / 3))
+  all_boxes = jax.jit(lambda k: [rrc_boxes(k, 3000, h, w, s) for (h, w), s, _ in cases])(k)
+  for ((h, w), scale, largest), boxes in zip(cases, all_boxes):
+    top, left, bh, bw = np.asarray(boxes, np.float64).T
+    assert np.all(top >= 0) and np.all(left >= 0)
+    assert np.all(top + bh <= h + 1e-4) and np.all(left + bw <= w + 1e-4)
+    frac = bh * bw / (h * w)
+    if scale[0] < 1:
+      assert frac.min() >= scale[0] - 1e-5 and frac.max() <= scale[1] + 1e-5
+      assert frac.min() < scale[0] + 0.05 and frac.max() > largest - 0.05  # the range is drawn
+      aspect = bw / bh
+      assert aspect.min() >= 3 / 4 - 1e-5 and aspect.max() <= 4 / 3 + 1e-5
+      assert aspect.min() < 0.8 and aspect.max() > 1.25
+  np.testing.assert_allclose(all_boxes[2], np.tile([0, 0, 16, 16], (3000, 1)), atol=1e-4)
+  np.testing.assert_allclose(all_boxes[3], np.tile([0, (20 - 40 / 3) / 2, 10, 40 / 3], (3000, 1)),
+                             atol=1e-4)
+
+
+def test_random_resized_crop_resamples_the_drawn_box():
+  from ddjax.augment.patches import crop_resize, random_resized_crop, rrc_boxes
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 12, 12, 3))
+  ramp = (np.arange(12.0)[:, None, None] * 10 + np.arange(12.0)[None, :, None]).astype(np.float32)
+
+  @jax.jit
+  def run(key, x, ramp):
+    boxes = rrc_boxes(key, 4, 12, 12, (0.25, 1.0))
+    resized = jax.vmap(lambda im, b: crop_resize(im, b, 12, 12))(x, boxes)
+    return (random_resized_crop(key, x, (0.25, 1.0)), resized,
+            random_resized_crop(key, x, (1.0, 1.0)),
+            crop_resize(ramp, jnp.asarray([2.0, 3.0, 6.0, 8.0]), 12, 12))
+
+  out, want, same, got = run(jax.random.PRNGKey(2), x, jnp.asarray(ramp))
+  np.testing.assert_allclose(out, want, atol=1e-5)             # the crop of the drawn box
+  assert not np.allclose(out, x, atol=1e-2)
+  np.testing.assert_allclose(same, x, atol=1e-5)               # scale (1, 1): the identity
+  # bilinear of a linear ramp is exact inside the image: the box (2, 3, 6, 8) maps pixel (i, j)
+  # to (2 + (i + 0.5) * 6 / 12 - 0.5, 3 + (j + 0.5) * 8 / 12 - 0.5)
+  i, j = np.meshgrid(np.arange(12), np.arange(12), indexing='ij')
+  np.testing.assert_allclose(got[..., 0], 10 * (2 + (i + 0.5) * 0.5 - 0.5)
+                             + (3 + (j + 0.5) * 8 / 12 - 0.5), atol=1e-4)
+
+
+def test_the_patch_factor_reaches_the_students_augmentation(monkeypatch):
+  """The 'rded' protocol's step applies student_augment with the set's factor (and not at 1);
+  RDED's registration gives its factor, other methods 1."""
+  from ddjax import registry
+  from ddjax.augment import patches
+  from ddjax.models import build_model
+  from ddjax.models.training import fresh_carry
+  from ddjax.evaluate import make_optimizer
+  assert registry.get('rded').patch_factor(_cfg_factor(0), (64, 64, 3)) == 2
+  assert registry.get('rded').patch_factor(_cfg_factor(0), (28, 28, 1)) == 1
+  assert registry.get('random_subset').patch_factor(_cfg_factor(0), (64, 64, 3)) == 1
+  calls = []
+
+  def spy(key, x, factor):
+    calls.append(factor)
+    return patches.student_augment(key, x, factor)
+
+  monkeypatch.setattr(soft_labels, 'student_augment', spy)
+  teacher = student = build_model('mlp', 3, widths=(4,))
+  t_vars = jax.eval_shape(lambda k: teacher.init(k, jnp.zeros((1, 8, 8, 1))), jax.random.PRNGKey(0))
+  x = jax.ShapeDtypeStruct((6, 8, 8, 1), jnp.float32)
+  for factor, lr in ((2, 1.01e-3), (1, 1.02e-3)):    # fresh protocols: fresh traces
+    protocol = get_protocol('rded', 6, 3, epochs=1, patch_factor=factor, lr=lr)
+    assert protocol.patch_factor == factor
+    step = soft_labels._student_step(student, teacher, protocol)
+    carry = jax.eval_shape(lambda k: fresh_carry(student, k, (8, 8, 1), make_optimizer(protocol)),
+                           jax.random.PRNGKey(2))
+    jax.eval_shape(step, carry, t_vars, x, jnp.arange(6), jax.random.PRNGKey(3))   # traced only
+  assert calls == [2]
+  with pytest.raises(ValueError, match='patch_factor'):
+    get_protocol('rded', 6, 3, patch_factor=0)
+  # at factor 2 the images change, keeping their shape; at 1 they are returned as they are
+  images = jax.random.normal(jax.random.PRNGKey(1), (6, 8, 8, 1))
+  y = jax.jit(patches.student_augment, static_argnums=2)(jax.random.PRNGKey(4), images, 2)
+  assert y.shape == images.shape and not np.allclose(y, images)
+  assert patches.student_augment(jax.random.PRNGKey(4), images, 1) is images
+
+
+# -- observer architectures and the image-folder preset --------------------------------------------
+def test_observer_arch_auto_and_the_convnet_record_unchanged():
+  cfg = _cfg_factor(0)
+  for shape, arch in (((28, 28, 1), 'convnet'), ((32, 32, 3), 'convnet'), ((64, 64, 3), 'resnet18'),
+                      ((33, 20, 3), 'resnet18')):
+    assert observer_lib.observer_arch(cfg, shape) == arch
+  # cached ConvNet observers stay valid: the record of a ConvNet is what it always was
+  assert observer_lib.arch_of(cfg, (28, 28, 1)) == {
+      'arch': 'convnet', 'depth': 3, 'width': 128, 'double_width': False, 'norm': 'batch',
+      'pooling': 'avg'}
+  assert observer_lib.arch_of(cfg, (64, 64, 3)) == {'arch': 'resnet18', 'norm': 'batch'}
+  cfg.observer.arch = 'convnet'
+  assert observer_lib.arch_of(cfg, (64, 64, 3))['arch'] == 'convnet'
+  cfg.observer.arch = 'resnet18'
+  assert observer_lib.arch_of(cfg, (28, 28, 1))['arch'] == 'resnet18'
+
+
+def test_a_resnet_observer_is_reused_as_such_and_refused_for_a_convnet(tiny_npz, tiny_data,
+                                                                      tmp_path, monkeypatch):
+  from ddjax.models import ResNet18
+  cfg = _obs_cfg(tiny_npz, tmp_path / 'obs')
+  cfg.observer.arch = 'resnet18'
+  want = observer_lib.wanted_record(cfg, tiny_data)
+  assert want['arch'] == {'arch': 'resnet18', 'norm': 'batch'}
+  model = observer_lib.model_of(want, tiny_data.num_classes)
+  assert isinstance(model, ResNet18)
+  shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros([1] + want['image_shape'])),
+                          jax.random.PRNGKey(7))
+  rng = np.random.default_rng(0)                # random values: no compiled init needed here
+  variables = jax.tree_util.tree_map(
+      lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  observer_lib.save(str(tmp_path / 'obs'), variables, dict(want, test_acc=0.5))
+
+  def no_training(*a, **k):
+    raise AssertionError('a cached observer must not be retrained')
+
+  monkeypatch.setattr(observer_lib, 'train', no_training)
+  for arch in ('convnet', 'auto'):             # 12 px: auto is a ConvNet
+    cfg.observer.arch = arch
+    with pytest.raises(observer_lib.ObserverMismatch,
+                       match=r"arch: .*resnet18.*convnet.*'resnet18'"):
+      observer_lib.get_observer(cfg, tiny_data)
+  cfg.observer.arch = 'resnet18'
+  obs = observer_lib.get_observer(cfg, tiny_data)
+  assert not obs.trained_now and isinstance(obs.model, ResNet18)
+  assert obs.record['arch'] == {'arch': 'resnet18', 'norm': 'batch'}
+  jax.tree_util.tree_map(np.testing.assert_array_equal, dict(obs.variables), variables)
+  cfg.observer.dir = ''
+  assert observer_lib.default_dir(cfg, tiny_data).endswith('npz_resnet18_seed0')
+
+
+def test_image_folder_preset_resolves_without_data():
+  from conftest import load_shipped_config
+  from ddjax import config as config_lib
+  from ddjax.models import ResNet18, from_config
+  cfg = load_shipped_config('rded', 'image_folder')
+  config_lib.validate(cfg)                     # data.dir is the user's: nothing is read here
+  assert (cfg.data.name, cfg.data.image_size, cfg.data.channels, cfg.data.test_split,
+          cfg.data.dir) == ('image_folder', 64, 3, 'val', '')
+  assert rded.factor_of(cfg, (64, 64, 3)) == 2
+  assert observer_lib.observer_arch(cfg, (64, 64, 3)) == 'resnet18'
+  assert isinstance(from_config(cfg.eval.model, 10), ResNet18)
+  assert cfg.eval.model.norm == 'batch'
+  cfg.data.image_size = 128
+  config_lib.validate(cfg)
+  cfg.distill.ipc = 100                        # 100 x 2^2 patches > the 300-image pool
+  with pytest.raises(config_lib.ConfigError, match='pool_per_class'):
+    config_lib.validate(cfg)
+  cfg.distill.ipc, cfg.observer.arch = 10, 'vgg'
+  with pytest.raises(config_lib.ConfigError, match='observer.arch'):
+    config_lib.validate(cfg)

@@ -13,9 +13,10 @@ For every class c (rded txt:290; the official synthesize/utils.py, references se
 
 The stored set is class-sorted, IPC per class, labels one-hot in the dataset's class order. No
 steps are taken (`record = NO_META_LOSS`); the whole set is built in `initial_set`. Its evaluation
-is the 'rded' protocol (`ddjax.evaluate.soft_labels`: online soft labels of the observer).
-Not here: ResNet-18 observers for large images; the student's ShufflePatches / RandomResizedCrop
-(scale 1 / factor) augmentation, which is an identity at factor 1.
+is the 'rded' protocol (`ddjax.evaluate.soft_labels`: online soft labels of the observer), whose
+students see ShufflePatches and RandomResizedCrop(scale (1 / factor, 1)) at factor > 1
+(`ddjax.augment.patches`; the method's `patch_factor` hands the factor to the protocol). The
+observer is ConvNet-3 (<= 32 px) or ResNet-18 with the small-image stem (larger), `observer.arch`.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np
 import optax
 
 from ddjax import registry
+from ddjax.augment.patches import crop_resize
 from ddjax.distill.base import NO_META_LOSS, Distiller
 
 Array = jax.Array
@@ -48,19 +50,8 @@ def crop_boxes(key: Array, n: int, height: int, width: int,
 
 def resized_crop(image: Array, box: Array, out_h: int, out_w: int) -> Array:
   """The square box (top, left, side) of image (H, W, C) resized to (out_h, out_w, C), bilinear
-  (pixel centres, edge-clamped)."""
-  top, left, side = box[0], box[1], box[2]
-  h, w = image.shape[:2]
-  ys = jnp.clip(top + (jnp.arange(out_h) + 0.5) * side / out_h - 0.5, 0, h - 1)
-  xs = jnp.clip(left + (jnp.arange(out_w) + 0.5) * side / out_w - 0.5, 0, w - 1)
-  y0 = jnp.floor(ys).astype(jnp.int32)
-  x0 = jnp.floor(xs).astype(jnp.int32)
-  y1, x1 = jnp.minimum(y0 + 1, h - 1), jnp.minimum(x0 + 1, w - 1)
-  wy, wx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-  rows0, rows1 = image[y0], image[y1]
-  top_row = rows0[:, x0] * (1 - wx) + rows0[:, x1] * wx
-  bottom_row = rows1[:, x0] * (1 - wx) + rows1[:, x1] * wx
-  return top_row * (1 - wy) + bottom_row * wy
+  (pixel centres, edge-clamped; `ddjax.augment.patches.crop_resize`)."""
+  return crop_resize(image, jnp.stack([box[0], box[1], box[2], box[2]]), out_h, out_w)
 
 
 def pad_to(patches: Array, height: int, width: int) -> Array:
@@ -230,6 +221,14 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
     cfg.data.preprocessing = 'standard'
     cfg.observer.epochs = 30
     cfg.eval.num_models = 3
+  if preset == 'image_folder':   # ImageNette-style class folders (data.dir=ROOT: train/ and val/)
+    cfg.data.update(name='image_folder', image_size=64, channels=3, test_split='val',
+                    preprocessing='standard')
+    cfg.rded.factor = 2               # the paper's N = 4 patches at >= 64 px
+    cfg.observer.arch = 'resnet18'    # RDED's resnet18_modified: the small-image stem
+    cfg.observer.epochs = 30
+    cfg.eval.model.update(arch='resnet18', norm='batch')   # resnet18 -> resnet18 (official)
+    cfg.eval.num_models = 3
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -240,7 +239,7 @@ def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
   errors += int_errors(cfg, 'rded.factor', 0, ' (0: 2 at >= 64 px, 1 below)')
   if errors:
     return errors
-  factor = max(1, int(r.factor))
+  factor = int(r.factor) or (2 if (cfg.data.get('image_size') or 0) >= 64 else 1)
   if r.pool_per_class < cfg.distill.ipc * factor * factor:
     errors.append(f'rded.pool_per_class={r.pool_per_class} must be at least IPC x factor^2 = '
                   f'{cfg.distill.ipc * factor * factor} (one patch per source image)')
@@ -260,6 +259,7 @@ def _build(cfg: ml_collections.ConfigDict, data) -> RDED:
 
 registry.register(registry.Method(
     name='rded', build=_build, distiller_class=RDED, block='rded', block_defaults=rded_block,
-    configure=_configure, validate=_validate, presets=registry.PRESETS + ('cifar10', 'cifar100'),
-    steps=lambda cfg: 0, eval_protocol='rded',
+    configure=_configure, validate=_validate,
+    presets=registry.PRESETS + ('cifar10', 'cifar100', 'image_folder'),
+    steps=lambda cfg: 0, eval_protocol='rded', patch_factor=factor_of,
     description='RDED: observer-selected realistic patches, stitched; no optimisation'))

@@ -16,8 +16,12 @@ preprocessing kind, architecture, seed, epochs, plus its test accuracy, which is
 A cached observer whose record differs from what the run asks for is refused with the differing
 keys named (`ObserverMismatch`). `observer.checkpoint` names a user's own observer directory
 (any ddjax model, its architecture read from its record): only the data keys are checked then.
-Only the ConvNet family is trained here (ConvNet-3 with batch norm, RDED's observer for 28-32 px);
-ResNet-18 for larger images is not in ddjax yet.
+
+Architectures (`observer.arch`, `observer_arch`): 'convnet' is ConvNet-`observer.depth` of width
+`observer.width` with batch norm (RDED's conv3 for 28-32 px), 'resnet18' the ResNet-18 with the
+small-image stem and batch norm (`ddjax.models.resnet`, RDED's resnet18_modified), 'auto' the
+first for images of at most 32 px and the second above. The record's 'arch' entry holds the model's
+`build_model` keywords, so a cached observer of another architecture is refused.
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ import optax
 from ddjax.augment.basic import augment_batch
 from ddjax.data.prepared import cache_identity
 from ddjax.evaluate.train import accuracy
-from ddjax.models import build_model, init_model
+from ddjax.models import build_model
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
                                    make_train_step)
 from ddjax.runtime import files
@@ -47,6 +51,8 @@ RECORD = 'record.json'
 CHECKPOINT = 'checkpoint'
 DATA_KEYS = ('dataset', 'train_size', 'image_shape', 'preprocessing')
 CHECKED_KEYS = DATA_KEYS + ('arch', 'seed', 'epochs')
+OBSERVER_ARCHITECTURES = ('auto', 'convnet', 'resnet18')
+AUTO_CONVNET_MAX_SIDE = 32          # 'auto': ConvNet up to 32 px (RDED's conv3), ResNet-18 above
 IDENTITY_KEYS = ('data_crc32',)     # generic sources only (`ddjax.data.prepared.cache_identity`)
 KEY_OBSERVER = 5          # the purpose folded into the root key for observer training
 
@@ -74,9 +80,23 @@ def _log(line: str) -> None:
   print('[observer] ' + line, flush=True)
 
 
-def arch_of(cfg: ml_collections.ConfigDict) -> dict:
-  """The observer's architecture (`ddjax.models.build_model` keywords plus `arch`)."""
+def observer_arch(cfg: ml_collections.ConfigDict, image_shape) -> str:
+  """observer.arch, 'auto' resolved for images of shape (H, W, C): 'convnet' when max(H, W) <=
+  32, else 'resnet18'. ValueError for another name."""
+  name = cfg.observer.get('arch', 'auto')
+  if name not in OBSERVER_ARCHITECTURES:
+    raise ValueError(f'observer.arch={name!r} is not one of {OBSERVER_ARCHITECTURES}')
+  if name == 'auto':
+    return 'convnet' if max(image_shape[:2]) <= AUTO_CONVNET_MAX_SIDE else 'resnet18'
+  return name
+
+
+def arch_of(cfg: ml_collections.ConfigDict, image_shape) -> dict:
+  """The observer's architecture for images of shape (H, W, C) (`ddjax.models.build_model`
+  keywords plus `arch`): ConvNet-depth-width with batch norm, or ResNet-18 with batch norm."""
   o = cfg.observer
+  if observer_arch(cfg, image_shape) == 'resnet18':
+    return {'arch': 'resnet18', 'norm': 'batch'}
   return {'arch': 'convnet', 'depth': int(o.depth), 'width': int(o.width),
           'double_width': False, 'norm': 'batch', 'pooling': 'avg'}
 
@@ -85,7 +105,8 @@ def wanted_record(cfg: ml_collections.ConfigDict, data) -> dict:
   """The record an observer of this run must have."""
   return {'dataset': str(data.dataset.name), 'train_size': int(len(data.y_train)),
           'image_shape': [int(d) for d in data.x_train.shape[1:]],
-          'preprocessing': str(data.pre.kind), 'arch': arch_of(cfg), 'seed': int(cfg.seed),
+          'preprocessing': str(data.pre.kind), 'arch': arch_of(cfg, data.x_train.shape[1:]),
+          'seed': int(cfg.seed),
           'epochs': int(cfg.observer.epochs), **cache_identity(data)}
 
 
@@ -112,7 +133,10 @@ def load(path: str, num_classes: int, record: dict | None = None) -> tuple[nn.Mo
   when the caller has read it already)."""
   record = record if record is not None else read_record(path)
   model = model_of(record, num_classes)
-  template = init_model(model, jax.random.PRNGKey(0), [1] + list(record['image_shape']))
+  # the variables' structure, shapes and dtypes only: no compiled init (4 s for a ResNet-18)
+  shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros([1] + list(record['image_shape'])),
+                                              train=False), jax.random.PRNGKey(0))
+  template = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), dict(shapes))
   ckpt = Checkpointer(os.path.join(path, CHECKPOINT), keep=1)
   try:
     restored = ckpt.restore_latest(template)
@@ -172,13 +196,14 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs
 
 
 def default_dir(cfg: ml_collections.ConfigDict, data) -> str:
-  """observer.dir, or runs/observers/<dataset>_<arch>_seed<s> (shared by every run started
-  from the same directory: the pipeline does not hand its workdir to a method's build)."""
+  """observer.dir, or runs/observers/<dataset>_<arch>_seed<s> (<arch>: convnet<depth>w<width>
+  or resnet18; shared by every run started from the same directory: the pipeline does not hand
+  its workdir to a method's build)."""
   if cfg.observer.dir:
     return cfg.observer.dir
-  a = arch_of(cfg)
-  return os.path.join('runs', 'observers',
-                      f'{data.dataset.name}_{a["arch"]}{a["depth"]}w{a["width"]}_seed{cfg.seed}')
+  a = arch_of(cfg, data.x_train.shape[1:])
+  name = f'{a["arch"]}{a["depth"]}w{a["width"]}' if a['arch'] == 'convnet' else a['arch']
+  return os.path.join('runs', 'observers', f'{data.dataset.name}_{name}_seed{cfg.seed}')
 
 
 def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
@@ -201,9 +226,14 @@ def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
     have = read_record(path)
     diff = record_differences(have, want)
     if diff:
+      cached = have.get('arch')
+      cached = cached.get('arch') if isinstance(cached, dict) else cached
+      hint = (f' (this one is a {cached!r}; observer.arch picks the architecture: '
+              f'{", ".join(OBSERVER_ARCHITECTURES)})'
+              if any(d.startswith('arch:') for d in diff) else '')
       raise ObserverMismatch(
           f'the cached observer in {path} was made for another run ({"; ".join(diff)}); set '
-          'observer.dir to another directory, or delete this one to train again.')
+          f'observer.dir to another directory, or delete this one to train again{hint}.')
     model, variables, record = load(path, data.num_classes, have)
     _log(f'reusing {path} (test acc {record.get("test_acc")})')
     return Observer(model, variables, path, record, False)

@@ -27,7 +27,10 @@ temperature 20 ('batchmean', no T^2 factor, as the official code), AdamW lr 1e-3
 0.999), weight decay 0.01 on weights only (arrays with ndim > 1; biases and norms 0), the official
 quarter-cosine lr * 0.5 * (1 + cos(pi * epoch / (2 E))) stepped per epoch (ends at 0.5 lr), batch
 by IPC as argument.py:233-258 (IPC <= 1: 10, <= 10: 50, else 100; x2 for >= 100 classes; at most
-n), 300 epochs, random horizontal flip. Needs `num_classes` for the batch rule.
+n), 300 epochs, random horizontal flip, preceded for a set stitched from `patch_factor` > 1
+patches per side by ShufflePatches and RandomResizedCrop(scale (1 / factor, 1)) (RDED
+validation/main.py:115-126; `ddjax.augment.patches`; identities at factor 1). Needs `num_classes`
+for the batch rule; the caller gives `patch_factor` (the method's, `registry.Method.patch_factor`).
 
 'tm' (trajectory matching: MTT utils.py:352-389, DATM utils_baseline.py:472-534): SGD momentum
 0.9, weight decay 5e-4, lr = the set's learned step size (`syn_lr`; 0.01 for a set without one),
@@ -91,6 +94,8 @@ class EvalProtocol:
   temperature: float = 1.0         # 'kl' loss: softmax temperature of student and teacher
   steps_per_epoch: int = 0         # 'quarter_cosine': the schedule moves once per epoch
   decay_weights_only: bool = False  # weight decay on arrays with ndim > 1 only (RDED)
+  patch_factor: int = 1            # 'rded': patches per side of the set's stitched images; > 1
+                                   # adds ShufflePatches + RandomResizedCrop (ddjax.augment.patches)
 
   def __post_init__(self):
     for field, value, allowed in (('optimizer', self.optimizer, OPTIMIZERS),
@@ -98,6 +103,8 @@ class EvalProtocol:
                                   ('schedule', self.schedule, SCHEDULES)):
       if value not in allowed:
         raise ValueError(f'unknown {field} {value!r}; allowed: {", ".join(allowed)}')
+    if self.patch_factor < 1:
+      raise ValueError(f'patch_factor must be >= 1, got {self.patch_factor}')
     if self.steps < 1 or self.batch_size < 1:
       raise ValueError(f'steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}')
     if not 0 <= self.warmup_steps <= self.steps:

@@ -1,9 +1,11 @@
 """RDED's evaluation protocol: students trained on an observer's soft labels, computed online.
 
 Per step (RDED validation/main.py:206-228, references section 5.1 step 7): a mini-batch of the set
-(one epoch = a fresh permutation, `ddjax.models.training.epoch_batches`), a random horizontal flip,
-cutmix with lambda ~ Beta(1, 1) and a random box (validation/utils.py:119-144), the observer's
-soft labels softmax(teacher(mix) / T) on the mixed images, and the student's loss
+(one epoch = a fresh permutation, `ddjax.models.training.epoch_batches`), for a set stitched from
+`protocol.patch_factor` > 1 patches per side ShufflePatches and RandomResizedCrop(scale
+(1 / factor, 1)) (`ddjax.augment.patches.student_augment`), a random horizontal flip, cutmix
+with lambda ~ Beta(1, 1) and a random box (validation/utils.py:119-144), the observer's soft labels
+softmax(teacher(mix) / T) on the mixed images, and the student's loss
 KL(soft || softmax(student(mix) / T)) averaged over the batch ('batchmean'), without a T^2
 factor, as the official code. The student trains with the shared classifier step
 (`make_train_step`) under the 'rded' protocol of `ddjax.evaluate.protocols` (AdamW, weights-only
@@ -26,10 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax.augment.basic import random_flip
+from ddjax.augment.patches import student_augment
 from ddjax.evaluate.protocols import EvalProtocol, make_optimizer
 from ddjax.models.training import (carry_variables, epoch_batches, fresh_carry, make_train_step)
 
 Array = jax.Array
+KEY_PATCHES = 2      # folded into a step's key for the patch augmentation (factor > 1 only)
 
 
 def soft_kl(student_logits: Array, teacher_logits: Array, temperature: float) -> Array:
@@ -70,6 +74,8 @@ def _student_step(student: nn.Module, teacher: nn.Module, protocol: EvalProtocol
   def step(carry, teacher_vars, x_all, idx, key):
     k_flip, k_mix = jax.random.split(key)
     xb = x_all[idx]
+    if protocol.augment and protocol.patch_factor > 1:
+      xb = student_augment(jax.random.fold_in(key, KEY_PATCHES), xb, protocol.patch_factor)
     if protocol.augment and protocol.flip:
       xb = random_flip(k_flip, xb)
     xb = cutmix(k_mix, xb)

@@ -20,12 +20,13 @@ import jax.numpy as jnp
 
 from ddjax.models.convnet import NORM_PLACEMENTS, NORMS, POOLINGS, ConvNet, check_choice
 from ddjax.models.mlp import MLP
+from ddjax.models.resnet import ResNet18
 
-ARCHITECTURES = ('convnet', 'mlp')
+ARCHITECTURES = ('convnet', 'mlp', 'resnet18')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 __all__ = ['ARCHITECTURES', 'COMPUTE_DTYPES', 'NORM_PLACEMENTS', 'NORMS', 'POOLINGS', 'ConvNet',
-           'MLP', 'build_model', 'compute_dtype', 'from_config', 'init_model']
+           'MLP', 'ResNet18', 'build_model', 'compute_dtype', 'from_config', 'init_model']
 
 
 def compute_dtype(name: str):
@@ -36,7 +37,8 @@ def compute_dtype(name: str):
 
 
 def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
-  """Build a model by name: 'convnet' -> ConvNet(num_classes, **kwargs), 'mlp' -> MLP(...).
+  """Build a model by name: 'convnet' -> ConvNet(num_classes, **kwargs), 'mlp' -> MLP(...),
+  'resnet18' -> ResNet18(...) (`ddjax.models.resnet`: norm, bn_momentum, dtype).
 
   Raises ValueError (naming the allowed values) for an unknown arch, norm or pooling, and
   TypeError for a keyword the architecture does not take.
@@ -50,6 +52,10 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
     if 'norm_placement' in kwargs:
       check_choice('norm placement', kwargs['norm_placement'], NORM_PLACEMENTS)
     return ConvNet(num_classes=num_classes, **kwargs)
+  if arch == 'resnet18':
+    if 'norm' in kwargs:
+      check_choice('norm', kwargs['norm'], NORMS)
+    return ResNet18(num_classes=num_classes, **kwargs)
   if 'widths' in kwargs:
     kwargs['widths'] = tuple(kwargs['widths'])  # hashable, so jitted trainers can be cached
   return MLP(num_classes=num_classes, **kwargs)
@@ -58,10 +64,15 @@ def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:
 def from_config(block, num_classes: int) -> nn.Module:
   """The model of a config's model block (`ddjax.config.model_config`: arch, depth, width,
   double_width, norm, norm_placement, bn_momentum, pooling, mlp_widths, dtype; a block without
-  dtype, e.g. an older expert buffer's record, computes in float32)."""
+  dtype, e.g. an older expert buffer's record, computes in float32). 'resnet18' takes norm,
+  bn_momentum and dtype; its widths and depth are ResNet-18's own (depth, width, double_width,
+  pooling and norm_placement are the ConvNet's)."""
   dtype = compute_dtype(block.get('dtype', 'float32'))
   if block.arch == 'mlp':
     return build_model('mlp', num_classes, widths=tuple(block.mlp_widths), dtype=dtype)
+  if block.arch == 'resnet18':
+    return build_model('resnet18', num_classes, norm=block.norm, bn_momentum=block.bn_momentum,
+                       dtype=dtype)
   return build_model(block.arch, num_classes, depth=block.depth, width=block.width,
                      double_width=block.double_width, norm=block.norm, pooling=block.pooling,
                      norm_placement=block.norm_placement, bn_momentum=block.bn_momentum,

@@ -175,13 +175,19 @@ class ConvNet(nn.Module):
     return to_float32(logits), to_float32(features)
 
   def _norm(self, x: Array, train: bool, i: int) -> Array:
-    if self.norm == 'instance':
-      return nn.GroupNorm(num_groups=x.shape[-1], epsilon=_EPS, dtype=self.dtype,
-                          name=f'norm{i}')(x)
-    if self.norm == 'layer':
-      return nn.LayerNorm(epsilon=_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1),
-                          dtype=self.dtype, name=f'norm{i}')(x)
-    if self.norm == 'batch':
-      return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=_EPS,
-                          dtype=self.dtype, name=f'norm{i}')(x)
-    return x
+    return apply_norm(self.norm, x, train, f'norm{i}', self.bn_momentum, self.dtype)
+
+
+def apply_norm(kind: str, x: Array, train: bool, name: str, bn_momentum: float = 0.9,
+               dtype: Any = None) -> Array:
+  """x (N, H, W, C) through the norm `kind` (one of NORMS, see the module docstring) as a submodule
+  called `name` of the module whose compact method calls this; 'none' returns x."""
+  if kind == 'instance':
+    return nn.GroupNorm(num_groups=x.shape[-1], epsilon=_EPS, dtype=dtype, name=name)(x)
+  if kind == 'layer':
+    return nn.LayerNorm(epsilon=_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1),
+                        dtype=dtype, name=name)(x)
+  if kind == 'batch':
+    return nn.BatchNorm(use_running_average=not train, momentum=bn_momentum, epsilon=_EPS,
+                        dtype=dtype, name=name)(x)
+  return x

@@ -35,23 +35,26 @@ def soft_label_eval(cfg: ml_collections.ConfigDict, data: PreparedData,
                     syn: dict) -> tuple[dict, str]:
   """The 'rded' protocol: eval.num_models students trained on the observer's online soft labels
   (`ddjax.evaluate.soft_labels`; the observer of cfg.observer, trained or reused by
-  `ddjax.evaluate.observer.get_observer`), eval.soft_label_epochs epochs. Returns (results
+  `ddjax.evaluate.observer.get_observer`), eval.soft_label_epochs epochs, the set's patch factor
+  from its method (`registry.Method.patch_factor`; 1 for unstitched sets). Returns (results
   entries 'eval' and 'observer', the summary line)."""
   from ddjax.evaluate import observer as observer_lib
   from ddjax.evaluate import soft_labels
+  factor = int(registry.get(cfg.method).patch_factor(cfg, tuple(data.x_train.shape[1:])))
   protocol = get_protocol('rded', int(syn['x'].shape[0]), data.num_classes, **_overrides(cfg),
-                          epochs=int(cfg.eval.soft_label_epochs))
+                          epochs=int(cfg.eval.soft_label_epochs), patch_factor=factor)
   obs = observer_lib.get_observer(cfg, data)
   model = from_config(cfg.eval.model, data.num_classes)
   _log(f'protocol rded: {protocol.epochs} epochs ({protocol.steps} steps), batch '
-       f'{protocol.batch_size}, T {protocol.temperature}, {cfg.eval.num_models} students')
+       f'{protocol.batch_size}, T {protocol.temperature}, patch factor {factor}, '
+       f'{cfg.eval.num_models} students')
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_EVAL)
   ev = soft_labels.evaluate_soft_label(key, model, obs, syn['x'], data.x_test, data.y_test,
                                        protocol, cfg.eval.num_models, progress=_log)
   keys = ('accs', 'acc_mean', 'acc_std', 'best_last20_accs', 'best_last20_mean',
           'best_last20_std')
   entries = {'eval': {**{k: ev[k] for k in keys}, 'protocol': 'rded', 'steps': protocol.steps,
-                      'epochs': protocol.epochs},
+                      'epochs': protocol.epochs, 'patch_factor': factor},
              'observer': dict(obs.reference(), preprocessing=data.pre.kind)}
   line = (f'test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} % (final); '
           f'best over the last 20 % of epochs (RDED\'s reported number) '
