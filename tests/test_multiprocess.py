@@ -24,8 +24,9 @@ CONFIG = textwrap.dedent('''
 
     def get_config():
       cfg = tiny_config({npz!r}, steps=7)     # checkpoints at steps 3 and 6
-      cfg.eval.num_models = 0
       cfg.model.depth, cfg.frepo.num_models, cfg.frepo.max_online_updates = 1, 1, 2  # compiles
+      # 3 evaluation networks shared by 2 processes (0 and 2 | 1; padded gather), tiny and quick
+      cfg.eval.num_models, cfg.eval.steps, cfg.eval.model.depth = 3, 4, 1
       return cfg                                                               # in half the time
 ''')
 
@@ -109,10 +110,17 @@ def test_two_processes_killed_and_resumed_equal_one_process_four_devices(tiny_np
   results = json.load(open(os.path.join(two, 'results.json')))
   assert results['distill']['processes'] == 2 and results['distill']['devices'] == 4
   assert results['distill']['resumed_from'] == 3
-  assert json.load(open(os.path.join(one, 'results.json')))['distill']['processes'] == 1
+  ref_results = json.load(open(os.path.join(one, 'results.json')))
+  assert ref_results['distill']['processes'] == 1
   a, b = _distilled(one), _distilled(two)
   for k in ('x', 'y'):   # cross-process all-reduces sum in another order: float tolerance
     np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-4)
+  # the evaluation networks, split over the processes, test as the one-process run's (trained
+  # with the same keys on near-equal sets: equal counts of correct test images)
+  assert out.count('[eval] model ') == 2 and '[eval] model 2/3' not in out   # process 0: 1, 3
+  for block in ('eval', 'krr_eval'):
+    assert len(results[block]['accs']) == 3
+    np.testing.assert_allclose(results[block]['accs'], ref_results[block]['accs'], atol=1e-9)
   moved = np.abs(a['x'] - _initial_x(tiny_npz)).max()
   assert moved > 100 * 1e-4, moved       # the tolerance is far below what 7 steps change
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -195,22 +195,30 @@ def krr_accuracy(model: nn.Module, variables: dict, x_syn: Array, y_syn: Array, 
 def evaluate_synthetic(key: Array, model: nn.Module, x_syn: Array, y_syn: Array, x_test: Array,
                        y_test: Array, protocol: EvalProtocol, num_models: int = 5,
                        krr: bool = True, krr_reg: float = 1e-6, batch_size: int = 1000,
-                       progress: Callable[[str], Any] | None = None) -> dict:
+                       progress: Callable[[str], Any] | None = None,
+                       members: Sequence[int] | None = None,
+                       gather: Callable[[np.ndarray, int], np.ndarray] | None = None) -> dict:
   """Train `num_models` networks on (x_syn, y_syn) and test them on (x_test, y_test).
 
   Args:
-    key: PRNG key, split into one key per network.
+    key: PRNG key, split into one key per network (network i always trains with keys[i]).
     x_syn: (n, H, W, C), y_syn: (n, K) synthetic set; x_test (N, H, W, C), y_test (N,) or (N, K).
     protocol: the EvalProtocol used by every network.
     krr: also report the KRR-predictor accuracy on each network's features.
     progress: optional callback receiving one line per trained network.
+    members, gather: to share the networks between processes (ddjax.runtime.distributed's
+      own_members / gather_members): this caller trains only networks `members` (default all,
+      in order), and gather(local float64 (len(members),), num_models) -> (num_models,) returns
+      every network's accuracy in network order (called once for the accuracies and once more
+      for the KRR ones, by every process). Results equal the one-process run's exactly.
 
   Returns {'accs': [float]*num_models, 'acc_mean', 'acc_std'} (std with ddof = 0, like numpy and
   FRePo), plus {'krr_accs', 'krr_acc' (mean), 'krr_acc_std'} when krr.
   """
   keys = jax.random.split(key, num_models)
+  members = range(num_models) if members is None else members
   accs, krr_accs = [], []
-  for i in range(num_models):
+  for i in members:
     t0 = time.perf_counter()
     variables = train_from_scratch(keys[i], model, x_syn, y_syn, protocol)
     jax.block_until_ready(variables)
@@ -224,6 +232,10 @@ def evaluate_synthetic(key: Array, model: nn.Module, x_syn: Array, y_syn: Array,
       line += f', krr acc {krr_accs[-1]:.4f}'
     if progress is not None:
       progress(line)
+  if gather is not None:
+    accs = [float(a) for a in gather(np.asarray(accs, np.float64), num_models)]
+    if krr:
+      krr_accs = [float(a) for a in gather(np.asarray(krr_accs, np.float64), num_models)]
   out = {'accs': accs, 'acc_mean': float(np.mean(accs)), 'acc_std': float(np.std(accs))}
   if krr:
     out.update(krr_accs=krr_accs, krr_acc=float(np.mean(krr_accs)),

@@ -24,6 +24,7 @@ import os
 from typing import Iterator, Mapping
 
 import jax
+import numpy as np
 
 MODES = ('auto', 'on', 'off')
 CPU_COLLECTIVES = ('gloo', 'mpi', 'none')
@@ -140,6 +141,36 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def own_members(num: int) -> range:
+  """The members of a set of `num` independent ones (evaluation networks, experts) that this
+  process computes: process p of P takes p, p + P, p + 2P, ... (all of them with one process)."""
+  return range(jax.process_index(), int(num), jax.process_count())
+
+
+def gather_members(local, num: int) -> np.ndarray:
+  """Every process's rows of `own_members(num)`, gathered to every process in member order.
+
+  local: (len(own_members(num)), ...) this process's members' values, the same trailing shape
+  and dtype on every process. Returns (num, ...). Exact for any dtype: 8-byte values (float64
+  accuracies, which JAX's 32-bit transfer would round) travel as pairs of uint32. Every process
+  must call it the same number of times; one process returns `local` as it is (no copy made of
+  a numpy array's values)."""
+  local = np.asarray(local)
+  count = jax.process_count()
+  if count == 1:
+    return local
+  from jax.experimental import multihost_utils
+  rows = -(-int(num) // count)                       # padded: every process sends as many rows
+  padded = np.zeros((rows,) + local.shape[1:], local.dtype)
+  padded[:len(local)] = local
+  wire = padded.view(np.uint32) if padded.dtype.itemsize == 8 else padded
+  gathered = np.asarray(multihost_utils.process_allgather(wire))       # (P, rows, ...)
+  if padded.dtype.itemsize == 8:
+    gathered = np.ascontiguousarray(gathered).view(padded.dtype)
+  # member j * P + p is row j of process p
+  return np.swapaxes(gathered, 0, 1).reshape((rows * count,) + local.shape[1:])[:int(num)]
 
 
 @contextlib.contextmanager

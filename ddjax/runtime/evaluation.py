@@ -18,6 +18,7 @@ from ddjax.data.prepared import PreparedData
 from ddjax.evaluate import evaluate_synthetic, get_protocol, kernel_krr_accuracy
 from ddjax.kernels.architectures import kernel_fn_from_config
 from ddjax.models import from_config
+from ddjax.runtime import distributed
 
 KEY_EVAL = 3      # the purpose folded into the root key for evaluation (ddjax.runtime.pipeline)
 
@@ -79,7 +80,9 @@ def learned_step_size(cfg: ml_collections.ConfigDict, syn: dict) -> dict:
 def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
                        syn: dict) -> tuple[dict, str]:
   """Train eval.num_models fresh eval.model networks on `syn` under the configured protocol
-  (eval.protocol, 'auto' = the method's; DSA on when dsa.strategy is). Returns (results entries
+  (eval.protocol, 'auto' = the method's; DSA on when dsa.strategy is); with several processes
+  each trains its share (`distributed.own_members`) and every process gets every network's
+  accuracy (`distributed.gather_members`), as the one-process run computes them. Returns (results entries
   'eval' and, with eval.krr, 'krr_eval'; the summary line)."""
   overrides = _overrides(cfg, ('steps', 'batch_size', 'lr'))
   strategy = strategy_from_config(cfg)
@@ -99,7 +102,8 @@ def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
   ev = evaluate_synthetic(key, model, jnp.asarray(syn['x']), jnp.asarray(syn['y']),
                           data.x_test, data.y_test, protocol, num_models=cfg.eval.num_models,
                           krr=cfg.eval.krr, krr_reg=registry.get(cfg.method).krr_reg(cfg),
-                          progress=_log)
+                          progress=_log, members=distributed.own_members(cfg.eval.num_models),
+                          gather=distributed.gather_members)
   entries = {'eval': {**{k: ev[k] for k in ('accs', 'acc_mean', 'acc_std')},
                       'protocol': protocol.name, 'steps': protocol.steps, 'lr': protocol.lr,
                       'loss': protocol.loss}}
