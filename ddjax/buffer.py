@@ -37,24 +37,32 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   from ddjax.config import validate
   from ddjax.data import DatasetNotFoundError
-  from ddjax.distill import experts
-  from ddjax.runtime import pipeline
+  from ddjax.runtime import distributed
   cfg = flags.FLAGS.config
   try:
     validate(cfg)
-    data = pipeline.load_data(cfg)
-    if cfg.bilp.prune_fraction > 0:
-      from ddjax.runtime.pruning import preemptive_prune
-      workdir = flags.FLAGS.workdir or pipeline.default_workdir(cfg)
-      pipeline.check_workdir(cfg, workdir)
-      data, _ = preemptive_prune(cfg, data, workdir)
-    path = experts.buffer_dir(cfg, data)
-    e = cfg.expert
-    print(f'[experts] {data.dataset.name}: {e.num_experts} experts x {e.epochs} epochs of '
-          f'{cfg.model.arch}-{cfg.model.depth} width {cfg.model.width} in {path}', flush=True)
-    buf = experts.get_buffer(cfg, data)
+    distributed.initialize(cfg.distributed)   # several processes share the experts out
+    with distributed.quiet_unless_main():      # process 0 prints (and writes the buffer)
+      build(cfg)
   except (ValueError, DatasetNotFoundError) as err:
     fail(err)
+
+
+def build(cfg) -> None:
+  """Load the data (pruned as the run would), train or open the buffer, print its summary."""
+  from ddjax.distill import experts
+  from ddjax.runtime import pipeline
+  data = pipeline.load_data(cfg)
+  if cfg.bilp.prune_fraction > 0:
+    from ddjax.runtime.pruning import preemptive_prune
+    workdir = flags.FLAGS.workdir or pipeline.default_workdir(cfg)
+    pipeline.check_workdir(cfg, workdir)
+    data, _ = preemptive_prune(cfg, data, workdir)
+  path = experts.buffer_dir(cfg, data)
+  e = cfg.expert
+  print(f'[experts] {data.dataset.name}: {e.num_experts} experts x {e.epochs} epochs of '
+        f'{cfg.model.arch}-{cfg.model.depth} width {cfg.model.width} in {path}', flush=True)
+  buf = experts.get_buffer(cfg, data)
   acc = buf.index.get('final_test_acc')
   state = 'trained now' if buf.trained_now else 'complete already'
   line = (f'[experts] {buf.path}: {buf.num_experts} experts x {buf.num_epochs} epochs, '

@@ -291,3 +291,60 @@ def test_experts_sharded_over_two_devices_equal_one_device(tmp_path):
   out = subprocess.run([sys.executable, '-c', _SHARDED, str(tmp_path)], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and 'OK' in out.stdout, out.stderr[-3000:]
+
+
+
+_TWO_PROCESSES = r'''
+import sys
+sys.path.insert(0, 'tests')
+import jax, numpy as np
+from conftest import tiny_config
+from ddjax.runtime import distributed
+from ddjax.runtime.pipeline import load_data
+from ddjax.distill import experts
+from test_experts import _cfg
+cfg = _cfg(sys.argv[2], dsa=False, epochs=2)     # no DSA: compiles in a third of the time
+for flag in sys.argv[3:]:            # the launcher's --config.distributed.* flags
+  key, value = flag[len('--config.distributed.'):].split('=', 1)
+  cfg.distributed[key] = type(cfg.distributed[key])(value)
+assert distributed.initialize(cfg.distributed) and jax.process_count() == 2
+buf = experts.get_buffer(cfg, load_data(tiny_config(sys.argv[1])),
+                         print if distributed.is_main() else (lambda line: None))
+assert buf.trained_now and buf.num_epochs == 2
+print('OK', jax.process_index())
+'''
+
+
+def test_experts_shared_by_two_processes_equal_one_process(tiny_data, tmp_path):
+  """Two processes train experts 0, 2 and 1; process 0's files equal the one-process buffer's
+  (trained here meanwhile)."""
+  import subprocess
+  import sys
+  from conftest import ROOT, make_tiny_arrays
+  x_tr, y_tr, x_te, y_te = make_tiny_arrays()     # the data of the tiny_data fixture
+  np.savez(tmp_path / 'tiny.npz', x_train=(x_tr[..., 0] * 255).astype(np.uint8), y_train=y_tr,
+           x_test=(x_te[..., 0] * 255).astype(np.uint8), y_test=y_te)
+  script = tmp_path / 'two.py'
+  script.write_text(_TWO_PROCESSES)
+  two = str(tmp_path / 'two')
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'launch', 'multiprocess.py'), '-n=2',
+       '--devices_per_process=1', f'--entry={script} {tmp_path / "tiny.npz"} {two}'],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  ref = experts.get_buffer(_cfg(tmp_path / 'one', dsa=False, epochs=2), tiny_data,
+                           lambda line: None)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0 and 'OK 0' in out and 'OK 1' in out, err[-3000:]
+  assert 'shared by 2 processes' in out and out.count('epoch 2/2') == 1
+  for e in range(3):      # each expert's trajectory depends only on its keys: the same bits
+    np.testing.assert_array_equal(np.load(experts.epoch_path(two, e)),
+                                  np.load(experts.epoch_path(ref.path, e)))
+  index, ref_index = (json.load(open(os.path.join(p, experts.INDEX))) for p in (two, ref.path))
+  assert index['final_test_acc'] == ref_index['final_test_acc']
+  np.testing.assert_allclose(index['train_loss'], ref_index['train_loss'], rtol=1e-6)
+  with np.load(os.path.join(two, experts.CARRY)) as a, \
+      np.load(os.path.join(ref.path, experts.CARRY)) as b:
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+      if k.startswith('leaf_'):
+        np.testing.assert_array_equal(a[k], b[k])

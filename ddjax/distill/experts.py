@@ -479,6 +479,14 @@ def _test_accuracies(model, carry: PyTree, data) -> list[float]:
                    data.x_test, data.y_test) for i in range(e)]
 
 
+def _all_test_accuracies(model, carry: PyTree, data, own: np.ndarray, num: int) -> list[float]:
+  """Every expert's test accuracy (num,): this process tests its experts `own` (rows of the full
+  `carry`), the others theirs (`ddjax.runtime.distributed.gather_members`)."""
+  from ddjax.runtime import distributed
+  local = _test_accuracies(model, jax.tree_util.tree_map(lambda a: a[own], carry), data)
+  return [float(a) for a in distributed.gather_members(np.asarray(local, np.float64), num)]
+
+
 def _shardings(m: int):
   """(experts' axis split, replicated) over the local devices, or (None, None) on one device or
   when m is not a multiple of their number."""
@@ -523,9 +531,17 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
   many finished epochs is only opened.
   progress: receives one line per epoch (default: printed with an '[experts] ' prefix).
   mode: 'vmap' or 'loop' (default: `default_mode()` for the backend); the trajectories do not
-  depend on it beyond float reassociation."""
-  from ddjax.runtime import files
+  depend on it beyond float reassociation.
+
+  Several processes (`ddjax.runtime.distributed`; every process calls this with the same
+  arguments): process p trains experts p, p + P, ... (`own_members`); after each epoch every
+  expert's state is gathered to every process (`gather_members`) and process 0 alone writes the
+  files, which equal the one-process run's (each expert's trajectory depends only on its keys).
+  Every process reads the directory before process 0 first writes to it, and waits for its last
+  write before opening the buffer."""
+  from ddjax.runtime import distributed, files
   progress = progress or _log
+  main = distributed.is_main()
   want = wanted_record(cfg, data)
   have = _read_json(os.path.join(directory, RECORD))
   if have is not None:
@@ -537,16 +553,13 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
     record = dict(have, expert=dict(have['expert']))
   else:
     record = want
-    os.makedirs(directory, exist_ok=True)
-    files.write_json(os.path.join(directory, RECORD), record)
   asked = int(want['expert']['num_experts'])
   target = int(want['expert']['epochs'])
   index = _read_json(os.path.join(directory, INDEX))
   if index is not None and index['finished_epochs'] >= target:
     return open_buffer(directory, asked)
-  if target > record['expert']['epochs']:   # the record keeps the most epochs asked so far
-    record['expert']['epochs'] = target
-    files.write_json(os.path.join(directory, RECORD), record)
+  grown = target > record['expert']['epochs']   # the record keeps the most epochs asked so far
+  record['expert']['epochs'] = max(target, record['expert']['epochs'])
 
   e = cfg.expert
   num = int(record['expert']['num_experts'])
@@ -557,15 +570,20 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
   k_init, k_data = expert_keys(e.seed, num)
   treedef = jax.tree_util.tree_structure(jax.eval_shape(init, jax.random.PRNGKey(0)))
   state = _load_carry(directory, treedef)
+  distributed.barrier('ddjax experts: buffer read')     # before process 0 writes into it
+  if main and (have is None or grown):
+    os.makedirs(directory, exist_ok=True)
+    files.write_json(os.path.join(directory, RECORD), record)
   if state is None:
     carries = [init(jnp.asarray(k)) for k in k_init]
     carry = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *carries)
     start, history = 0, {'train_loss': [], 'seconds': []}
     if e.fiex:
       history['fiex_size'] = []
-    _write_snapshot(directory, 0, _flat_params(carry))
-    _save_carry(directory, carry, 0, history)
-    _write_index(directory, 0, num, history)
+    if main:
+      _write_snapshot(directory, 0, _flat_params(carry))
+      _save_carry(directory, carry, 0, history)
+      _write_index(directory, 0, num, history)
   else:
     carry, start, history = state
   trained = start < target
@@ -577,11 +595,15 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
   n_all = len(data.y_train)
   x_dev = jnp.asarray(data.x_train, jnp.float32)
   y_dev = jnp.asarray(np.asarray(data.y_train), jnp.int32)
-  parallel = int(e.parallel) or (num if mode == 'vmap' else 1)
-  chunks = [np.arange(s, min(s + parallel, num)) for s in range(0, num, parallel)]
+  own = np.asarray(distributed.own_members(num), np.int64)     # this process's experts
+  processes = jax.process_count()
+  parallel = max(1, int(e.parallel) or (len(own) if mode == 'vmap' else 1))
+  chunks = [own[s:s + parallel] for s in range(0, len(own), parallel)]
+  shared = f', shared by {processes} processes' if processes > 1 else ''
+  stride = f' (one in {processes})' if processes > 1 else ''
   if trained:
     progress(f'{num} experts x {target} epochs into {directory} (from epoch {start}; '
-             f'{parallel} at once ({mode}), {jax.local_device_count()} device(s))')
+             f'{parallel} at once ({mode}), {jax.local_device_count()} device(s){shared})')
   t_run = last = time.perf_counter()
   for epoch in range(start, target):
     t0 = time.perf_counter()
@@ -591,8 +613,9 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
       subset = fiex_indices(order, epoch, **schedule_of(e))
       history['fiex_size'].append(len(subset))
     n = n_all if subset is None else len(subset)
-    losses, parts = [], []
+    expert_loss, parts = [], []     # per own expert: mean loss of the epoch (float64), state
     for chunk in chunks:
+      losses = []
       split, repl = _shardings(len(chunk)) if mode == 'vmap' else (None, None)
       c = jax.tree_util.tree_map(lambda a: jnp.asarray(a[chunk]), carry)
       pos, keys = _epoch_plan(jnp.asarray(k_data[chunk]), epoch, n, int(e.batch_size))
@@ -607,20 +630,26 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
         losses.append(loss)
         if time.perf_counter() - last > 60:      # long epochs: a line a minute
           last = time.perf_counter()
-          progress(f'experts {chunk[0] + 1}-{chunk[-1] + 1} of {num}, epoch {epoch + 1}/{target}: '
+          progress(f'experts {chunk[0] + 1}-{chunk[-1] + 1}{stride} of {num}, '
+                   f'epoch {epoch + 1}/{target}: '
                    f'batch {b + 1}/{idx.shape[1]}, loss {float(jnp.mean(loss)):.4f} '
                    f'({last - t0:.0f} s into the epoch)')
       parts.append(jax.tree_util.tree_map(np.asarray, c))
-    carry = jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts)
-    mean_loss = float(np.mean(np.concatenate([np.ravel(np.asarray(v)) for v in losses])))
+      expert_loss.append(np.mean(np.stack([np.asarray(v) for v in losses]), 0, np.float64))
+    local = (jax.tree_util.tree_map(lambda *a: np.concatenate(a), *parts) if parts else
+             jax.tree_util.tree_map(lambda a: a[own], carry))   # (len(own), ...) leaves
+    carry = jax.tree_util.tree_map(lambda a: distributed.gather_members(a, num), local)
+    expert_loss = np.concatenate(expert_loss) if expert_loss else np.zeros(0, np.float64)
+    mean_loss = float(np.mean(distributed.gather_members(expert_loss, num)))
     seconds = time.perf_counter() - t0
     history['train_loss'].append(mean_loss)
     history['seconds'].append(seconds)
-    _write_snapshot(directory, epoch + 1, _flat_params(carry))
-    _save_carry(directory, carry, epoch + 1, history)
     done = epoch + 1
-    acc = _test_accuracies(model, carry, data) if done == target else None
-    _write_index(directory, done, num, history, acc)
+    acc = _all_test_accuracies(model, carry, data, own, num) if done == target else None
+    if main:
+      _write_snapshot(directory, epoch + 1, _flat_params(carry))
+      _save_carry(directory, carry, epoch + 1, history)
+      _write_index(directory, done, num, history, acc)
     rate = (time.perf_counter() - t_run) / (done - start)
     line = (f'epoch {done}/{target}: {num} experts | train loss {mean_loss:.4f} | '
             f'{seconds:.1f} s/epoch | ETA {_duration(rate * (target - done))}')
@@ -631,7 +660,10 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
     progress(line)
     last = time.perf_counter()
   if not trained:   # killed between the last epoch's carry and its index: finish the index
-    _write_index(directory, start, num, history, _test_accuracies(model, carry, data))
+    acc = _all_test_accuracies(model, carry, data, own, num)
+    if main:
+      _write_index(directory, start, num, history, acc)
+  distributed.barrier('ddjax experts: buffer written')  # process 0's files, before reading them
   return open_buffer(directory, asked, trained_now=trained)
 
 

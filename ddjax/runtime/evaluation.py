@@ -82,8 +82,8 @@ def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
   """Train eval.num_models fresh eval.model networks on `syn` under the configured protocol
   (eval.protocol, 'auto' = the method's; DSA on when dsa.strategy is); with several processes
   each trains its share (`distributed.own_members`) and every process gets every network's
-  accuracy (`distributed.gather_members`), as the one-process run computes them. Returns (results entries
-  'eval' and, with eval.krr, 'krr_eval'; the summary line)."""
+  accuracy (`distributed.gather_members`), as the one-process run computes them. Returns
+  (results entries 'eval' and, with eval.krr, 'krr_eval'; the summary line)."""
   overrides = _overrides(cfg, ('steps', 'batch_size', 'lr'))
   strategy = strategy_from_config(cfg)
   if strategy:
