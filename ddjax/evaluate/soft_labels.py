@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -129,15 +129,23 @@ def train_student(key: Array, student: nn.Module, teacher: nn.Module, teacher_va
 
 def evaluate_soft_label(key: Array, student: nn.Module, observer, x_syn: Array, x_test, y_test,
                         protocol: EvalProtocol, num_models: int = 1,
-                        progress: Callable[[str], Any] | None = None) -> dict:
+                        progress: Callable[[str], Any] | None = None,
+                        members: Sequence[int] | None = None,
+                        gather: Callable[[np.ndarray, int], np.ndarray] | None = None) -> dict:
   """`num_models` students under the 'rded' protocol on x_syn, each tested on (x_test, y_test).
+
+  Student i trains with the i-th of split(key, num_models). members, gather: as in
+  `ddjax.evaluate.train.evaluate_synthetic` (this caller trains students `members`, default
+  all; gather collects the final and best accuracies of every student in student order).
 
   Returns {'accs', 'acc_mean', 'acc_std'} (final accuracies) and, labelled as RDED's selection on
   the test set, {'best_last20_accs', 'best_last20_mean', 'best_last20_std'}."""
   from ddjax.evaluate.train import accuracy
   test = lambda variables: accuracy(student, variables, x_test, y_test)
+  keys = jax.random.split(key, num_models)
   finals, bests = [], []
-  for i, k in enumerate(jax.random.split(key, num_models)):
+  for i in (range(num_models) if members is None else members):
+    k = keys[i]
     t0 = time.perf_counter()
     _, res = train_student(k, student, observer.model, observer.variables, x_syn, protocol, test,
                            progress)
@@ -147,6 +155,9 @@ def evaluate_soft_label(key: Array, student: nn.Module, observer, x_syn: Array, 
       progress(f'student {i + 1}/{num_models}: {protocol.steps} steps in '
                f'{time.perf_counter() - t0:.1f} s, final acc {res["final_acc"]:.4f}, best over '
                f'the last 20 % of epochs {res["best_last20_acc"]:.4f}')
+  if gather is not None:
+    finals = [float(a) for a in gather(np.asarray(finals, np.float64), num_models)]
+    bests = [float(a) for a in gather(np.asarray(bests, np.float64), num_models)]
   return {'accs': finals, 'acc_mean': float(np.mean(finals)), 'acc_std': float(np.std(finals)),
           'best_last20_accs': bests, 'best_last20_mean': float(np.mean(bests)),
           'best_last20_std': float(np.std(bests))}

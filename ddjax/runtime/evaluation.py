@@ -51,7 +51,9 @@ def soft_label_eval(cfg: ml_collections.ConfigDict, data: PreparedData,
        f'{cfg.eval.num_models} students')
   key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_EVAL)
   ev = soft_labels.evaluate_soft_label(key, model, obs, syn['x'], data.x_test, data.y_test,
-                                       protocol, cfg.eval.num_models, progress=_log)
+                                       protocol, cfg.eval.num_models, progress=_log,
+                                       members=distributed.own_members(cfg.eval.num_models),
+                                       gather=distributed.gather_members)
   keys = ('accs', 'acc_mean', 'acc_std', 'best_last20_accs', 'best_last20_mean',
           'best_last20_std')
   entries = {'eval': {**{k: ev[k] for k in keys}, 'protocol': 'rded', 'steps': protocol.steps,
