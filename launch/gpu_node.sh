@@ -10,13 +10,7 @@
 set -euo pipefail
 dry=0
 if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
-show() {   # print a command as one shell line
-  local out=() a
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/show.sh"
 procs=${DDJAX_PROCESSES:-1}
 if [ "$procs" -le 1 ]; then
   cmd=(python -m ddjax.main "$@")

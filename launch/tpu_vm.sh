@@ -9,13 +9,7 @@
 set -euo pipefail
 dry=0
 if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
-show() {   # print a command as one shell line
-  local out=() a
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a"); else out+=("${a@Q}"); fi
-  done
-  echo "${out[*]}"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/show.sh"
 if [ $# -lt 3 ]; then
   echo "usage: bash launch/tpu_vm.sh [--dry-run] NAME ZONE setup|run [ddjax.main flags]" >&2
   exit 2

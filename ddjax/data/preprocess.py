@@ -103,20 +103,16 @@ def fit_preprocessor(x_train: np.ndarray, kind: str = 'standard', zca_reg: float
   """
   if kind not in KINDS:
     raise ValueError(f'unknown preprocessing {kind!r}; choose one of {KINDS}')
-  if streaming.is_streamed(x_train):
-    return _fit_streamed(x_train, kind, zca_reg, zca_max_samples, seed)
-  x = np.asarray(x_train)
+  streamed = streaming.is_streamed(x_train)
+  x = x_train if streamed else np.asarray(x_train)
   if x.ndim != 4:
     raise ValueError(f'x_train must be (N, H, W, C), got shape {x.shape}')
   n, h, w, c = x.shape
   if kind == 'none':
     return Preprocessor('none', np.zeros(c, np.float32), np.ones(c, np.float32))
-  flat = x.reshape(-1, c)
-  mean = flat.mean(axis=0, dtype=np.float64)
-  var = np.zeros(c, np.float64)
-  for i in range(0, flat.shape[0], 1 << 20):  # two-pass variance in float64, chunked
-    var += ((flat[i:i + (1 << 20)].astype(np.float64) - mean) ** 2).sum(axis=0)
-  std = np.maximum(np.sqrt(var / flat.shape[0]), _STD_FLOOR)
+  # a streamed set: per-channel moments in one streaming pass, ZCA's sample read in chunks
+  mean, var = streaming.channel_moments(x) if streamed else _channel_moments(x)
+  std = np.maximum(np.sqrt(var), _STD_FLOOR)
   mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
   if kind == 'standard':
     return Preprocessor('standard', mean32, std32)
@@ -126,32 +122,19 @@ def fit_preprocessor(x_train: np.ndarray, kind: str = 'standard', zca_reg: float
     zca_max_samples = n if d <= _AUTO_FULL_D else _AUTO_MAX_SAMPLES
   if n > zca_max_samples:
     idx = np.sort(np.random.default_rng(seed).choice(n, zca_max_samples, replace=False))
-    x = x[idx]
+    x = x.subset(idx) if streamed else x[idx]
   w_mat, w_inv = _zca_matrices(x, mean, std, zca_reg)
   return Preprocessor('zca', mean32, std32, w_mat.astype(np.float32), w_inv.astype(np.float32))
 
 
-def _fit_streamed(x: streaming.Rows, kind: str, zca_reg: float, zca_max_samples: Optional[int],
-                  seed: int) -> Preprocessor:
-  """fit_preprocessor of a streamed training set: per-channel moments in one streaming pass;
-  ZCA's covariance from its (capped, as in memory) sample read 4096 images at a time."""
-  if x.ndim != 4:
-    raise ValueError(f'x_train must be (N, H, W, C), got shape {x.shape}')
-  n, h, w, c = x.shape
-  if kind == 'none':
-    return Preprocessor('none', np.zeros(c, np.float32), np.ones(c, np.float32))
-  mean, var = streaming.channel_moments(x)
-  std = np.maximum(np.sqrt(var), _STD_FLOOR)
-  mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-  if kind == 'standard':
-    return Preprocessor('standard', mean32, std32)
-  d = h * w * c
-  if zca_max_samples is None:
-    zca_max_samples = n if d <= _AUTO_FULL_D else _AUTO_MAX_SAMPLES
-  if n > zca_max_samples:
-    x = x.subset(np.sort(np.random.default_rng(seed).choice(n, zca_max_samples, replace=False)))
-  w_mat, w_inv = _zca_matrices(x, mean, std, zca_reg)
-  return Preprocessor('zca', mean32, std32, w_mat.astype(np.float32), w_inv.astype(np.float32))
+def _channel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and (population) variance of x (N, H, W, C), float64, two-pass chunked."""
+  flat = x.reshape(-1, x.shape[-1])
+  mean = flat.mean(axis=0, dtype=np.float64)
+  var = np.zeros(flat.shape[1], np.float64)
+  for i in range(0, flat.shape[0], 1 << 20):
+    var += ((flat[i:i + (1 << 20)].astype(np.float64) - mean) ** 2).sum(axis=0)
+  return mean, var / flat.shape[0]
 
 
 def _as_float(x: Any):
