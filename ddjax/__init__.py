@@ -8,6 +8,10 @@
 """
 __version__ = '0.1.0'
 
+from ddjax.runtime import xla_flags as _xla_flags
+
+_xla_flags.apply_defaults()   # before JAX's CPU backend starts; see ddjax/runtime/xla_flags.py
+
 _LAZY = {
     'run': ('ddjax.runtime.pipeline', 'run'),
     'method_config': ('ddjax.config', 'method_config'),

@@ -145,6 +145,30 @@ def test_dc_meta_loss_is_the_class_sum_of_distances():
   np.testing.assert_allclose(float(ps.loss.mean()), want, rtol=1e-4)
 
 
+def test_dc_class_batching_unroll_equals_vmap():
+  # the per-class gradients unrolled over classes (ddjax's CPU default) or vmapped: the same
+  # meta-loss per class and the same image gradient, with DSA draws keyed per class
+  batch, _ = _batch(4, 6)
+  syn = _syn(5, 2)
+  out = {}
+  for mode in ('unroll', 'vmap'):
+    dc = DC(_model(), SHAPE, K, outer_loop=1, inner_loop=1, dsa_strategy='color_crop',
+            class_batching=mode)
+    assert dc.class_batching == mode
+    state = dc.init(None, jax.random.PRNGKey(3))
+    loss = lambda s: dc.per_sample(s, state, batch, jax.random.PRNGKey(0)).loss
+    out[mode] = (loss(syn), jax.grad(lambda s: loss(s).sum())(syn)['x'])
+  np.testing.assert_allclose(out['unroll'][0], out['vmap'][0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out['unroll'][1], out['vmap'][1], rtol=1e-4, atol=1e-6)
+  assert np.abs(np.asarray(out['vmap'][1])).max() > 0
+  from ddjax.distill.dc import resolve_class_batching
+  assert resolve_class_batching('auto', 10, 'cpu') == 'unroll'
+  assert resolve_class_batching('auto', 100, 'cpu') == 'vmap'
+  assert resolve_class_batching('auto', 10, 'gpu') == 'vmap'
+  with pytest.raises(ValueError, match='class_batching'):
+    resolve_class_batching('loop', 10)
+
+
 def test_dm_loss_equals_the_mean_embedding_distance():
   model = _model()
   dm = DM(model, SHAPE, K, dsa_strategy='')

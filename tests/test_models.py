@@ -243,14 +243,18 @@ def test_flip_is_identity_or_mirror():
   assert np.all(same | mirrored) and same.any() and mirrored.any()
 
 
-def test_conv2d_matches_lax_convolution_in_value_first_and_second_order_gradients():
-  # ConvNet's convolution computes its weight gradient by im2col matmuls (in chunks): it must
-  # agree with XLA's convolution everywhere DC uses it, including the gradient of a gradient
-  # (DC differentiates the synthetic gradient w.r.t. the images) and under vmap.
-  from ddjax.models.convnet import _DW_CHUNK_ELEMENTS, conv2d
+@pytest.mark.parametrize('channels', [3, 6])
+def test_conv2d_matches_lax_convolution_in_value_first_and_second_order_gradients(channels):
+  # ConvNet's convolution computes its weight gradient by im2col matmuls (in chunks) for inputs
+  # of at most _IM2COL_MAX_CHANNELS channels (3 here) and by XLA's backward-filter convolution
+  # above (6): either must agree with XLA's convolution everywhere DC uses it, including the
+  # gradient of a gradient (DC differentiates the synthetic gradient w.r.t. the images) and
+  # under vmap.
+  from ddjax.models.convnet import _DW_CHUNK_ELEMENTS, _IM2COL_MAX_CHANNELS, conv2d
+  assert (channels <= _IM2COL_MAX_CHANNELS) == (channels == 3)
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(7, 9, 8, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(7, 9, 8, channels)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, channels, 4)), jnp.float32)
   pad = ((3, 1), (1, 2))
   ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), pad,
                                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
@@ -272,7 +276,8 @@ def test_conv2d_matches_lax_convolution_in_value_first_and_second_order_gradient
   gv_ref = per_batch(ref)
   np.testing.assert_allclose(gv, gv_ref, rtol=1e-4, atol=1e-4)
   # several weight-gradient chunks: a batch larger than one chunk
-  big = jnp.asarray(rng.normal(size=(_DW_CHUNK_ELEMENTS // (9 * 8 * 27) + 5, 9, 8, 3)), jnp.float32)
+  big = jnp.asarray(rng.normal(size=(_DW_CHUNK_ELEMENTS // (9 * 8 * 9 * channels) + 5, 9, 8,
+                                     channels)), jnp.float32)
   gb = jax.grad(lambda w: jnp.sum(jnp.sin(conv2d(big, w, pad))))(w)
   gb_ref = jax.grad(lambda w: jnp.sum(jnp.sin(ref(big, w))))(w)
   np.testing.assert_allclose(gb, gb_ref, rtol=1e-3, atol=1e-2)

@@ -59,6 +59,21 @@ def dc_loops(ipc: int) -> tuple[int, int]:
   return DC_LOOPS[ipc]
 
 
+CLASS_BATCHINGS = ('auto', 'unroll', 'vmap')
+UNROLL_MAX_CLASSES = 20   # 'auto' unrolls up to this many classes on CPU (compile time ~ K)
+
+
+def resolve_class_batching(choice: str, num_classes: int, backend: str | None = None) -> str:
+  """'auto' -> 'unroll' on CPU with at most UNROLL_MAX_CLASSES classes, else 'vmap' (on
+  accelerators grouped convolutions are fast and one batched program compiles faster)."""
+  if choice not in CLASS_BATCHINGS:
+    raise ValueError(f'dc.class_batching={choice!r} is not one of {CLASS_BATCHINGS}.')
+  if choice != 'auto':
+    return choice
+  backend = backend or jax.default_backend()
+  return 'unroll' if backend == 'cpu' and num_classes <= UNROLL_MAX_CLASSES else 'vmap'
+
+
 @flax.struct.dataclass
 class DCState:
   """variables: the current network (params, batch_stats if any). count: () int32, outer-loop
@@ -81,12 +96,15 @@ class DC(Distiller):
     layer_fraction: PAD's deep-layer filter, the shallow fraction of parameters left unmatched.
     dsa_strategy / dsa_params: DSA ('' = plain DC, no augmentation).
     bn_size: real images per class that set the batch-norm statistics (DC: 16).
+    class_batching: 'unroll' | 'vmap' | 'auto' (unroll up to UNROLL_MAX_CLASSES classes on CPU,
+      vmap otherwise): how `class_gradients` computes the K class gradients.
   """
 
   def __init__(self, model: nn.Module, image_shape: tuple, num_classes: int, outer_loop: int,
                inner_loop: int, lr_net: float = 0.01, inner_batch: int = 256,
                metric: str = 'ours', layer_fraction: float = 0.0, dsa_strategy: str = '',
-               dsa_params: DSAParams = DSAParams(), bn_size: int = 16):
+               dsa_params: DSAParams = DSAParams(), bn_size: int = 16,
+               class_batching: str = 'auto'):
     self.model = model
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes
@@ -99,6 +117,7 @@ class DC(Distiller):
     self.dsa_strategy = dsa_strategy
     self.dsa_params = dsa_params
     self.bn_size = bn_size
+    self.class_batching = resolve_class_batching(class_batching, num_classes)
     self.net_opt = optax.sgd(lr_net)
     gradient_distance({}, {}, metric)          # validates the metric name early
 
@@ -142,7 +161,13 @@ class DC(Distiller):
   def class_gradients(self, variables: PyTree, x: Array, keys: Array,
                       weights: Array | None = None) -> PyTree:
     """Mean cross-entropy gradient per class: x (K, n, H, W, C) -> pytree with leading axis K.
-    weights (K, n): the weighted mean instead (0/1 weights: the mean over the kept samples)."""
+    weights (K, n): the weighted mean instead (0/1 weights: the mean over the kept samples).
+
+    `class_batching` 'unroll' traces one gradient per class (K copies in the program); 'vmap'
+    batches them. Under vmap the per-class weight gradients become grouped convolutions
+    (feature_group_count = K) with layout transposes around them, which XLA:CPU runs about 1.5x
+    slower than K plain ones (DC step at IPC 1, one thread: 15.6 s vmapped, 10.4 s unrolled;
+    benchmarks/results/matching_speed.md); unrolling costs compile time linear in K."""
     params = variables['params']
     rest = {k: v for k, v in variables.items() if k != 'params'}
     if weights is None:
@@ -153,7 +178,10 @@ class DC(Distiller):
       labels = jnp.full((xc.shape[0],), c, jnp.int32)
       return jax.grad(self.classifier_loss)(params, rest, xc, labels, wc)
 
-    return jax.vmap(one)(keys, x, jnp.arange(self.num_classes), weights)
+    if self.class_batching == 'vmap':
+      return jax.vmap(one)(keys, x, jnp.arange(self.num_classes), weights)
+    outs = [one(keys[c], x[c], c, weights[c]) for c in range(self.num_classes)]
+    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *outs)
 
   def per_sample_gradients(self, variables: PyTree, x: Array, labels: Array,
                            key: Array, chunk_size: int | None = None) -> PyTree:
@@ -291,6 +319,7 @@ def config_block() -> ml_collections.ConfigDict:
   b.metric = 'ours'           # ours (layer-wise) | mse | cos
   b.layer_fraction = 0.0      # PAD: leave the shallowest fraction of parameters unmatched
   b.bn_size = 16              # real images per class setting batch-norm statistics
+  b.class_batching = 'auto'   # per-class gradients: unroll | vmap | auto (unroll on CPU, K <= 20)
   return b
 
 
@@ -321,6 +350,7 @@ def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
   from ddjax.config import choice_errors, fraction_errors, int_errors
   from ddjax.distill.matching import METRICS
   errors = choice_errors(cfg, 'dc.metric', METRICS) + fraction_errors(cfg, 'dc.layer_fraction')
+  errors += choice_errors(cfg, 'dc.class_batching', CLASS_BATCHINGS)
   for key in ('iterations', 'outer_loop', 'inner_loop'):
     errors += int_errors(cfg, f'dc.{key}', 0, " (0: DC's rule by IPC)")
   try:
@@ -338,7 +368,8 @@ def _build(cfg: ml_collections.ConfigDict, data) -> DC:
   return DC(from_config(cfg.model, data.num_classes), data.image_shape, data.num_classes,
             outer_loop=outer, inner_loop=inner, lr_net=d.lr_net, inner_batch=d.inner_batch,
             metric=d.metric, layer_fraction=d.layer_fraction,
-            dsa_strategy=strategy_from_config(cfg), bn_size=d.bn_size)
+            dsa_strategy=strategy_from_config(cfg), bn_size=d.bn_size,
+            class_batching=d.class_batching)
 
 
 registry.register(registry.Method(
