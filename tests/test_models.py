@@ -1,6 +1,7 @@
 """Models (ConvNet, MLP, build_model, init_model) and basic augmentation."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -303,3 +304,33 @@ def test_frepo_norm_placement_matches_frepos_convnet():
   np.testing.assert_allclose(mean1, 9.0 * mean1_dc, rtol=1e-4, atol=1e-7)
   with pytest.raises(ValueError, match='norm placement'):
     ConvNet(10, norm_placement='before').init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+
+
+def test_instance_norm_matches_flax_group_norm_in_value_and_first_and_second_order_gradients():
+  # ConvNet's 'instance' norm (DC's GroupNorm(C, C)) has its own two-pass backward
+  # (convnet.instance_norm); it must equal flax's GroupNorm(num_groups=C) with the same params.
+  from ddjax.models.convnet import InstanceNorm
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 6, 5, 3)) * 2 + 1, jnp.float32)
+  ours, ref = InstanceNorm(), nn.GroupNorm(num_groups=3, epsilon=1e-5)
+  params = ref.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+      ours.init(jax.random.PRNGKey(0), x))
+  params = jax.tree_util.tree_map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype),
+                                  params)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)) * jnp.arange(3.0))
+  for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(ours), (0, 1))(params, x)),
+                  jax.tree_util.tree_leaves(jax.grad(loss(ref), (0, 1))(params, x))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # d/dx of |dL/dparams|^2 (DC's meta-gradient through the synthetic gradient)
+  meta = lambda m: lambda x: sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(
+      jax.grad(loss(m))(params, x)))
+  np.testing.assert_allclose(jax.grad(meta(ours))(x), jax.grad(meta(ref))(x), rtol=1e-3,
+                             atol=1e-3)
+  # forward mode through the gradient (BiLP's first-order ITE linearises it)
+  f = lambda m: lambda x: jax.grad(loss(m))(params, x)
+  t = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  for a, b in zip(jax.tree_util.tree_leaves(jax.jvp(f(ours), (x,), (t,))[1]),
+                  jax.tree_util.tree_leaves(jax.jvp(f(ref), (x,), (t,))[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
