@@ -334,3 +334,14 @@ def test_instance_norm_matches_flax_group_norm_in_value_and_first_and_second_ord
   for a, b in zip(jax.tree_util.tree_leaves(jax.jvp(f(ours), (x,), (t,))[1]),
                   jax.tree_util.tree_leaves(jax.jvp(f(ref), (x,), (t,))[1])):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_avg_pool_2x2_equals_flax_avg_pool_with_its_gradient():
+  from ddjax.models.convnet import avg_pool_2x2
+  rng = np.random.default_rng(1)
+  for shape in ((2, 8, 6, 3), (1, 7, 5, 2)):      # an odd row / column is dropped, as VALID does
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    ref = lambda x: nn.avg_pool(x, (2, 2), strides=(2, 2))
+    np.testing.assert_allclose(avg_pool_2x2(x), ref(x), atol=1e-6)
+    f = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x)) * jnp.arange(shape[-1])))(x)
+    np.testing.assert_allclose(f(avg_pool_2x2), f(ref), atol=1e-6)

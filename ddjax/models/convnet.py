@@ -130,6 +130,16 @@ def _flax_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilatio
       precision=precision, **kwargs)
 
 
+def avg_pool_2x2(x: Array) -> Array:
+  """2 x 2 average pooling with stride 2 of x (N, H, W, C) -> (N, H // 2, W // 2, C), as
+  `nn.avg_pool(x, (2, 2), strides=(2, 2))` (an odd last row / column is dropped). A reshape and a
+  mean: its backward is a broadcast that XLA fuses into the next elementwise pass, where the
+  reduce-window form writes a full-size tensor of its own."""
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
 def to_float32(x: Array) -> Array:
   """A network output in float32: bfloat16 / float16 activations of a mixed-precision model cast
   up, anything else (float32, float64 under x64) unchanged."""
@@ -182,7 +192,7 @@ class ConvNet(nn.Module):
         x = self._norm(x, train, i)
       x = nn.relu(x)
       if self.pooling == 'avg':
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = avg_pool_2x2(x)
       elif self.pooling == 'max':
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
     features = x.reshape((x.shape[0], -1))
