@@ -133,6 +133,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval = ml_collections.ConfigDict()
   cfg.eval.protocol = 'auto'          # auto (the method's) | frepo | dc | rded | tm
   cfg.eval.num_models = 5
+  cfg.eval.vmap_models = 0            # networks trained together in one vmapped step (memory: that
+                                      # many networks' activations at once); 0 = the backend's
+                                      # default (CPU: 1, accelerators: all; ddjax.evaluate.train)
   cfg.eval.steps = 0                  # 0 -> the protocol's own rule (FRePo: by #prototypes)
   cfg.eval.batch_size = 0             # 0 -> the protocol's own rule
   cfg.eval.lr = 0.0                   # 0 -> the protocol's own
@@ -336,6 +339,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += fraction_errors(cfg, 'transform.isa_eps', closed=True)
   errors += choice_errors(cfg, 'eval.protocol', ('auto',) + tuple(PROTOCOLS))
   errors += int_errors(cfg, 'eval.num_models', 0)
+  errors += int_errors(cfg, 'eval.vmap_models', 0, ' (0: the backend default; 1: one network at '
+                       'a time)')
   errors += int_errors(cfg, 'eval.soft_label_epochs', 1)
   for key in ('depth', 'width', 'epochs', 'batch_size'):
     errors += int_errors(cfg, f'observer.{key}', 1)

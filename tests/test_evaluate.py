@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ddjax.evaluate import (EvalProtocol, accuracy, evaluate_synthetic, frepo_steps, get_protocol,
-                            make_schedule, protocol_loss, train_from_scratch)
+                            make_schedule, protocol_loss, train_from_scratch, train_networks)
 from ddjax.models import build_model
 
 
@@ -154,3 +154,53 @@ def test_rejects_bad_labels():
   with pytest.raises(ValueError):
     train_from_scratch(jax.random.PRNGKey(0), MODEL, X, LABELS, FREPO)
   assert isinstance(FREPO, EvalProtocol)
+
+
+# ----------------------------------------------------------------------------- networks together
+
+
+def _assert_same_networks(together, alone, atol):
+  for a, b in zip(together, alone):
+    assert sorted(a) == sorted(b)
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    leaves_b = dict(jax.tree_util.tree_leaves_with_path(b))
+    assert len(leaves_a) == len(leaves_b)
+    for path, leaf in leaves_a:
+      np.testing.assert_allclose(leaf, leaves_b[path], rtol=1e-4, atol=atol,
+                                 err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize('norm', ['none', 'batch'])
+def test_networks_trained_together_equal_networks_trained_alone(norm):
+  # FRePo's batch-norm ConvNet (norm before the conv, so no conv bias is cancelled by a norm: a
+  # cancelled bias has a zero gradient whose rounding noise Adam turns into lr-sized steps).
+  model = build_model('convnet', 2, depth=2, width=8, norm=norm, norm_placement='frepo')
+  protocol = get_protocol('frepo', 20, steps=12)    # augmentation, warm-up, Adam
+  keys = jax.random.split(jax.random.PRNGKey(7), 3)
+  together = train_networks(keys, model, X, Y, protocol)
+  alone = [train_from_scratch(k, model, X, Y, protocol) for k in keys]
+  _assert_same_networks(together, alone, atol=1e-5)
+  if norm == 'batch':
+    assert not np.allclose(together[1]['batch_stats']['norm1']['var'], 1.0)
+  # different keys, different networks: the test can tell networks apart
+  assert not np.allclose(together[0]['params']['head']['kernel'],
+                         together[1]['params']['head']['kernel'], atol=1e-3)
+  logits = lambda v: model.apply(v, X_TEST, train=False)[0]
+  for a, b in zip(together, alone):
+    np.testing.assert_array_equal(np.argmax(logits(a), -1), np.argmax(logits(b), -1))
+
+
+def test_evaluate_synthetic_groups_do_not_change_results():
+  # 3 networks one at a time, all together, and in groups of 2 (a group of 2, then one alone);
+  # a process that owns networks 0 and 2 only gets exactly those networks' accuracies.
+  run = lambda **kw: evaluate_synthetic(jax.random.PRNGKey(3), MODEL, X, Y, X_TEST, LABELS_TEST,
+                                        get_protocol('dc', 20, epochs=6), num_models=3, **kw)
+  lines = []
+  alone = run(vmap_models=1)
+  assert run(vmap_models=0)['accs'] == alone['accs']
+  assert run(vmap_models=2, progress=lines.append)['krr_accs'] == alone['krr_accs']
+  assert len(lines) == 3 and '2 networks together' in lines[0] and 'together' not in lines[2]
+  assert run(vmap_models=2, members=[0, 2], krr=False)['accs'] == [alone['accs'][0],
+                                                                   alone['accs'][2]]
+  with pytest.raises(ValueError, match='vmap_models'):
+    run(vmap_models=-1)

@@ -345,3 +345,56 @@ def test_avg_pool_2x2_equals_flax_avg_pool_with_its_gradient():
     np.testing.assert_allclose(avg_pool_2x2(x), ref(x), atol=1e-6)
     f = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x)) * jnp.arange(shape[-1])))(x)
     np.testing.assert_allclose(f(avg_pool_2x2), f(ref), atol=1e-6)
+
+
+@pytest.mark.parametrize('shape,norm,placement', [((28, 28, 1), 'none', 'dc'),
+                                                  ((9, 7, 3), 'batch', 'frepo')])
+def test_fused_first_block_equals_the_plain_block(shape, norm, placement):
+  # ConvNet's first block without norm runs as conv_relu_pool (few-channel conv recomputed in
+  # the backward); same parameters from the same key, same outputs, first- and second-order
+  # gradients and forward-mode through the gradient (BiLP's ITE) as conv -> relu -> pool.
+  # 9 x 7 at padding 1: odd sides, the last row / column dropped by the pooling.
+  from ddjax.models import convnet
+  kw = dict(depth=2, width=6, norm=norm, norm_placement=placement)
+  fused, plain = ConvNet(3, **kw), ConvNet(3, fuse_first_block=False, **kw)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2,) + shape), jnp.float32)
+  assert fused._fused_first_block(x) and not plain._fused_first_block(x)
+  variables = fused.init(jax.random.PRNGKey(0), x)
+  ref_variables = plain.init(jax.random.PRNGKey(0), x)
+  assert jax.tree_util.tree_structure(variables) == jax.tree_util.tree_structure(ref_variables)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(ref_variables)):
+    np.testing.assert_array_equal(a, b)
+  variables = jax.tree_util.tree_map(lambda v: v + 0.1 * jnp.sin(jnp.arange(v.size).reshape(
+      v.shape)), variables)                 # nonzero biases: some pre-activations negative
+  loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)[1]) * jnp.cos(
+      jnp.arange(m.apply(v, x)[1].shape[-1])))
+  np.testing.assert_allclose(fused.apply(variables, x)[1], plain.apply(variables, x)[1],
+                             rtol=1e-5, atol=1e-5)
+  close = lambda a, b, tol: [np.testing.assert_allclose(p, q, rtol=tol, atol=tol) for p, q in
+                             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+  grads = lambda m: jax.jit(jax.grad(loss(m), (0, 1)))(variables, x)
+  close(grads(fused), grads(plain), 1e-4)
+  meta = lambda m: lambda x: sum(jnp.sum(g ** 2) for g in jax.tree_util.tree_leaves(
+      jax.grad(loss(m))(variables, x)))
+  close(jax.jit(jax.grad(meta(fused)))(x), jax.jit(jax.grad(meta(plain)))(x), 1e-3)
+  t = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), jnp.float32)
+  tangent = lambda m: jax.jit(lambda x: jax.jvp(lambda x: jax.grad(loss(m))(variables, x), (x,),
+                                                (t,))[1])(x)
+  close(tangent(fused), tangent(plain), 1e-3)
+  # the fused op itself: its pooled output is all it keeps of the (N, H', W', O) activation
+  w, b = variables['params']['conv0']['kernel'], variables['params']['conv0']['bias']
+  pad = ((3, 3), (3, 3)) if shape == (28, 28, 1) else ((1, 1), (1, 1))
+  jaxpr = jax.make_jaxpr(lambda x: jax.vjp(lambda w: convnet.conv_relu_pool(x, w, b, pad), w))(x)
+  pooled = convnet.conv_relu_pool(x, w, b, pad).shape
+  residual_sizes = [v.aval.size for v in jaxpr.jaxpr.outvars if hasattr(v.aval, 'size')]
+  assert max(residual_sizes) <= max(np.prod(pooled), x.size)
+
+
+def test_fused_first_block_only_where_it_applies():
+  x1, x3, x8 = (jnp.zeros((1, 8, 8, c)) for c in (1, 3, 8))
+  assert ConvNet(2, norm='none')._fused_first_block(x3)
+  assert ConvNet(2, norm='instance', norm_placement='frepo')._fused_first_block(x1)
+  assert not ConvNet(2, norm='instance')._fused_first_block(x1)      # DC: norm in block 0
+  assert not ConvNet(2, norm='none')._fused_first_block(x8)          # many channels
+  assert not ConvNet(2, norm='none', pooling='max')._fused_first_block(x1)
+  assert not ConvNet(2, norm='none', dtype=jnp.bfloat16)._fused_first_block(x1)

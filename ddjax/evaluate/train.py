@@ -7,6 +7,13 @@ Each step draws its mini-batch and runs the shared classifier step of `ddjax.mod
 (batch norm functional: train mode with `mutable=['batch_stats']`, the new statistics carried);
 inference uses `train=False`.
 
+Several networks can train together (`train_networks`): their carries are stacked and one jitted
+chunk runs `jax.vmap` of the same step over them, network i with exactly the keys it has when
+trained alone. `evaluate_synthetic` trains its networks in groups of `vmap_models`
+(`default_vmap_models`: one at a time on CPU, where XLA turns the vmapped convolutions into grouped
+convolutions that run slower per network than separate ones (benchmarks/eval_speed.py), all
+together on accelerators).
+
 Also the KRR predictor of FRePo / ISA appendix E: a trained network's features f give
 P = f(X_test) f(X_syn)^T (f(X_syn) f(X_syn)^T + lambda I)^-1 Y_syn, classified by argmax.
 """
@@ -47,11 +54,14 @@ def protocol_loss(protocol: EvalProtocol, logits: Array, y: Array) -> Array:
 
 @functools.lru_cache(maxsize=64)
 def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: int,
-               unroll: int | str):
-  """Jitted init(key) -> carry and chunk(carry, x, y, keys) -> (carry, losses (S,)).
+               unroll: int | str, together: bool = False):
+  """Jitted init(key) -> carry and chunk(carry, x, y, keys) -> (carry, losses).
 
   carry = (params, batch_stats or None, opt_state) (`ddjax.models.training`); keys (S, 2) are the
-  S steps' keys. unroll: an int or 'full' (never True/False: lru_cache would equate True with 1).
+  S steps' keys, losses (S,). With `together`, chunk trains M networks at once: carry is M
+  carries stacked on a leading axis, keys (M, S, 2) (network m's steps), losses (S, M); init
+  stays one network's. unroll: an int or 'full' (never True/False: lru_cache would equate True
+  with 1).
   """
   opt = make_optimizer(protocol)
   batch = min(protocol.batch_size, n)
@@ -70,9 +80,15 @@ def _train_fns(model: nn.Module, protocol: EvalProtocol, image_shape: tuple, n: 
     idx = jax.random.choice(k_idx, n, (batch,), replace=False)
     return train_step(carry, x[idx], y[idx], k_aug)
 
+  if together:
+    one = jax.vmap(step, in_axes=(0, 0, None, None))
+    order = lambda keys: jnp.swapaxes(keys, 0, 1)        # (M, S, 2) -> scan over S
+  else:
+    one, order = step, lambda keys: keys
+
   @functools.partial(jax.jit, donate_argnums=(0,))
   def chunk(carry, x, y, keys):
-    return jax.lax.scan(lambda c, k: step(c, k, x, y), carry, keys,
+    return jax.lax.scan(lambda c, k: one(c, k, x, y), carry, order(keys),
                         unroll=True if unroll == 'full' else unroll)
 
   return init, chunk
@@ -92,6 +108,37 @@ def default_loop(backend: str | None = None) -> tuple[int, int | bool]:
   return (2, True) if backend == 'cpu' else (500, 1)
 
 
+def default_vmap_models(backend: str | None = None) -> int:
+  """How many networks `evaluate_synthetic` trains together by default (0 = all of them).
+
+  CPU: 1. Under `jax.vmap` over networks XLA:CPU runs every convolution as one grouped
+  convolution (feature_group_count = networks), slower per network than separate convolutions:
+  ConvNet-3 width 64 at IPC 10, 5 networks together took 1.8x the time per network of one at a
+  time (218 against 122 ms per step and network on one shared core; benchmarks/eval_speed.py).
+  Convolutions batched as an unrolled loop over the networks (a `custom_vmap` rule, tried and
+  not kept) only reach parity: the rest of the step gains nothing measurable from batching on
+  CPU. Accelerators: all networks in one vmapped step.
+  """
+  backend = backend or jax.default_backend()
+  return 1 if backend == 'cpu' else 0
+
+
+def _prepare(x, y):
+  x = jnp.asarray(x, jnp.float32)
+  y = jnp.asarray(y, jnp.float32)
+  if y.shape[0] != x.shape[0] or y.ndim != 2:
+    raise ValueError(f'y must be (n, K) with n = {x.shape[0]}, got {y.shape}')
+  return x, y
+
+
+def _loop(chunk_size, unroll, steps):
+  default_chunk, default_unroll = default_loop()
+  chunk_size = default_chunk if chunk_size is None else chunk_size
+  unroll = default_unroll if unroll is None else unroll
+  unroll_key = 'full' if unroll is True else max(1, int(unroll))
+  return max(1, min(chunk_size, steps)), unroll_key
+
+
 def train_from_scratch(key: Array, model: nn.Module, x: Array, y: Array, protocol: EvalProtocol,
                        chunk_size: int | None = None, unroll: int | bool | None = None) -> dict:
   """Train a freshly initialised `model` on (x, y) under `protocol`; return its variables.
@@ -109,23 +156,44 @@ def train_from_scratch(key: Array, model: nn.Module, x: Array, y: Array, protoco
 
   Returns a dict with 'params' (and 'batch_stats' for batch-norm models).
   """
-  default_chunk, default_unroll = default_loop()
-  chunk_size = default_chunk if chunk_size is None else chunk_size
-  unroll = default_unroll if unroll is None else unroll
-  x = jnp.asarray(x, jnp.float32)
-  y = jnp.asarray(y, jnp.float32)
-  n = x.shape[0]
-  if y.shape[0] != n or y.ndim != 2:
-    raise ValueError(f'y must be (n, K) with n = {n}, got {y.shape}')
+  x, y = _prepare(x, y)
+  chunk_size, unroll_key = _loop(chunk_size, unroll, protocol.steps)
   init_key, loop_key = jax.random.split(key)
-  unroll_key = 'full' if unroll is True else max(1, int(unroll))
-  init, chunk = _train_fns(model, protocol, tuple(x.shape[1:]), n, unroll_key)
+  init, chunk = _train_fns(model, protocol, tuple(x.shape[1:]), x.shape[0], unroll_key)
   carry = init(init_key)
   step_keys = jax.random.split(loop_key, protocol.steps)
-  chunk_size = max(1, min(chunk_size, protocol.steps))
   for start in range(0, protocol.steps, chunk_size):
     carry, _ = chunk(carry, x, y, step_keys[start:start + chunk_size])
   return carry_variables(carry)
+
+
+def train_networks(keys: Sequence[Array], model: nn.Module, x: Array, y: Array,
+                   protocol: EvalProtocol, chunk_size: int | None = None,
+                   unroll: int | bool | None = None) -> list[dict]:
+  """Train len(keys) fresh networks TOGETHER on (x, y): one jitted, vmapped step for all.
+
+  Network i gets exactly what `train_from_scratch(keys[i], ...)` gives it (its initialisation,
+  mini-batches and augmentation come from keys[i] alone), equal up to floating-point
+  reassociation of the batched operations. One key: `train_from_scratch` itself. Memory: the
+  activations of a step are held for every network at once (M times one network's).
+
+  Returns [variables of network i] in the order of keys.
+  """
+  keys = list(keys)
+  if len(keys) == 1:
+    return [train_from_scratch(keys[0], model, x, y, protocol, chunk_size, unroll)]
+  x, y = _prepare(x, y)
+  chunk_size, unroll_key = _loop(chunk_size, unroll, protocol.steps)
+  init, _ = _train_fns(model, protocol, tuple(x.shape[1:]), x.shape[0], unroll_key)
+  _, chunk = _train_fns(model, protocol, tuple(x.shape[1:]), x.shape[0], unroll_key, True)
+  split = [jax.random.split(k) for k in keys]
+  carries = [init(init_key) for init_key, _ in split]      # each network's own initialisation
+  carry = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *carries)
+  step_keys = jnp.stack([jax.random.split(loop_key, protocol.steps) for _, loop_key in split])
+  for start in range(0, protocol.steps, chunk_size):
+    carry, _ = chunk(carry, x, y, step_keys[:, start:start + chunk_size])
+  stacked = carry_variables(carry)
+  return [jax.tree_util.tree_map(lambda leaf: leaf[i], stacked) for i in range(len(keys))]
 
 
 @functools.lru_cache(maxsize=64)
@@ -197,7 +265,8 @@ def evaluate_synthetic(key: Array, model: nn.Module, x_syn: Array, y_syn: Array,
                        krr: bool = True, krr_reg: float = 1e-6, batch_size: int = 1000,
                        progress: Callable[[str], Any] | None = None,
                        members: Sequence[int] | None = None,
-                       gather: Callable[[np.ndarray, int], np.ndarray] | None = None) -> dict:
+                       gather: Callable[[np.ndarray, int], np.ndarray] | None = None,
+                       vmap_models: int | None = None) -> dict:
   """Train `num_models` networks on (x_syn, y_syn) and test them on (x_test, y_test).
 
   Args:
@@ -205,33 +274,49 @@ def evaluate_synthetic(key: Array, model: nn.Module, x_syn: Array, y_syn: Array,
     x_syn: (n, H, W, C), y_syn: (n, K) synthetic set; x_test (N, H, W, C), y_test (N,) or (N, K).
     protocol: the EvalProtocol used by every network.
     krr: also report the KRR-predictor accuracy on each network's features.
-    progress: optional callback receiving one line per trained network.
+    progress: optional callback receiving one line per trained network (a group's networks
+      report the group's wall time and steps/s, and its seconds per network).
     members, gather: to share the networks between processes (ddjax.runtime.distributed's
       own_members / gather_members): this caller trains only networks `members` (default all,
       in order), and gather(local float64 (len(members),), num_models) -> (num_models,) returns
       every network's accuracy in network order (called once for the accuracies and once more
       for the KRR ones, by every process). Results equal the one-process run's exactly.
+    vmap_models: how many of this caller's networks train together (`train_networks`), in
+      member order; 0 = all; None = `default_vmap_models()` for the backend. Network i trains
+      with keys[i] whatever the grouping, so results do not depend on it beyond floating-point
+      reassociation.
 
   Returns {'accs': [float]*num_models, 'acc_mean', 'acc_std'} (std with ddof = 0, like numpy and
   FRePo), plus {'krr_accs', 'krr_acc' (mean), 'krr_acc_std'} when krr.
   """
   keys = jax.random.split(key, num_models)
-  members = range(num_models) if members is None else members
+  members = list(range(num_models) if members is None else members)
+  group = default_vmap_models() if vmap_models is None else int(vmap_models)
+  if group < 0:
+    raise ValueError(f'vmap_models must be >= 0 (0: all networks together), got {group}')
+  group = group or max(1, len(members))
   accs, krr_accs = [], []
-  for i in members:
+  for start in range(0, len(members), group):
+    together = members[start:start + group]
     t0 = time.perf_counter()
-    variables = train_from_scratch(keys[i], model, x_syn, y_syn, protocol)
-    jax.block_until_ready(variables)
+    trained = train_networks([keys[i] for i in together], model, x_syn, y_syn, protocol)
+    jax.block_until_ready(trained)
     seconds = time.perf_counter() - t0
-    accs.append(accuracy(model, variables, x_test, y_test, batch_size))
-    line = (f'model {i + 1}/{num_models}: {protocol.steps} steps in {seconds:.1f} s '
-            f'({protocol.steps / max(seconds, 1e-9):.1f} steps/s), acc {accs[-1]:.4f}')
-    if krr:
-      krr_accs.append(krr_accuracy(model, variables, x_syn, y_syn, x_test, y_test, krr_reg,
-                                   batch_size))
-      line += f', krr acc {krr_accs[-1]:.4f}'
-    if progress is not None:
-      progress(line)
+    for i, variables in zip(together, trained):
+      accs.append(accuracy(model, variables, x_test, y_test, batch_size))
+      if len(together) == 1:
+        line = (f'model {i + 1}/{num_models}: {protocol.steps} steps in {seconds:.1f} s '
+                f'({protocol.steps / max(seconds, 1e-9):.1f} steps/s), acc {accs[-1]:.4f}')
+      else:
+        line = (f'model {i + 1}/{num_models}: {protocol.steps} steps with {len(together)} '
+                f'networks together in {seconds:.1f} s ({protocol.steps / max(seconds, 1e-9):.1f}'
+                f' steps/s, {seconds / len(together):.1f} s per network), acc {accs[-1]:.4f}')
+      if krr:
+        krr_accs.append(krr_accuracy(model, variables, x_syn, y_syn, x_test, y_test, krr_reg,
+                                     batch_size))
+        line += f', krr acc {krr_accs[-1]:.4f}'
+      if progress is not None:
+        progress(line)
   if gather is not None:
     accs = [float(a) for a in gather(np.asarray(accs, np.float64), num_models)]
     if krr:

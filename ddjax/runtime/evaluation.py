@@ -105,7 +105,8 @@ def train_from_scratch(cfg: ml_collections.ConfigDict, data: PreparedData,
                           data.x_test, data.y_test, protocol, num_models=cfg.eval.num_models,
                           krr=cfg.eval.krr, krr_reg=registry.get(cfg.method).krr_reg(cfg),
                           progress=_log, members=distributed.own_members(cfg.eval.num_models),
-                          gather=distributed.gather_members)
+                          gather=distributed.gather_members,
+                          vmap_models=cfg.eval.vmap_models or None)
   entries = {'eval': {**{k: ev[k] for k in ('accs', 'acc_mean', 'acc_std')},
                       'protocol': protocol.name, 'steps': protocol.steps, 'lr': protocol.lr,
                       'loss': protocol.loss}}
