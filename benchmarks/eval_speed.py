@@ -19,7 +19,15 @@ Accuracy (same networks, same keys, all arms that ran): a random real IPC 10 sub
 Fashion-MNIST (seed 0, centred one-hot labels), `--accuracy-networks` networks trained the full
 2000 steps, and every arm's 5 networks on a distilled IPC 1 set (`--distilled`, default the
 FRePo + ISA 5000-step run in benchmarks/runs; 1000 steps, batch 10).
-Writes results/eval_speed.{json,md}.
+Interleaved (`--interleaved-rounds`, default 5; 0 = off): one more process with ddjax's allocator
+settings times chunks of 10 steps of the first block plain, fused, and fused with 5 networks
+together, in turn for that many rounds with the matmul peak measured between them; best and
+median per variant. Same process, same moment: the honest ratio on a shared machine, where the
+per-arm processes above see different loads.
+With `--rounds R` the arms run R times in turn (before, malloc, ..., before, malloc, ...) and each
+timing is the median over rounds (the machine is shared; interleaving spreads its noise over the
+arms). `--accuracy-from FILE` takes the accuracy entries of an earlier run's JSON instead of
+training them again (timing-only reruns). Writes results/eval_speed.{json,md}.
 """
 from __future__ import annotations
 
@@ -131,6 +139,82 @@ def worker(arm: str, timing_steps: int, accuracy_networks: int, distilled: str) 
   return out
 
 
+def interleaved(rounds: int, steps: int = 10) -> dict:
+  """Times of the three ConvNet variants' training chunks, interleaved in this process."""
+  sys.path.insert(0, ROOT)
+  import ddjax  # noqa: F401
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from benchmarks import common
+  from ddjax.augment.frepo import frepo_strategy_for
+  from ddjax.config import base_config
+  from ddjax.evaluate import get_protocol
+  from ddjax.evaluate.train import _train_fns
+  from ddjax.models import ConvNet
+  from ddjax.models.training import stack_carries
+
+  cfg = base_config()
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(100, 28, 28, 1)), jnp.float32)
+  y = jnp.asarray(np.eye(10, dtype=np.float32)[np.arange(100) % 10] - 0.1)
+  protocol = get_protocol('frepo', 100, augment_ops=frepo_strategy_for(cfg.data.name))
+  m = cfg.eval.model
+  variants = {}
+  for name, fuse, group in (('plain first block, 1 network', False, 1),
+                            ('fused first block, 1 network', True, 1),
+                            ('fused first block, 5 networks together', True, 5)):
+    model = ConvNet(10, depth=m.depth, width=m.width, norm=m.norm, fuse_first_block=fuse)
+    init, _ = _train_fns(model, protocol, (28, 28, 1), 100, 'full')
+    _, chunk = _train_fns(model, protocol, (28, 28, 1), 100, 'full', group > 1)
+    keys = jax.random.split(jax.random.PRNGKey(1), group * 2).reshape(group, 2, 2)
+    carry = stack_carries([init(k) for k in jax.random.split(jax.random.PRNGKey(0), group)])
+    if group == 1:
+      carry, keys = jax.tree_util.tree_map(lambda a: a[0], carry), keys[0]
+    cost = chunk.lower(carry, x, y, keys).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    carry, _ = chunk(carry, x, y, keys)
+    jax.block_until_ready(carry)
+    variants[name] = dict(chunk=chunk, carry=carry, keys=keys, group=group, times=[],
+                          gflop=cost['flops'] / 2 / group / 1e9)
+  peaks = []
+  for _ in range(rounds):
+    for v in variants.values():
+      t = time.perf_counter()
+      for _ in range(steps // 2):
+        v['carry'], _ = v['chunk'](v['carry'], x, y, v['keys'])
+      jax.block_until_ready(v['carry'])
+      v['times'].append((time.perf_counter() - t) / (steps // 2 * 2) / v['group'])
+    peaks.append(common.matmul_flops_per_second(repeats=3) / 1e9)
+  out = {'rounds': rounds, 'steps_per_timing': steps, 'matmul_peak_gflops': max(peaks),
+         'matmul_peaks': peaks, 'cpus': sorted(os.sched_getaffinity(0)),
+         'load': os.getloadavg()[0], 'variants': {}}
+  for name, v in variants.items():
+    out['variants'][name] = {'s_per_step_network_best': min(v['times']),
+                             's_per_step_network_median': float(np.median(v['times'])),
+                             'times': v['times'], 'gflop_per_step_network': v['gflop']}
+  return out
+
+
+def _interleaved_table(res: dict) -> str:
+  base = res['variants']['plain first block, 1 network']['s_per_step_network_median']
+  lines = [f"Interleaved in one process ({len(res['cpus'])} thread(s), {res['rounds']} rounds of "
+           f"{res['steps_per_timing']} steps each, ddjax's allocator settings; matmul peak best "
+           f"{res['matmul_peak_gflops']:.0f} GFLOP/s, {', '.join(f'{p:.0f}' for p in res['matmul_peaks'])}"
+           ' per round):', '',
+           '| variant | s / step / network: median (best) | GFLOP/s at the median (of the best '
+           'peak) | s / network for 2000 steps at the median | vs plain |', '|---|---|---|---|---|']
+  for name, v in res['variants'].items():
+    med = v['s_per_step_network_median']
+    gflops = v['gflop_per_step_network'] / med
+    lines.append(f"| {name} | {med:.4f} ({v['s_per_step_network_best']:.4f}) | {gflops:.1f} "
+                 f"({100 * gflops / res['matmul_peak_gflops']:.0f} %) | {2000 * med:.0f} | "
+                 f"{base / med:.2f}x |")
+  return '\n'.join(lines)
+
+
 def _table(rows: list[dict], base: str) -> str:
   ref = next((r for r in rows if r['arm'] == base), rows[0])
   lines = ['| arm | allocator | first block | networks together | threads | GFLOP / step / network '
@@ -168,38 +252,79 @@ def main():
                   help='networks of the random IPC 10 set trained the full 2000 steps per arm')
   ap.add_argument('--accuracy-arms', nargs='*', default=['before', 'after', 'together'])
   ap.add_argument('--distilled', default=DISTILLED)
+  ap.add_argument('--rounds', type=int, default=1)
+  ap.add_argument('--accuracy-from', default='',
+                  help="an earlier run's JSON whose accuracy entries are kept (no accuracy runs)")
   ap.add_argument('--name', default='eval_speed')
+  ap.add_argument('--interleaved-rounds', type=int, default=5)
   ap.add_argument('--worker', default='')
   args = ap.parse_args()
+  if args.worker == 'interleaved':
+    print(json.dumps(interleaved(args.interleaved_rounds)))
+    return
   if args.worker:
     print(json.dumps(worker(args.worker, args.timing_steps, args.accuracy_networks,
                             args.distilled)))
     return
   sys.path.insert(0, ROOT)
   from benchmarks import common
+  import numpy as np
+  earlier = {}
+  if args.accuracy_from:
+    with open(args.accuracy_from) as f:
+      earlier = {r['arm']: r for r in json.load(f)['rows']}
+  runs = {arm: [] for arm in args.arms}
+  for r in range(args.rounds):
+    for arm in args.arms:
+      accuracy = r == 0 and arm in args.accuracy_arms and not args.accuracy_from
+      cmd = [sys.executable, os.path.abspath(__file__), '--worker', arm,
+             '--timing-steps', str(args.timing_steps),
+             '--accuracy-networks', str(args.accuracy_networks if accuracy else 0),
+             '--distilled', args.distilled if accuracy else '']
+      env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **ARMS[arm]['env']}
+      done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+      if done.returncode:
+        raise SystemExit(f'arm {arm} failed:\n{done.stderr[-4000:]}')
+      runs[arm].append(json.loads(done.stdout.strip().splitlines()[-1]))
+      print(json.dumps({k: v for k, v in runs[arm][-1].items() if not isinstance(v, dict)}),
+            flush=True)
   rows = []
-  for arm in args.arms:
-    accuracy = arm in args.accuracy_arms
-    cmd = [sys.executable, os.path.abspath(__file__), '--worker', arm,
-           '--timing-steps', str(args.timing_steps),
-           '--accuracy-networks', str(args.accuracy_networks if accuracy else 0),
-           '--distilled', args.distilled if accuracy else '']
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', **ARMS[arm]['env']}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+  for arm, done in runs.items():
+    row = dict(done[0])
+    for key in ('s_per_step_network', 'compile_s', 's_per_network', 'matmul_peak_gflops',
+                'load_before'):
+      row[key] = float(np.median([d[key] for d in done]))
+    row['gflops'] = row['gflop_per_step_network'] / row['s_per_step_network']
+    row['fraction_of_peak'] = row['gflops'] / row['matmul_peak_gflops']
+    row['rounds'] = done
+    for key in ('random_ipc10', 'distilled_ipc1'):
+      if key in earlier.get(arm, {}):
+        row[key] = earlier[arm][key]
+    rows.append(row)
+  inter = None
+  if args.interleaved_rounds:
+    cmd = [sys.executable, os.path.abspath(__file__), '--worker', 'interleaved',
+           '--interleaved-rounds', str(args.interleaved_rounds)]
+    done = subprocess.run(cmd, env={**os.environ, 'JAX_PLATFORMS': 'cpu'}, capture_output=True,
+                          text=True, cwd=ROOT)
     if done.returncode:
-      raise SystemExit(f'arm {arm} failed:\n{done.stderr[-4000:]}')
-    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, dict)}), flush=True)
+      raise SystemExit(f'interleaved timing failed:\n{done.stderr[-4000:]}')
+    inter = json.loads(done.stdout.strip().splitlines()[-1])
   threads = sorted({len(r['cpus']) for r in rows})
-  loads = ', '.join(f"{r['load_before']:.1f}" for r in rows)
+  loads = ', '.join(f"{d['load_before']:.1f}" for r in rows for d in r['rounds'])
   kind = '1-thread numbers, pinned to one core' if threads == [1] else 'unpinned'
   table = _table(rows, 'before') + (
-      f"\n\nThreads: {', '.join(map(str, threads))} ({kind}); load average before each arm: "
-      f"{loads} (the machine is shared: other sessions' jobs run beside it).")
+      f"\n\nThreads: {', '.join(map(str, threads))} ({kind}); timings the median of "
+      f"{args.rounds} round(s) of the arms in turn; load average before each run: {loads} (the "
+      "machine is shared: other sessions' jobs run beside it)."
+      + (f' Accuracies from `{args.accuracy_from}`.' if args.accuracy_from else ''))
+  if inter is not None:
+    table += '\n\n' + _interleaved_table(inter)
   command = 'python benchmarks/eval_speed.py ' + ' '.join(sys.argv[1:])
   if threads == [1]:
     command = 'taskset -c 1 ' + command
-  common.write(args.name, {'rows': rows, 'timing_steps': args.timing_steps}, table, command)
+  common.write(args.name, {'rows': rows, 'timing_steps': args.timing_steps,
+                           'interleaved': inter}, table, command)
 
 
 if __name__ == '__main__':

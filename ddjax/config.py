@@ -124,7 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.bilp.adaptive_momentum = 0.1    # running ITE statistics (Eq. 8)
   cfg.bilp.ite = 'first_order'        # first_order (Taylor, Eq. 7) | exact (leave-one-out) | sketch
   cfg.bilp.sketch_dim = 64            # random projections of the 'sketch' ITE scores
-  cfg.bilp.ite_chunk = 32             # real samples differentiated at once in the ITE (memory)
+  cfg.bilp.ite_chunk = 0              # real samples of a class scored at once in the ITE (memory
+                                      # ~ chunk x IPC); 0: automatic (whole classes at IPC 1, 32 at
+                                      # IPC 10; ddjax.scoring.ite.auto_chunk)
 
   cfg.transform = ml_collections.ConfigDict()
   cfg.transform.drop_easiest = 0.0    # ISA: 0.2
@@ -326,9 +328,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += fraction_errors(cfg, 'bilp.prune_fraction')
   errors += choice_errors(cfg, 'bilp.prune_by', ('drop_largest', 'drop_smallest', 'random'))
   errors += choice_errors(cfg, 'bilp.prune_score', ('loss', 'el2n'))
-  for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every', 'sketch_dim',
-              'ite_chunk'):
+  for key in ('score_trials', 'score_epochs', 'score_width', 'adaptive_every', 'sketch_dim'):
     errors += int_errors(cfg, f'bilp.{key}', 1)
+  errors += int_errors(cfg, 'bilp.ite_chunk', 0, ' (0: automatic)')
   errors += fraction_errors(cfg, 'bilp.adaptive_beta')
   errors += choice_errors(cfg, 'bilp.adaptive_mode', ('both', 'drop_large', 'drop_small'))
   errors += choice_errors(cfg, 'bilp.ite', ('first_order', 'exact', 'sketch'))

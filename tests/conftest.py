@@ -90,3 +90,28 @@ def run_shipped(name, workdir, overrides):
       node = node[part]
     node[leaf] = value
   return pipeline.run(cfg, str(workdir))
+
+
+def run_killed_and_resumed(cfg, tmp_path, monkeypatch, kill_at=5):
+  """Run `cfg` straight to the end in tmp_path/straight; run it again in tmp_path/interrupted,
+  killed (KeyboardInterrupt from the real-batch sampler) at step `kill_at`, then resumed.
+  -> (straight workdir, interrupted workdir, the resumed run's results)."""
+  from ddjax.runtime import loop, pipeline
+  straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
+  pipeline.run(cfg, straight)
+  real_sampler = loop.make_sampler
+
+  def crashing_sampler(*args, **kwargs):
+    sample = real_sampler(*args, **kwargs)
+
+    def sample_or_crash(step):
+      if step == kill_at:
+        raise KeyboardInterrupt(f'simulated kill at step {kill_at}')
+      return sample(step)
+    return sample_or_crash
+
+  monkeypatch.setattr(loop, 'make_sampler', crashing_sampler)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(cfg, interrupted)
+  monkeypatch.setattr(loop, 'make_sampler', real_sampler)
+  return straight, interrupted, pipeline.run(cfg, interrupted)

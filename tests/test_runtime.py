@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import run_killed_and_resumed, tiny_config
 from ddjax.runtime import files, loop, pipeline
 from ddjax.runtime.checkpoint import CheckpointError, Checkpointer
 
@@ -25,28 +25,9 @@ def _syn(workdir):
 def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, monkeypatch):
   cfg = tiny_config(tiny_npz, steps=7)
   cfg.eval.num_models = 0
-  pipeline.run(cfg, str(tmp_path / 'straight'))
-
-  real_sampler = loop.make_sampler
-
-  def crashing_sampler(*args, **kwargs):
-    sample = real_sampler(*args, **kwargs)
-
-    def sample_or_crash(step):
-      if step == 5:
-        raise KeyboardInterrupt('simulated kill at step 5')
-      return sample(step)
-    return sample_or_crash
-
-  interrupted = str(tmp_path / 'interrupted')
-  monkeypatch.setattr(loop, 'make_sampler', crashing_sampler)
-  with pytest.raises(KeyboardInterrupt):
-    pipeline.run(cfg, interrupted)
-  assert Checkpointer(os.path.join(interrupted, 'checkpoints')).latest_step() == 3
-  monkeypatch.setattr(loop, 'make_sampler', real_sampler)
-  results = pipeline.run(cfg, interrupted)
-  assert results['distill']['resumed_from'] == 3
-  for a, b in zip(_syn(str(tmp_path / 'straight')), _syn(interrupted)):
+  straight, interrupted, results = run_killed_and_resumed(cfg, tmp_path, monkeypatch)
+  assert results['distill']['resumed_from'] == 3   # the checkpoint at 3 survived the kill at 5
+  for a, b in zip(_syn(straight), _syn(interrupted)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   steps = [r['step'] for r in files.read_jsonl(os.path.join(interrupted, 'metrics.jsonl'))]
   assert steps[-1] == 7

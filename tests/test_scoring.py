@@ -339,6 +339,26 @@ def test_score_trials_records_per_epoch_scores():
   assert np.all(out['el2n'] >= 1 - p_y - 1e-5)
 
 
+def test_score_trials_together_equal_trials_one_at_a_time():
+  # 3 trials in a group of 2 and one alone (one vmapped step for the group) record what each
+  # trial records when trained alone; batch norm's statistics travel with each network (FRePo's
+  # placement: no conv bias cancelled by a norm, whose zero gradient's rounding noise Adam would
+  # turn into lr-sized steps that differ between any two float orders).
+  x, y, _, _ = make_tiny_arrays(per_class=20)
+  x = x[:, 2:10, 2:10]
+  model = build_model('convnet', K, depth=2, width=8, norm='batch', norm_placement='frepo')
+  run = lambda together: per_sample.score_trials(jax.random.PRNGKey(1), model, x, y,
+                                                 num_trials=3, epochs=2, batch_size=16,
+                                                 learning_rate=1e-2, together=together)
+  alone, grouped = run(1), run(2)
+  assert not np.allclose(alone['loss'][0], alone['loss'][1])
+  np.testing.assert_allclose(grouped['loss'], alone['loss'], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grouped['el2n'], alone['el2n'], rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(grouped['correct'], alone['correct'])
+  with pytest.raises(ValueError, match='together'):
+    run(-1)
+
+
 # -- BiLP preemptive pruning ----------------------------------------------------------------------
 @pytest.mark.parametrize('mode', ['reflect', 'mirror', 'nearest', 'wrap', 'constant'])
 @pytest.mark.parametrize('epochs', [5, 40])

@@ -33,10 +33,17 @@ no-ops. Declared capabilities (class attributes, read by wrappers and `make_step
 - `decode` / `decode_classes` / `encode` / `images_per_stored`: how a stored set maps to the set
   the method trains on (identity; IDC's multi-formation overrides them); `initial_set`: the set at
   step 0 (where an optimisation-free method builds its set).
+- `host_phase(step)`: None (the default: one fused program per step, `update` traced), or, when
+  implemented, a host-side schedule: the hashable phase of outer step `step` (the step that takes
+  `state.step` from `step` to `step + 1`), a pure function of the step counter, so a resumed run
+  takes the same phases as an uninterrupted one. The run then compiles the step as separate
+  programs chosen on the host (`ddjax.distill.step.make_host_step`): `before_loss_at(phase, ...)`,
+  the image update, and `update_at(phase, ...)` once per phase, with no device-side branch
+  between phases (DC trains its network or draws a new one; a `lax.cond` would hold both).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, Hashable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +89,8 @@ class Distiller:
   record: ClassVar[str] = PER_SAMPLE
   additive_form: Callable[..., AdditiveForm] | None = None
   # additive_form(syn, state, batch, key, chunk_size) -> AdditiveForm, when implemented.
+  host_phase: Callable[[int], Hashable] | None = None
+  # host_phase(step) -> phase, when implemented (module docstring; `before_loss_at`, `update_at`).
 
   @property
   def name(self) -> str:
@@ -112,6 +121,19 @@ class Distiller:
     """The method's inner loop after the synthetic set moved (FRePo's pool, DC's network)."""
     del syn, key
     return state
+
+  # -- host-chosen phases (`host_phase`) ----------------------------------------------------------
+  def before_loss_at(self, phase: Hashable, syn: PyTree, state: PyTree, batch: dict[str, Array],
+                     step: Array, key: Array) -> PyTree:
+    """`before_loss` at a step of the host-chosen `phase` (static); by default `before_loss`."""
+    del phase
+    return self.before_loss(syn, state, batch, step, key)
+
+  def update_at(self, phase: Hashable, syn: PyTree, state: PyTree, key: Array) -> PyTree:
+    """`update` at a step of the host-chosen `phase` (static): the branch `update` would take
+    there, without the device-side choice. By default `update`."""
+    del phase
+    return self.update(syn, state, key)
 
   # -- batches, metrics and guards of the run loop -------------------------------------------------
   def batch_sampler(self, seed: int) -> Callable[[int], dict] | None:
@@ -158,7 +180,10 @@ class Distiller:
 
 
 class Wrapper(Distiller):
-  """A distiller around another (`self.wrapped`): forwards everything and the capabilities."""
+  """A distiller around another (`self.wrapped`): forwards everything and the capabilities.
+
+  A subclass that overrides `before_loss` or `update` overrides `before_loss_at` or `update_at`
+  the same way (the host-phased programs call those; tests/test_host_step.py checks it)."""
 
   def __init__(self, wrapped: Distiller):
     self.wrapped = wrapped
@@ -170,6 +195,10 @@ class Wrapper(Distiller):
   @property
   def additive_form(self):            # type: ignore[override]
     return self.wrapped.additive_form
+
+  @property
+  def host_phase(self):               # type: ignore[override]
+    return self.wrapped.host_phase
 
   @property
   def name(self) -> str:
@@ -189,6 +218,12 @@ class Wrapper(Distiller):
 
   def update(self, syn, state, key):
     return self.wrapped.update(syn, state, key)
+
+  def before_loss_at(self, phase, syn, state, batch, step, key):
+    return self.wrapped.before_loss_at(phase, syn, state, batch, step, key)
+
+  def update_at(self, phase, syn, state, key):
+    return self.wrapped.update_at(phase, syn, state, key)
 
   def batch_sampler(self, seed):
     return self.wrapped.batch_sampler(seed)

@@ -10,7 +10,11 @@ the (beta/2, 1 - beta/2) quantile window of N(mu, sigma^2) (`ddjax.scoring.selec
 modes for BiLP Table 5). The keep mask reaches the base distiller as `batch['weight']`, so its real
 statistic G is the mean over the kept samples only. The run loop holds each real batch for `every`
 steps (`ddjax.runtime.loop.make_sampler(hold=every)`), so a mask always refers to the batch it was
-computed on: BiLP "updates the data every 10 iterations".
+computed on: BiLP "updates the data every 10 iterations". The schedule is the wrapper's
+`host_phase` (`ddjax.distill.base`): the run compiles the reselection (the ITE scores) as a
+program of its own that runs on reselection steps only, and the step's image update without it
+(a `lax.cond` would hold the ITE in every step's program, where XLA:CPU runs its convolution
+gradients far slower); `before_loss` keeps the traced form for a single-program step.
 
 Which distillers it wraps is decided by their declared capabilities (`ddjax.distill.base`), never
 by their type:
@@ -42,6 +46,12 @@ from ddjax.scoring import selection as selection_lib
 
 Array = jax.Array
 PyTree = Any
+PER_SAMPLE_CHUNK = 32     # per-sample records' VJPs at once when bilp.ite_chunk is 0 (automatic)
+
+
+def form_classes(batch: dict[str, Array]) -> int:
+  """K, the classes of a class-grouped batch (its one-hot width)."""
+  return batch['y'].shape[-1]
 
 
 @flax.struct.dataclass
@@ -62,8 +72,10 @@ class AdaptivePruning(Wrapper):
     momentum: running-statistics momentum (0.1). every: reselect every `every` steps (10).
     ite_method: 'first_order' (BiLP's Taylor approximation), 'exact' (leave-one-out) or
       'sketch' (the first-order scores estimated from `sketch_dim` random projections).
-    chunk_size: real samples differentiated and scored at once (bounded memory; None: all at
-      once; `bilp.ite_chunk`).
+    chunk_size: real samples differentiated and scored at once (bounded memory; None or 0:
+      `bilp.ite_chunk`'s 0, automatic: for an additive form `ddjax.scoring.ite.auto_chunk` of the
+      class batch and the synthetic images per class, whole classes at IPC 1, 32 real images
+      per chunk at IPC 10; for per-sample records 32).
   """
 
   def __init__(self, wrapped: Distiller, batch_size: int, beta: float = 0.3, mode: str = 'both',
@@ -98,22 +110,47 @@ class AdaptivePruning(Wrapper):
                                                  key).loss
       probe_key = jax.random.fold_in(key, 1) if self.ite_method == 'sketch' else None
       return ite_lib.per_sample_ite_scores(losses, frozen['x'], self.ite_method, probe_key,
-                                           self.sketch_dim, self.chunk_size)
-    form = self.wrapped.additive_form(frozen, wrapped_state, batch, key, self.chunk_size)
-    scores = ite_lib.additive_ite_scores(form, self.ite_method, self.chunk_size, self.sketch_dim)
+                                           self.sketch_dim, self.chunk_size or PER_SAMPLE_CHUNK)
+    chunk = self.chunk_size or ite_lib.auto_chunk(
+        self.batch_size // form_classes(batch), frozen['x'].shape[0] // form_classes(batch))
+    form = self.wrapped.additive_form(frozen, wrapped_state, batch, key, chunk)
+    scores = ite_lib.additive_ite_scores(form, self.ite_method, chunk, self.sketch_dim)
     order = jnp.argsort(jnp.argmax(batch['y'], -1), stable=True)   # group_by_class's order
     return jnp.zeros_like(scores.reshape(-1)).at[order].set(scores.reshape(-1))
 
   def before_loss(self, syn: PyTree, state: BiLPState, batch: dict[str, Array], step: Array,
                   key: Array) -> BiLPState:
-    """Reselect (scores, running statistics, window) when step % every == 0; else keep the mask."""
-    if batch['x'].shape[0] != self.batch_size:
-      raise ValueError(f'BiLP was built for real batches of {self.batch_size}, got '
-                       f'{batch["x"].shape[0]}.')
+    """Reselect (scores, running statistics, window) when step % every == 0; else keep the mask
+    (a `lax.cond` in the step's program; the run uses the host-phased `before_loss_at`)."""
+    self._check_batch(batch)
     inner = self.wrapped.before_loss(syn, state.wrapped_state, batch, step, key)
     selection = self.selector.update(
         state.selection, lambda: self.ite_scores(syn, inner, batch, key), step)
     return state.replace(wrapped_state=inner, selection=selection)
+
+  # Lazy selection is a host-side schedule: the run compiles the reselection (the ITE scores)
+  # as its own program, run on reselection steps only, and the step's image update without it.
+  def host_phase(self, step: int) -> tuple[bool, Any]:
+    """(reselect at this step, the wrapped distiller's phase or None). Reselection steps are
+    step % every == 0, as `before_loss`'s (whose `count == 0` test only matters for a run that
+    does not start at step 0)."""
+    inner = self.wrapped.host_phase
+    return self.selector.due(step), None if inner is None else inner(step)
+
+  def before_loss_at(self, phase: tuple[bool, Any], syn: PyTree, state: BiLPState,
+                     batch: dict[str, Array], step: Array, key: Array) -> BiLPState:
+    self._check_batch(batch)
+    reselect, inner_phase = phase
+    inner = self.wrapped.before_loss_at(inner_phase, syn, state.wrapped_state, batch, step, key)
+    selection = state.selection
+    if reselect:
+      selection = self.selector.reselect(selection, self.ite_scores(syn, inner, batch, key))
+    return state.replace(wrapped_state=inner, selection=selection)
+
+  def _check_batch(self, batch: dict[str, Array]) -> None:
+    if batch['x'].shape[0] != self.batch_size:
+      raise ValueError(f'BiLP was built for real batches of {self.batch_size}, got '
+                       f'{batch["x"].shape[0]}.')
 
   def per_sample(self, syn: PyTree, state: BiLPState, batch: dict[str, Array], key: Array):
     weight = state.selection.mask.astype(jnp.float32)
@@ -124,6 +161,11 @@ class AdaptivePruning(Wrapper):
   def update(self, syn: PyTree, state: BiLPState, key: Array) -> BiLPState:
     return state.replace(wrapped_state=self.wrapped.update(syn, state.wrapped_state, key))
 
+  def update_at(self, phase: tuple[bool, Any], syn: PyTree, state: BiLPState,
+                key: Array) -> BiLPState:
+    return state.replace(wrapped_state=self.wrapped.update_at(phase[1], syn,
+                                                              state.wrapped_state, key))
+
 
 def from_config(distiller: Distiller, cfg: ml_collections.ConfigDict,
                 batch_size: int) -> Distiller:
@@ -133,7 +175,7 @@ def from_config(distiller: Distiller, cfg: ml_collections.ConfigDict,
     return distiller
   return AdaptivePruning(distiller, batch_size, beta=b.adaptive_beta, mode=b.adaptive_mode,
                          momentum=b.adaptive_momentum, every=b.adaptive_every, ite_method=b.ite,
-                         chunk_size=b.ite_chunk, sketch_dim=b.sketch_dim)
+                         chunk_size=b.ite_chunk or None, sketch_dim=b.sketch_dim)
 
 
 def paper_defaults(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -41,7 +41,7 @@ from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller
 from ddjax.distill.matching import depth_mask, gradient_distance, group_by_class, matching_defaults
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, init_carry,
                                    make_train_step)
-from ddjax.scoring.ite import Separable
+from ddjax.scoring.ite import PerSampleFn, Separable
 from ddjax.transforms.base import PerClass
 
 Array = jax.Array
@@ -226,27 +226,37 @@ class DC(Distiller):
   def class_separable(self, variables: PyTree, x_real: Array, x_syn: Array, label, key: Array,
                       chunk_size: int | None = None) -> Separable:
     """One class of gradient matching as L(G, S) = distance(G, grad_theta l(theta; A(S))), with
-    g_i = grad_theta l(theta; A(x_i)) / B (`per_sample_gradients`) and G = sum_i g_i, the real
-    class gradient `per_sample` matches; A is the class's DSA draw from `key` on both sides
-    (`per_sample` uses keys = split(key, K), pass keys[c]). L's S-gradient is that of DC's
-    meta-loss (the other classes do not depend on S_c; `per_sample` scales by K only so that its
-    mean is the class sum).
+    g_i = grad_theta l(theta; A(x_i)) / B and G = sum_i g_i, the real class gradient
+    `per_sample` matches; A is the class's DSA draw from `key` on both sides (`per_sample` uses
+    keys = split(key, K), pass keys[c]). L's S-gradient is that of DC's meta-loss (the other
+    classes do not depend on S_c; `per_sample` scales by K only so that its mean is the class sum).
+
+    G is the batch gradient (one backward pass); the g_i come as a `PerSampleFn` on the augmented
+    images, computed chunk by chunk where the ITE uses them (`ddjax.scoring.ite`), never stored
+    for the whole batch; `per_sample_gradients` stores them.
 
     variables: the network (with batch-norm statistics set, `with_bn_stats`); x_real (B, H, W, C)
-    real images of class `label`; x_syn (ipc, H, W, C) its synthetic images.
+    real images of class `label`; x_syn (ipc, H, W, C) its synthetic images. chunk_size: unused
+    (the ITE chunks the per-sample gradients; kept for the `additive_form` signature).
     """
+    del chunk_size
     params = variables['params']
     rest = {k: v for k, v in variables.items() if k != 'params'}
     label = jnp.asarray(label, jnp.int32)
-    g = jax.lax.stop_gradient(self.per_sample_gradients(
-        variables, x_real, jnp.full((x_real.shape[0],), label, jnp.int32), key, chunk_size))
-    G = jax.tree_util.tree_map(lambda a: a.sum(axis=0), g)
+    b = x_real.shape[0]
+    x_aug = jax.lax.stop_gradient(self.augment(key, x_real))
+    G = jax.lax.stop_gradient(jax.grad(self.classifier_loss)(
+        params, rest, x_aug, jnp.full((b,), label, jnp.int32)))
+
+    def g_one(xa):
+      gi = jax.grad(self.classifier_loss)(params, rest, xa[None], label[None])
+      return jax.lax.stop_gradient(jax.tree_util.tree_map(lambda a: a / b, gi))
 
     def features(S):
       labels = jnp.full((S.shape[0],), label, jnp.int32)
       return jax.grad(self.classifier_loss)(params, rest, self.augment(key, S), labels)
 
-    return Separable(self.distance, features, G, x_syn, g)
+    return Separable(self.distance, features, G, x_syn, PerSampleFn(g_one, x_aug))
 
   def class_additive_form(self, variables: PyTree, x_real: Array, x_syn: Array, keys: Array,
                           chunk_size: int | None = None) -> AdditiveForm:
@@ -277,31 +287,48 @@ class DC(Distiller):
     step = make_train_step(self.model, self.net_opt, cross_entropy,
                            functools.partial(self.augment, batchmode=False))
 
-    def batch_step(carry, inputs):
-      idx, k = inputs
-      return step(carry, syn_x[idx], labels[idx], k)[0], None
-
-    def epoch(carry, k):
+    # Python loops, not lax.scan: XLA:CPU runs convolution gradients inside a loop body (a
+    # scan, even one of length 1, which XLA keeps as a while loop) far slower than at the top
+    # level of a program (the weight gradient of the 16 x 16 x 128 layer ~190x with ddjax's XLA
+    # flags; see ddjax.evaluate.train.default_loop); inner_loop is at most 50 and an epoch has
+    # ceil(n / inner_batch) batches, so the unrolled program stays small.
+    carry = init_carry(variables, self.net_opt)
+    for k in jax.random.split(key, self.inner_loop):
       k_perm, k_aug = jax.random.split(k)
       idx = epoch_batches(k_perm, n, self.inner_batch)
-      keys = jax.random.split(k_aug, idx.shape[0])
-      return jax.lax.scan(batch_step, carry, (idx, keys), unroll=True)[0], None
-
-    # Unrolled: XLA's CPU backend runs convolutions inside loop bodies far slower (see
-    # ddjax.evaluate.train.default_loop); inner_loop is at most 50.
-    carry, _ = jax.lax.scan(epoch, init_carry(variables, self.net_opt),
-                            jax.random.split(key, self.inner_loop), unroll=True)
+      for i, k_batch in enumerate(jax.random.split(k_aug, idx.shape[0])):
+        carry = step(carry, syn_x[idx[i]], labels[idx[i]], k_batch)[0]
     return carry_variables(carry)
+
+  # The inner update: a new network after the last outer loop, else inner_loop epochs on S. The
+  # phase is a host-side function of the step counter (`host_phase`), so the run compiles the
+  # image update and each branch as separate programs; `update` is the same choice traced.
+  TRAIN, FRESH = 'train', 'fresh'
+
+  def host_phase(self, step: int) -> str:
+    """The inner update after outer step `step` (0-based, counted over the whole run; one DC
+    iteration is `outer_loop` steps): FRESH after the iteration's last outer loop, else TRAIN.
+    Equal to `update`'s device-side choice, since `count` == step % outer_loop (both start at 0
+    and advance once per step)."""
+    return self.FRESH if (int(step) + 1) % self.outer_loop == 0 else self.TRAIN
+
+  def update_at(self, phase: str, syn: PyTree, state: DCState, key: Array) -> DCState:
+    """`update` in a host-chosen phase: FRESH draws the next iteration's network (count 0),
+    TRAIN trains the current one on S (count + 1)."""
+    k_new, k_train = jax.random.split(key)
+    if phase == self.FRESH:
+      return DCState(variables=self.fresh_network(k_new), count=jnp.zeros((), jnp.int32))
+    if phase == self.TRAIN:
+      return DCState(variables=self.train_network(state.variables, syn['x'], k_train),
+                     count=(state.count + 1).astype(jnp.int32))
+    raise ValueError(f'unknown DC update phase {phase!r}; allowed: {self.TRAIN}, {self.FRESH}')
 
   def update(self, syn: PyTree, state: DCState, key: Array) -> DCState:
     """After outer-loop update `count`: train the network on S, or, after the last outer loop,
-    draw a new network (the next DC iteration)."""
-    count = state.count + 1
-    last = count >= self.outer_loop
-    k_new, k_train = jax.random.split(key)
-    variables = jax.lax.cond(last, lambda: self.fresh_network(k_new),
-                             lambda: self.train_network(state.variables, syn['x'], k_train))
-    return DCState(variables=variables, count=jnp.where(last, 0, count).astype(jnp.int32))
+    draw a new network (the next DC iteration); `update_at`'s branches under a `lax.cond`."""
+    last = state.count + 1 >= self.outer_loop
+    return jax.lax.cond(last, lambda: self.update_at(self.FRESH, syn, state, key),
+                        lambda: self.update_at(self.TRAIN, syn, state, key))
 
 
 # -- registration ---------------------------------------------------------------------------------

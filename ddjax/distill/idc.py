@@ -172,6 +172,13 @@ class MultiFormation(Wrapper):
   def update(self, syn: PyTree, state: Any, key: Array) -> Any:
     return self.wrapped.update(self.decoded(syn), state, key)
 
+  def before_loss_at(self, phase, syn: PyTree, state: Any, batch: dict, step: Array,
+                     key: Array) -> Any:
+    return self.wrapped.before_loss_at(phase, self.decoded(syn), state, batch, step, key)
+
+  def update_at(self, phase, syn: PyTree, state: Any, key: Array) -> Any:
+    return self.wrapped.update_at(phase, self.decoded(syn), state, key)
+
   @property
   def additive_form(self):
     """The wrapped distiller's additive form, taken on the decoded set (None when it has none)."""

@@ -5,12 +5,17 @@
     S      <- optax update of S with grad loss(S)
     state  <- distiller.update(S, state)          (FRePo's model pool; nothing for KIP)
 
-`make_step` returns one pure function `step(state, batch, key) -> (state, metrics)`, jitted once by
-the run loop, which also decides how the batch is sharded.
+`make_step` returns one pure function `step(state, batch, key) -> (state, metrics)`. The run loop
+takes `make_host_step`'s `HostStep`: that same function, jitted once, for most distillers; for a
+distiller that declares a host-side schedule (`Distiller.host_phase`: DC's network training
+after an image update, or a new network after the last outer loop) the step's parts as separate
+programs, the phase-dependent ones compiled once per phase and chosen on the host
+(`host_driver`). The loop decides how the batch is sharded.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Hashable, NamedTuple
 
 import chex
 import flax.struct
@@ -91,9 +96,42 @@ def check_composable(distiller: Distiller, transform: LossTransform) -> None:
                      'for this method.')
 
 
+def _image_update(distiller: Distiller, transform: LossTransform,
+                  optimizer: optax.GradientTransformation, classes: Array, state: DistillState,
+                  d_state: PyTree, batch: dict[str, Array], k_loss: Array, k_transform: Array):
+  """The image update of one step, given the distiller's state after `before_loss`:
+  -> (syn, opt_state, transform_state, metrics) (`make_step`'s metrics, less extra_metrics)."""
+  def loss_fn(syn):
+    record = distiller.per_sample(syn, d_state, batch, k_loss)
+    out, t_state = transform.apply(record, state.transform_state, k_transform)
+    loss = mean_loss(out) + distiller.regularizer(syn, classes)
+    return loss, (mean_loss(record), out.num_kept, t_state)
+
+  (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)
+  syn = optax.apply_updates(state.syn, updates)
+  metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
+             'grad_norm': optax.tree.norm(grads)}
+  gate = distiller.update_gate(loss)
+  if gate is not None:      # a refused step keeps the set and the optimizer's state (DATM)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(gate, a, b), new, old)
+    syn, opt_state = keep(syn, state.syn), keep(opt_state, state.opt_state)
+    metrics['skipped'] = 1.0 - gate.astype(jnp.float32)
+  return syn, opt_state, t_state, metrics
+
+
+def _step_keys(key: Array) -> tuple[Array, Array, Array]:
+  """(k_loss, k_transform, k_update) of one step: the same in the fused and the host-phased
+  programs, so both draw the same bits."""
+  k_loss, k_transform, k_update = jax.random.split(key, 3)
+  return k_loss, k_transform, k_update
+
+
 def make_step(distiller: Distiller, transform: LossTransform,
               optimizer: optax.GradientTransformation, classes: Array) -> Callable:
-  """Build `step(state, batch, key) -> (state, metrics)` (module docstring).
+  """Build `step(state, batch, key) -> (state, metrics)` (module docstring): one program with
+  the distiller's traced `before_loss` and `update`. The run loop uses `make_host_step`, which
+  is this for every distiller without a `host_phase`.
 
   distiller: a `ddjax.distill.base.Distiller`. transform: a `LossTransform`, checked against the
   distiller's record kind (`check_composable`).
@@ -106,25 +144,10 @@ def make_step(distiller: Distiller, transform: LossTransform,
   check_composable(distiller, transform)
 
   def step(state: DistillState, batch: dict[str, Array], key: Array):
-    k_loss, k_transform, k_update = jax.random.split(key, 3)
+    k_loss, k_transform, k_update = _step_keys(key)
     d_state = distiller.before_loss(state.syn, state.distiller_state, batch, state.step, k_loss)
-
-    def loss_fn(syn):
-      record = distiller.per_sample(syn, d_state, batch, k_loss)
-      out, t_state = transform.apply(record, state.transform_state, k_transform)
-      loss = mean_loss(out) + distiller.regularizer(syn, classes)
-      return loss, (mean_loss(record), out.num_kept, t_state)
-
-    (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)
-    syn = optax.apply_updates(state.syn, updates)
-    metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
-               'grad_norm': optax.tree.norm(grads)}
-    gate = distiller.update_gate(loss)
-    if gate is not None:      # a refused step keeps the set and the optimizer's state (DATM)
-      keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(gate, a, b), new, old)
-      syn, opt_state = keep(syn, state.syn), keep(opt_state, state.opt_state)
-      metrics['skipped'] = 1.0 - gate.astype(jnp.float32)
+    syn, opt_state, t_state, metrics = _image_update(distiller, transform, optimizer, classes,
+                                                     state, d_state, batch, k_loss, k_transform)
     d_state = distiller.update(syn, d_state, k_update)
     metrics.update(distiller.extra_metrics(syn, d_state, batch))
     new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state,
@@ -132,6 +155,82 @@ def make_step(distiller: Distiller, transform: LossTransform,
     return new, metrics
 
   return step
+
+
+class HostStep(NamedTuple):
+  """One outer step as jittable programs that the host chooses between (`make_host_step`).
+
+  image(state, batch, key) -> (state, metrics): the step's image update (with `before_loss` and
+    `update` when `phase` is None: then it is `make_step`'s fused step and the other two are None).
+  prepare(state, batch, key, phase) -> state: `before_loss_at(phase, ...)`, run before `image`.
+  finish(state, batch, key, phase) -> (state, metrics): `update_at(phase, ...)` and the
+    distiller's extra metrics, run after `image`.
+  phase(step) -> hashable: the distiller's `host_phase` (host-side, a pure function of the step
+    counter), static in prepare / finish: compile them once per phase (`host_driver`).
+  """
+  image: Callable
+  prepare: Callable | None = None
+  finish: Callable | None = None
+  phase: Callable[[int], Hashable] | None = None
+
+
+def make_host_step(distiller: Distiller, transform: LossTransform,
+                   optimizer: optax.GradientTransformation, classes: Array) -> HostStep:
+  """The step of `make_step` as host-chosen programs (`HostStep`) when the distiller declares a
+  `host_phase`, else `make_step`'s single program. The programs compute what `make_step`
+  computes (same keys, same order: before_loss, image update, update), so a host-phased run
+  equals a fused one up to floating-point reassociation across program boundaries; what they
+  drop is the device-side branch between phases (DC's `lax.cond` over a network training that
+  would otherwise sit in every step's program)."""
+  if distiller.host_phase is None:
+    return HostStep(image=make_step(distiller, transform, optimizer, classes))
+  check_composable(distiller, transform)
+
+  def prepare(state: DistillState, batch: dict[str, Array], key: Array, phase: Hashable):
+    k_loss = _step_keys(key)[0]
+    return state.replace(distiller_state=distiller.before_loss_at(
+        phase, state.syn, state.distiller_state, batch, state.step, k_loss))
+
+  def image(state: DistillState, batch: dict[str, Array], key: Array):
+    k_loss, k_transform, _ = _step_keys(key)
+    syn, opt_state, t_state, metrics = _image_update(
+        distiller, transform, optimizer, classes, state, state.distiller_state, batch, k_loss,
+        k_transform)
+    return state.replace(step=state.step + 1, syn=syn, opt_state=opt_state,
+                         transform_state=t_state), metrics
+
+  def finish(state: DistillState, batch: dict[str, Array], key: Array, phase: Hashable):
+    k_update = _step_keys(key)[2]
+    d_state = distiller.update_at(phase, state.syn, state.distiller_state, k_update)
+    return (state.replace(distiller_state=d_state),
+            distiller.extra_metrics(state.syn, d_state, batch))
+
+  return HostStep(image=image, prepare=prepare, finish=finish, phase=distiller.host_phase)
+
+
+def host_driver(parts: HostStep | Callable, jit: Callable = jax.jit) -> Callable:
+  """`run(s, state, batch, key) -> (state, metrics)`: outer step s (the host's step counter,
+  == state.step) through `parts`, each program jitted by `jit(fn)` once (prepare / finish once
+  per phase, on first use). `parts` may also be a plain fused step function."""
+  if callable(parts):
+    parts = HostStep(image=parts)
+  image = jit(parts.image)
+  if parts.phase is None:
+    return lambda s, state, batch, key: image(state, batch, key)
+  programs: dict = {}
+
+  def run(s: int, state: DistillState, batch: dict[str, Array], key: Array):
+    phase = parts.phase(s)
+    if phase not in programs:
+      programs[phase] = (jit(functools.partial(parts.prepare, phase=phase)),
+                         jit(functools.partial(parts.finish, phase=phase)))
+    prepare, finish = programs[phase]
+    state = prepare(state, batch, key)
+    state, metrics = image(state, batch, key)
+    state, extra = finish(state, batch, key)
+    return state, {**metrics, **extra}
+
+  return run
 
 
 def init_state(distiller: Distiller, transform: LossTransform,

@@ -33,8 +33,8 @@ from ddjax.augment.dsa import dsa
 from ddjax.augment.frepo import frepo_augment
 from ddjax.evaluate.protocols import EvalProtocol, augment_pixels, make_optimizer
 from ddjax.kernels.krr import krr_predict_from_features
-from ddjax.models.training import (carry_variables, cross_entropy, fresh_carry, make_train_step,
-                                   mse_loss)
+from ddjax.models.training import (carry_at, carry_variables, cross_entropy, default_together,
+                                   fresh_carry, make_train_step, mse_loss, stack_carries)
 
 Array = jax.Array
 
@@ -109,18 +109,9 @@ def default_loop(backend: str | None = None) -> tuple[int, int | bool]:
 
 
 def default_vmap_models(backend: str | None = None) -> int:
-  """How many networks `evaluate_synthetic` trains together by default (0 = all of them).
-
-  CPU: 1. Under `jax.vmap` over networks XLA:CPU runs every convolution as one grouped
-  convolution (feature_group_count = networks), slower per network than separate convolutions:
-  ConvNet-3 width 64 at IPC 10, 5 networks together took 1.8x the time per network of one at a
-  time (218 against 122 ms per step and network on one shared core; benchmarks/eval_speed.py).
-  Convolutions batched as an unrolled loop over the networks (a `custom_vmap` rule, tried and
-  not kept) only reach parity: the rest of the step gains nothing measurable from batching on
-  CPU. Accelerators: all networks in one vmapped step.
-  """
-  backend = backend or jax.default_backend()
-  return 1 if backend == 'cpu' else 0
+  """How many networks `evaluate_synthetic` trains together by default (0 = all of them): 1 on
+  CPU, all on accelerators (`ddjax.models.training.default_together`, which says why)."""
+  return default_together(backend)
 
 
 def _prepare(x, y):
@@ -187,13 +178,12 @@ def train_networks(keys: Sequence[Array], model: nn.Module, x: Array, y: Array,
   init, _ = _train_fns(model, protocol, tuple(x.shape[1:]), x.shape[0], unroll_key)
   _, chunk = _train_fns(model, protocol, tuple(x.shape[1:]), x.shape[0], unroll_key, True)
   split = [jax.random.split(k) for k in keys]
-  carries = [init(init_key) for init_key, _ in split]      # each network's own initialisation
-  carry = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *carries)
+  carry = stack_carries([init(init_key) for init_key, _ in split])   # each network's own init
   step_keys = jnp.stack([jax.random.split(loop_key, protocol.steps) for _, loop_key in split])
   for start in range(0, protocol.steps, chunk_size):
     carry, _ = chunk(carry, x, y, step_keys[:, start:start + chunk_size])
   stacked = carry_variables(carry)
-  return [jax.tree_util.tree_map(lambda leaf: leaf[i], stacked) for i in range(len(keys))]
+  return [carry_at(stacked, i) for i in range(len(keys))]
 
 
 @functools.lru_cache(maxsize=64)

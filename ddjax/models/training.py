@@ -15,6 +15,9 @@ batches, how many steps per jitted scan):
                  and the new running statistics travel in the carry.
   epoch_batches  one epoch's mini-batch indices: a fresh permutation cut into equal batches.
 
+Several networks train together by stacking their carries (`stack_carries`, `carry_at`) and
+`jax.vmap`-ing the step over them; `default_together` says how many by backend.
+
 Everything here is jittable and holds no state; callers jit and scan it as suits their backend
 (see `ddjax.evaluate.train.default_loop` on unrolling for CPU).
 """
@@ -91,6 +94,32 @@ def carry_variables(carry: Carry) -> dict:
   """The flax variables {'params'[, 'batch_stats']} of a carry (the optimizer state dropped)."""
   params, batch_stats, _ = carry
   return merge_variables(params, batch_stats)
+
+
+def stack_carries(carries: Sequence[Carry]) -> Carry:
+  """M carries of the same structure -> one carry whose leaves have a leading axis of size M (the
+  carry of M networks trained together by a `jax.vmap`-ed step)."""
+  return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *carries)
+
+
+def carry_at(carry: Carry, i: int) -> Carry:
+  """Network i's carry (or variables) out of a stacked one (`stack_carries`)."""
+  return jax.tree_util.tree_map(lambda leaf: leaf[i], carry)
+
+
+def default_together(backend: str | None = None) -> int:
+  """How many networks to train together (one vmapped step) by default; 0 = all of them.
+
+  CPU: 1. Under `jax.vmap` over networks XLA:CPU runs every convolution as one grouped
+  convolution (feature_group_count = networks), slower per network than separate convolutions:
+  ConvNet-3 width 64 at IPC 10, 5 networks together took 1.8x the time per network of one at a
+  time (218 against 122 ms per step and network on one shared core; benchmarks/eval_speed.py).
+  Convolutions batched as an unrolled loop over the networks (a `custom_vmap` rule, tried and
+  not kept) only reach parity: the rest of the step gains nothing measurable from batching on
+  CPU. Accelerators: all networks in one vmapped step.
+  """
+  backend = backend or jax.default_backend()
+  return 1 if backend == 'cpu' else 0
 
 
 # -- one training step -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddjax.distill import step as step_lib
 from ddjax.runtime import files, sharding
 from ddjax.runtime.checkpoint import Checkpointer
 from ddjax.runtime.progress import Progress
@@ -93,13 +94,17 @@ def _diverged_message(step: int, metrics: dict, ckpt: Checkpointer,
           'with --restart or a new --workdir.')
 
 
-def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_steps: int,
-        key: jax.Array, workdir: str, checkpoint_every: int, keep: int = 2, log_every: int = 100,
-        mesh=None, name: str = 'distill', batch_sharded: bool = True,
+def run(step_fn: Callable | step_lib.HostStep, state: Any, sampler: Callable[[int], dict], *,
+        num_steps: int, key: jax.Array, workdir: str, checkpoint_every: int, keep: int = 2,
+        log_every: int = 100, mesh=None, name: str = 'distill', batch_sharded: bool = True,
         problem: Callable[[dict], str | None] | None = None,
         batch_size: int | None = None, summaries=None,
         summary_image: Callable[[Any], np.ndarray] | None = None) -> tuple[Any, dict]:
   """Drive `step_fn(state, batch, key) -> (state, metrics)` from the last checkpoint to num_steps.
+
+  step_fn may also be a `ddjax.distill.step.HostStep` (`make_host_step`): its programs are jitted
+  with the same shardings and chosen per step on the host (`step_lib.host_driver`) from the step
+  counter alone, so a resumed run runs the same programs as an uninterrupted one.
 
   Writes `workdir/checkpoints/<step>` every `checkpoint_every` steps and at the end,
   `workdir/metrics.jsonl` every `log_every` steps (each metric averaged over the steps since the
@@ -133,8 +138,8 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
   if summaries is not None:
     summaries.begin(start)
   batch_layout = sharding.batch_sharding(mesh) if batch_sharded else rep
-  jitted = jax.jit(step_fn, in_shardings=(rep, batch_layout, rep),
-                   out_shardings=(rep, rep), donate_argnums=(0,))
+  jitted = step_lib.host_driver(step_fn, lambda f: jax.jit(
+      f, in_shardings=(rep, batch_layout, rep), out_shardings=rep, donate_argnums=(0,)))
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   progress = Progress(name, num_steps, start)
   timed_steps, timed_secs, t_last = 0, 0.0, None
@@ -143,7 +148,7 @@ def run(step_fn: Callable, state: Any, sampler: Callable[[int], dict], *, num_st
     batch = sampler(s)
     batch = (sharding.global_batch(batch, mesh, batch_size) if batch_sharded
              else jax.device_put(batch, rep))
-    state, metrics = jitted(state, batch, jax.random.fold_in(key, s))
+    state, metrics = jitted(s, state, batch, jax.random.fold_in(key, s))
     interval.append(metrics)
     done = s + 1
     log_now = done % log_every == 0 or done == num_steps

@@ -179,7 +179,7 @@ def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, me
     mesh = mesh or sharding.make_mesh()
     state = step_lib.init_state(distiller, transform, optimizer, syn,
                                 jax.random.fold_in(root, KEY_DISTILL_INIT))
-    step_fn = step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes))
+    step_fn = step_lib.make_host_step(distiller, transform, optimizer, jnp.asarray(classes))
     image = None
     if summaries is not None:       # the distilled grid, drawn by process 0 from its own copy
       image = functools.partial(export.state_image, distiller,

@@ -13,7 +13,8 @@
 from ddjax.scoring.bilp import (cache_name, cached_scores, empirical_loss_score, gaussian_smooth,
                                 load_scores, prune_classwise, save_scores,
                                 stratify_classwise)
-from ddjax.scoring.ite import (ITEProblem, Separable, additive_ite_scores, compute_ite,
+from ddjax.scoring.ite import (ITEProblem, PerSampleFn, Separable, additive_ite_scores,
+                               compute_ite,
                                ite_exact, ite_first_order, ite_score, ite_sketch_scores,
                                masked_statistic, per_sample_ite_scores, rank_error)
 from ddjax.scoring.per_sample import (cross_entropy_loss, el2n, entropy, forgetting_events,
@@ -23,7 +24,7 @@ from ddjax.scoring.selection import (AdaptiveSelection, SelectionState, adaptive
                                      quantile_window, update_statistics, window_bounds)
 
 __all__ = [
-    'AdaptiveSelection', 'ITEProblem', 'Separable', 'SelectionState', 'additive_ite_scores',
+    'AdaptiveSelection', 'ITEProblem', 'PerSampleFn', 'Separable', 'SelectionState', 'additive_ite_scores',
     'ite_sketch_scores', 'adaptive_pruning', 'cache_name', 'cached_scores', 'cross_entropy_loss',
     'compute_ite', 'el2n', 'per_sample_ite_scores', 'empirical_loss_score', 'entropy', 'forgetting_events',
     'gaussian_smooth', 'grand_norms', 'ite_exact', 'ite_first_order', 'ite_score',

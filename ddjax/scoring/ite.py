@@ -66,6 +66,35 @@ def _map(f: Callable, xs: PyTree, chunk_size: int | None) -> PyTree:
   return jax.lax.map(f, xs, batch_size=int(chunk_size))
 
 
+def _sequenced(inputs: PyTree, previous: PyTree | None) -> PyTree:
+  """`inputs`, made available only once `previous` is computed (an optimization barrier over
+  both): unrolled classes run one after another instead of all at once."""
+  if previous is None:
+    return inputs
+  return jax.lax.optimization_barrier((inputs, previous))[0]
+
+
+class PerSampleFn(NamedTuple):
+  """Per-sample statistics computed where they are used: g_i = fn(inputs_i), fn on one sample's
+  inputs (no batch axis), inputs with a leading axis B. Every function here that takes per-sample
+  statistics `g` accepts this in place of the stored (B, ...) pytree and computes each chunk's
+  g_i inside its own chunk, so memory holds `chunk_size` of them, not B (DC's per-sample
+  gradients: 317k parameters each, 3.2 GB for a 2560-image batch, stored several times over)."""
+  fn: Callable[[PyTree], PyTree]
+  inputs: PyTree
+
+  def materialize(self) -> PyTree:
+    """The stored (B, ...) statistics."""
+    return jax.vmap(self.fn)(self.inputs)
+
+
+def _map_samples(f: Callable, g: PyTree | PerSampleFn, chunk_size: int | None) -> PyTree:
+  """f(g_i) for every sample (leading axis B of the result), g stored or a `PerSampleFn`."""
+  if isinstance(g, PerSampleFn):
+    return _map(lambda a: f(g.fn(a)), g.inputs, chunk_size)
+  return _map(f, g, chunk_size)
+
+
 def ite_exact(meta_loss: MetaLoss, G: PyTree, S: PyTree, g: PyTree,
               chunk_size: int | None = None) -> PyTree:
   """Leave-one-out ITE (BiLP Eq. 6): ITE_i = grad_S L(G, S) - grad_S L(G - g_i, S).
@@ -74,7 +103,7 @@ def ite_exact(meta_loss: MetaLoss, G: PyTree, S: PyTree, g: PyTree,
     meta_loss: L(G, S) -> scalar, G and S arbitrary pytrees.
     G: the full real statistic, sum_i g_i (same structure as one g_i).
     S: the synthetic data (the differentiation variable).
-    g: per-sample statistics, G's structure with a leading batch axis B.
+    g: per-sample statistics, G's structure with a leading batch axis B, or a `PerSampleFn`.
     chunk_size: evaluate the B leave-one-out gradients in vmapped chunks of this size
       (`lax.map`); None vmaps all B at once.
 
@@ -82,7 +111,7 @@ def ite_exact(meta_loss: MetaLoss, G: PyTree, S: PyTree, g: PyTree,
   """
   grad_s = jax.grad(meta_loss, argnums=1)
   full = grad_s(G, S)
-  loo = _map(lambda gi: grad_s(_sub(G, gi), S), g, chunk_size)
+  loo = _map_samples(lambda gi: grad_s(_sub(G, gi), S), g, chunk_size)
   return jax.tree_util.tree_map(lambda f, l: f[None] - l, full, loo)
 
 
@@ -97,7 +126,7 @@ def ite_first_order(meta_loss: MetaLoss, G: PyTree, S: PyTree, g: PyTree,
   meta-gradient comes for free as the linearisation's primal output.
   """
   meta_grad, lin = jax.linearize(lambda G_: jax.grad(meta_loss, argnums=1)(G_, S), G)
-  ite = _map(lin, g, chunk_size)
+  ite = _map_samples(lin, g, chunk_size)
   return (meta_grad, ite) if return_meta_grad else ite
 
 
@@ -108,10 +137,10 @@ def ite_score(ite: PyTree) -> Array:
   return jnp.sqrt(sq)
 
 
-def _tree_dot_batched(g: PyTree, w: PyTree) -> Array:
-  """(B, r) inner products of per-sample pytrees g (leading B) with w (leading r)."""
-  return sum(jnp.einsum('bp,rp->br', a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1))
-             for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(w)))
+def _tree_dot(gi: PyTree, w: PyTree) -> Array:
+  """(r,) inner products of one sample's pytree gi with w (leading axis r)."""
+  return sum(b.reshape(b.shape[0], -1) @ a.reshape(-1)
+             for a, b in zip(jax.tree_util.tree_leaves(gi), jax.tree_util.tree_leaves(w)))
 
 
 def gaussian_probes(key: Array, S: PyTree, dim: int) -> PyTree:
@@ -124,13 +153,16 @@ def gaussian_probes(key: Array, S: PyTree, dim: int) -> PyTree:
 
 
 def ite_sketch_scores(distance: Callable[[PyTree, PyTree], Array], features: Callable,
-                      G: PyTree, S: PyTree, g: PyTree, key: Array, dim: int = 64) -> Array:
+                      G: PyTree, S: PyTree, g: PyTree, key: Array, dim: int = 64,
+                      chunk_size: int | None = None) -> Array:
   """Sketched first-order ITE scores (module docstring) for L(G, S) = distance(G, features(S)).
 
   Args:
     distance: D(G, h) -> scalar. features: h(S) -> pytree.
-    G: the real statistic; S: the synthetic data; g: per-sample statistics (leading axis B).
+    G: the real statistic; S: the synthetic data; g: per-sample statistics (leading axis B), or a
+      `PerSampleFn`.
     key: PRNG key of the r Gaussian directions in S-space. dim: r.
+    chunk_size: samples projected at once (None: all B).
 
   Returns (B,) estimates of ||ITE_i||_2 (first-order), E[score_i^2] = ||ITE_i||^2.
   """
@@ -140,7 +172,7 @@ def ite_sketch_scores(distance: Callable[[PyTree, PyTree], Array], features: Cal
   grad_g = lambda h_: jax.grad(distance, argnums=0)(G, h_)
   _, w_jvp = jax.linearize(grad_g, h)
   w = jax.vmap(w_jvp)(v)                                          # (r, G's shape)
-  proj = _tree_dot_batched(g, w)                                  # (B, r)
+  proj = _map_samples(lambda gi: _tree_dot(gi, w), g, chunk_size)  # (B, r)
   return jnp.sqrt(jnp.mean(jnp.square(proj), axis=1))
 
 
@@ -220,7 +252,8 @@ class ITEProblem(NamedTuple):
 
 class Separable(NamedTuple):
   """A meta-loss L(G, S) = distance(G, features(S)) with its real statistic G and the per-sample
-  g (leading axis B): what `ite_sketch_scores` needs; `problem` is the same as an `ITEProblem`."""
+  g (leading axis B, or a `PerSampleFn` computing them chunk by chunk): what
+  `ite_sketch_scores` needs; `problem` is the same as an `ITEProblem`."""
   distance: Callable[[PyTree, PyTree], Array]
   features: Callable[[PyTree], PyTree]
   G: PyTree
@@ -238,7 +271,7 @@ def _class_scores(build: Callable, method: str, chunk_size: int | None,
     sep = build(*args)
     if method == 'sketch':
       return ite_sketch_scores(sep.distance, sep.features, sep.G, sep.S, sep.g,
-                               jax.random.fold_in(args[-1], 1), sketch_dim)
+                               jax.random.fold_in(args[-1], 1), sketch_dim, chunk_size)
     p = sep.problem
     return ite_score(compute_ite(p.meta_loss, p.G, p.S, p.g, method, chunk_size))
   return one
@@ -249,6 +282,33 @@ def _check_method(method: str) -> None:
     raise ValueError(f'unknown ITE method {method!r}; allowed: {", ".join(METHODS)}')
 
 
+WHOLE_CLASS_PAIRS = 256   # real x synthetic images of a class scored whole (`auto_chunk`)
+CHUNK_PAIRS = 320         # otherwise, real x synthetic images per chunk
+
+
+def auto_chunk(class_batch: int, syn_per_class: int) -> int | None:
+  """`bilp.ite_chunk = 0`: the chunk size of `additive_ite_scores` for B_c real and n_c
+  synthetic images per class. A first-order / exact ITE carries the n_c synthetic images through
+  a second-order pass per real sample, so its temporaries grow as chunk x n_c. Whole classes
+  (None) when B_c n_c <= WHOLE_CLASS_PAIRS (DC at IPC 1 with its 256 real images per class: one
+  program without loops, ~7.8 GB of temporaries for ConvNet-3 width 128), else
+  CHUNK_PAIRS // n_c real images per chunk (IPC 10: 32, ~1.1 GB)."""
+  if class_batch * syn_per_class <= WHOLE_CLASS_PAIRS:
+    return None
+  return max(1, CHUNK_PAIRS // max(1, syn_per_class))
+
+
+def unrolls_classes(chunk_size: int | None, backend: str | None = None) -> bool:
+  """Whether `additive_ite_scores` runs its classes as a Python loop rather than a `lax.map`:
+  on CPU when the classes are scored whole (chunk_size None). XLA:CPU runs convolution
+  gradients inside a loop body far slower than at a program's top level (ddjax's ConvNet with
+  ddjax's XLA flags, the 16 x 16 x 128 layer, one thread: weight gradient ~190x, input
+  gradient ~4x), and the ITE is made of them; a chunked class keeps its `lax.map`s, whose memory
+  is bounded by construction, where unrolled chunks were not (XLA kept many of them alive)."""
+  backend = backend or jax.default_backend()
+  return chunk_size is None and backend == 'cpu'
+
+
 def additive_ite_scores(form, method: str = 'first_order', chunk_size: int | None = None,
                         sketch_dim: int = 64) -> Array:
   """||ITE||_2 of every real sample of a class-grouped batch from a distiller's additive form.
@@ -256,14 +316,30 @@ def additive_ite_scores(form, method: str = 'first_order', chunk_size: int | Non
   form: a `ddjax.distill.base.AdditiveForm` (build, args, keys): `build(*args_c, keys[c])` is
     class c's `Separable`; the args have a leading class axis K (e.g. `DC.additive_form`,
     `DM.additive_form`). method: 'first_order', 'exact' or 'sketch' (`sketch_dim` probes,
-    directions drawn from fold_in(keys[c], 1)). chunk_size: leave-one-out / linear-map
-    evaluations at once.
+    directions drawn from fold_in(keys[c], 1)). chunk_size: real samples of a class scored at
+    once: per-sample statistics given as a `PerSampleFn`, their leave-one-out / linear-map
+    evaluations and projections exist for that many samples at a time (for a first-order or exact
+    ITE each one also carries the class's synthetic images through a second-order pass, so memory
+    grows as chunk_size x IPC). None: the whole class at once.
+
+  The classes run one after another, never vmapped (a class-batched second-order pass turns each
+  weight gradient into a grouped convolution, both operands carrying the class axis: DC, 10
+  classes x 32 real images, IPC 1, one thread: 68.6 s vmapped, 7.7 s one class at a time): a
+  `lax.map`, or on CPU with whole classes a Python loop, each class ordered after the previous
+  one (`unrolls_classes`).
 
   Returns (K, B_c) scores in the order of the class-grouped real batch. Jit-able.
   """
   _check_method(method)
   one = _class_scores(form.build, method, chunk_size, sketch_dim)
-  return jax.vmap(one)(*form.args, form.keys)
+  per_class = (*form.args, form.keys)
+  if not unrolls_classes(chunk_size):
+    return jax.lax.map(lambda a: one(*a), per_class)
+  scores = []
+  for c in range(form.keys.shape[0]):
+    args = jax.tree_util.tree_map(lambda a: a[c], per_class)
+    scores.append(one(*_sequenced(args, scores[-1] if scores else None)))
+  return jnp.stack(scores)
 
 
 def masked_statistic(g: PyTree, mask: Array) -> PyTree:

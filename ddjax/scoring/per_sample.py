@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
-                                   make_train_step)
+from ddjax.models.training import (carry_at, carry_variables, cross_entropy, default_together,
+                                   epoch_batches, fresh_carry, make_train_step, stack_carries)
 
 Array = jax.Array
 PyTree = Any
@@ -196,24 +196,25 @@ def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9):
 
 @functools.lru_cache(maxsize=32)
 def _trial_fns(model: nn.Module, image_shape: tuple, optimizer: str, learning_rate: float,
-               momentum: float):
+               momentum: float, together: bool = False):
   """Jitted init(key) -> carry and step(carry, x, labels, idx) -> carry (one mini-batch), with
-  carry = (params, batch_stats or None, opt_state) (`ddjax.models.training`)."""
+  carry = (params, batch_stats or None, opt_state) (`ddjax.models.training`). With `together`
+  the step trains T networks at once: carry stacked (`stack_carries`), idx (T, B), each network
+  its own mini-batch."""
   opt = make_optimizer(optimizer, learning_rate, momentum)
   init = jax.jit(lambda key: fresh_carry(model, key, image_shape, opt))
   train_step = make_train_step(model, opt, cross_entropy)
-
-  @functools.partial(jax.jit, donate_argnums=(0,))
-  def step(carry, x, labels, idx):
-    return train_step(carry, x[idx], labels[idx])[0]
-
-  return init, step
+  one = lambda carry, x, labels, idx: train_step(carry, x[idx], labels[idx])[0]
+  if together:
+    one = jax.vmap(one, in_axes=(0, None, None, 0))
+  return init, jax.jit(one, donate_argnums=(0,))
 
 
 def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: int,
                  batch_size: int = 512, learning_rate: float = 3e-3, optimizer: str = 'adam',
                  momentum: float = 0.9, score_batch_size: int = 1000,
-                 progress: Callable[[str], Any] | None = None) -> dict[str, np.ndarray]:
+                 progress: Callable[[str], Any] | None = None,
+                 together: int | None = None) -> dict[str, np.ndarray]:
   """Train `num_trials` fresh networks on (x, y) and record every example's scores after every
   epoch (BiLP Sec. 4.1 / supp. 12.4: "train ... for multiple trials ... take the average loss
   curve"; PAD's EL2N over early-training models).
@@ -231,6 +232,9 @@ def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: in
     num_trials, epochs: T and E.
     optimizer: 'adam' or 'sgd' (with `momentum`).
     progress: optional callback receiving a line per trained epoch.
+    together: how many trials train together in one vmapped step (`ddjax.models.training`);
+      0 = all, None = `default_together()` for the backend (1 on CPU). Trial t's network is the
+      same whatever the grouping, up to floating-point reassociation.
 
   Returns numpy arrays {'loss': (T, E, N) float32, 'el2n': (T, E, N) float32,
   'correct': (T, E, N) bool, 'forgetting': (T, N) int64 (forgetting events per trial)}.
@@ -242,25 +246,37 @@ def score_trials(key: Array, model: nn.Module, x, y, num_trials: int, epochs: in
   n = x.shape[0]
   labels = jnp.asarray(_int_labels(y, n))
   image_shape = tuple(int(d) for d in x.shape[1:])
-  init, step = _trial_fns(model, image_shape, optimizer, float(learning_rate), float(momentum))
+  group = default_together() if together is None else int(together)
+  if group < 0:
+    raise ValueError(f'together must be >= 0 (0: all trials together), got {group}')
+  group = min(group or num_trials, num_trials)
+  fns = functools.partial(_trial_fns, model, image_shape, optimizer, float(learning_rate),
+                          float(momentum))
+  init, step = fns(group > 1)
   out = {s: np.zeros((num_trials, epochs, n), np.bool_ if s == 'correct' else np.float32)
          for s in ('loss', 'el2n', 'correct')}
   t0 = time.perf_counter()
-  for t in range(num_trials):
-    k_init, k_data = jax.random.split(jax.random.fold_in(key, t))
-    carry = init(k_init)
+  for first in range(0, num_trials, group):
+    trials = range(first, min(first + group, num_trials))
+    keys = [jax.random.split(jax.random.fold_in(key, t)) for t in trials]   # (init, data) each
+    carries = [init(k_init) for k_init, _ in keys]
+    carry = carries[0] if group == 1 else stack_carries(carries)
     for e in range(epochs):
-      for idx in np.asarray(epoch_batches(jax.random.fold_in(k_data, e), n, batch_size)):
-        carry = step(carry, x, labels, idx)
-      scores = score_dataset(model, carry_variables(carry), x, labels, ('loss', 'el2n', 'correct'),
-                             score_batch_size)
-      for s, v in scores.items():
-        out[s][t, e] = v
-      if progress is not None:
-        done = t * epochs + e + 1
-        sec = time.perf_counter() - t0
-        progress(f'[score_trials] trial {t + 1}/{num_trials} epoch {e + 1}/{epochs} | '
-                 f'{done / max(sec, 1e-9):.2f} epochs/s | loss {scores["loss"].mean():.4g} | '
-                 f'acc {scores["correct"].mean():.4f}')
+      batches = np.stack([np.asarray(epoch_batches(jax.random.fold_in(k_data, e), n, batch_size))
+                          for _, k_data in keys], 1)                      # (nb, trials, size)
+      for idx in batches:
+        carry = step(carry, x, labels, idx[0] if group == 1 else idx)
+      for i, t in enumerate(trials):
+        variables = carry_variables(carry if group == 1 else carry_at(carry, i))
+        scores = score_dataset(model, variables, x, labels, ('loss', 'el2n', 'correct'),
+                               score_batch_size)
+        for s, v in scores.items():
+          out[s][t, e] = v
+        if progress is not None:
+          done = first * epochs + (e + 1) * len(trials)
+          sec = time.perf_counter() - t0
+          progress(f'[score_trials] trial {t + 1}/{num_trials} epoch {e + 1}/{epochs} | '
+                   f'{done / max(sec, 1e-9):.2f} epochs/s | loss {scores["loss"].mean():.4g} | '
+                   f'acc {scores["correct"].mean():.4f}')
   out['forgetting'] = forgetting_events(out['correct'])
   return out

@@ -129,9 +129,15 @@ class AdaptiveSelection(NamedTuple):
   init(batch_size) -> SelectionState
   update(state, scores, step, valid=None) -> SelectionState: `scores` is a (B,) array or a
     zero-argument function returning it (then evaluated only on reselection steps).
+  reselect(state, scores, valid=None) -> SelectionState: `update` on a reselection step, without
+    the device-side test (for a caller that knows the step on the host).
+  due(step) -> bool: whether `step` (a host int) is a reselection step, given a state whose
+    statistics exist (every run starts at step 0, which reselects).
   """
   init: Callable[[int], SelectionState]
   update: Callable[..., SelectionState]
+  reselect: Callable[..., SelectionState]
+  due: Callable[[int], bool]
 
 
 def adaptive_pruning(beta: float = 0.3, momentum: float = 0.1, every: int = 10,
@@ -146,20 +152,20 @@ def adaptive_pruning(beta: float = 0.3, momentum: float = 0.1, every: int = 10,
   if every < 1:
     raise ValueError(f'the reselection period must be >= 1, got {every}.')
 
+  def reselect(state: SelectionState, scores: Any,
+               valid: Array | None = None) -> SelectionState:
+    s = jax.lax.stop_gradient(scores() if callable(scores) else scores)
+    if s.shape != state.mask.shape:
+      raise ValueError(f'scores of shape {s.shape} for a selection state of batch '
+                       f'{state.mask.shape}.')
+    state = update_statistics(state, s, momentum, valid)
+    mask = quantile_window(s, state.mean, state.var, beta, mode, valid)
+    return state.replace(mask=mask)
+
   def update(state: SelectionState, scores: Any, step: Array,
              valid: Array | None = None) -> SelectionState:
-    score_fn = scores if callable(scores) else (lambda: scores)
-
-    def reselect(state):
-      s = jax.lax.stop_gradient(score_fn())
-      if s.shape != state.mask.shape:
-        raise ValueError(f'scores of shape {s.shape} for a selection state of batch '
-                         f'{state.mask.shape}.')
-      state = update_statistics(state, s, momentum, valid)
-      mask = quantile_window(s, state.mean, state.var, beta, mode, valid)
-      return state.replace(mask=mask)
-
     due = (jnp.asarray(step) % every == 0) | (state.count == 0)
-    return jax.lax.cond(due, reselect, lambda st: st, state)
+    return jax.lax.cond(due, lambda st: reselect(st, scores, valid), lambda st: st, state)
 
-  return AdaptiveSelection(init=init_state, update=update)
+  return AdaptiveSelection(init=init_state, update=update, reselect=reselect,
+                           due=lambda step: int(step) % every == 0)
