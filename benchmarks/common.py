@@ -33,6 +33,16 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / best
 
 
+def xla_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled program (`jax.jit(f).lower(...).compile()`): nan when the
+  backend gives no cost analysis, 0 for a program without arithmetic (no 'flops' entry)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if not cost:
+    return float('nan')
+  return float(cost.get('flops', 0.0))
+
+
 def write(name: str, payload: dict, table: str, command: str) -> None:
   """benchmarks/results/<name>.json and <name>.md (the table plus the command that made it)."""
   out = os.path.join(HERE, 'results')

@@ -99,9 +99,8 @@ def worker(arm: str, timing_steps: int, accuracy_networks: int, distilled: str) 
   if group > 1:
     carry = jax.tree_util.tree_map(lambda a: jnp.stack([a] * group), carry)
     step_keys = jnp.zeros((group, 2, 2), jnp.uint32)
-  cost = chunk.lower(carry, x, y, step_keys).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  out['gflop_per_step_network'] = cost['flops'] / 2 / group / 1e9
+  flops = common.xla_flops(chunk.lower(carry, x, y, step_keys).compile())
+  out['gflop_per_step_network'] = flops / 2 / group / 1e9
 
   short = dataclasses.replace(protocol, steps=timing_steps,
                               warmup_steps=min(protocol.warmup_steps, timing_steps // 2))
@@ -173,12 +172,11 @@ def interleaved(rounds: int, steps: int = 10) -> dict:
     carry = stack_carries([init(k) for k in jax.random.split(jax.random.PRNGKey(0), group)])
     if group == 1:
       carry, keys = jax.tree_util.tree_map(lambda a: a[0], carry), keys[0]
-    cost = chunk.lower(carry, x, y, keys).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
+    flops = common.xla_flops(chunk.lower(carry, x, y, keys).compile())
     carry, _ = chunk(carry, x, y, keys)
     jax.block_until_ready(carry)
     variants[name] = dict(chunk=chunk, carry=carry, keys=keys, group=group, times=[],
-                          gflop=cost['flops'] / 2 / group / 1e9)
+                          gflop=flops / 2 / group / 1e9)
   peaks = []
   for _ in range(rounds):
     for v in variants.values():

@@ -54,12 +54,6 @@ def _data():
     return None, rng.normal(size=(4096,) + SHAPE).astype(np.float32), rng.integers(0, K, 4096)
 
 
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get('flops', float('nan')))
-
-
 def _time_width(width: int, num: int, rounds: int, x, y, peak: float) -> dict:
   model = build_model('convnet', K, depth=3, width=width, norm='instance', pooling='avg')
   setting = (0.01, 0.0, 0.0)
@@ -76,10 +70,10 @@ def _time_width(width: int, num: int, rounds: int, x, y, peak: float) -> dict:
   # modes: E experts in one vmapped step; E unrolled in one call; one call per expert
   state = {'vmap': stack(carries), 'loop': stack(carries), 'one': [stack([c]) for c in carries]}
   t = time.perf_counter()
-  flops = {'vmap': _flops(steps['vmap'].lower(state['vmap'], xs, ys, idx(num), keys).compile()),
-           'loop': _flops(steps['loop'].lower(state['loop'], xs, ys, idx(num), keys).compile()),
-           'one': num * _flops(steps['loop'].lower(state['one'][0], xs, ys, idx(1),
-                                                   keys[:1]).compile())}
+  cost = lambda mode, st, n, k: common.xla_flops(steps[mode].lower(st, xs, ys, idx(n), k).compile())
+  flops = {'vmap': cost('vmap', state['vmap'], num, keys),
+           'loop': cost('loop', state['loop'], num, keys),
+           'one': num * cost('loop', state['one'][0], 1, keys[:1])}
 
   def run(mode):
     if mode == 'one':

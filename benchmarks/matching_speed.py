@@ -78,25 +78,17 @@ def _cost(step, state, batch, updates: int) -> tuple[float, float]:
   t0 = time.perf_counter()
   key = jax.random.PRNGKey(0)
   if callable(step):
-    return _flops(jax.jit(step).lower(state, batch, key).compile()), time.perf_counter() - t0
-  image = _flops(jax.jit(step.image).lower(state, batch, key).compile())
+    return common.xla_flops(jax.jit(step).lower(state, batch, key).compile()), time.perf_counter() - t0
+  image = common.xla_flops(jax.jit(step.image).lower(state, batch, key).compile())
   if step.phase is None:
     return image, time.perf_counter() - t0
   per_phase = {}
   for phase in {step.phase(u) for u in range(updates)}:
     per_phase[phase] = sum(
-        _flops(jax.jit(functools.partial(part, phase=phase)).lower(state, batch, key).compile())
+        common.xla_flops(jax.jit(functools.partial(part, phase=phase)).lower(state, batch, key).compile())
         for part in (step.prepare, step.finish))
   total = sum(image + per_phase[step.phase(u)] for u in range(updates))
   return total / updates, time.perf_counter() - t0
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  if not cost:                      # no cost analysis from this backend
-    return float('nan')
-  return float(cost.get('flops', 0.0))   # a program without arithmetic has no 'flops' entry
 
 
 def _key(row: dict) -> tuple:
@@ -126,7 +118,7 @@ def main():
       model = build_model('convnet', K, depth=3, width=128, norm='instance', pooling='avg')
       v = model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE), train=False)
       embed = jax.jit(lambda v, x: model.apply(v, x, train=False)[1])
-      flops += (K - 1) * _flops(embed.lower(v, batch['x'][:256]).compile())
+      flops += (K - 1) * common.xla_flops(embed.lower(v, batch['x'][:256]).compile())
     # warm-up: the iteration's last two steps (a network update and a new network), so every
     # program is compiled; the network's update count is back at 0 afterwards
     for u in range(max(0, updates - 2), updates):

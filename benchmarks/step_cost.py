@@ -71,9 +71,7 @@ def main():
     flops = {}
     for name, (step, state) in built.items():
       compiled = step.lower(state, batches[0], keys[0]).compile()
-      cost = compiled.cost_analysis()
-      cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-      flops[name] = float(cost.get('flops', float('nan')))
+      flops[name] = common.xla_flops(compiled)
       time_steps(step, state, batches[:3], keys[:3])  # warm-up
     times = {'plain': [], 'isa': []}
     for _ in range(args.repeats):
