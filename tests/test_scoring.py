@@ -120,6 +120,32 @@ def test_dc_first_order_ite_ranks_like_exact():
   assert np.mean(errors) < 0.05, errors
 
 
+def test_stored_statistics_sum_to_dcs_batch_gradient():
+  """Scoring a whole class, the ITE takes G as the sum of the stored per-sample gradients instead
+  of DC's own batch gradient: the two agree (the `Separable` contract G = sum_i g_i), and the
+  scores from either are the same."""
+  dc = DC(_model(), SHAPE, K, outer_loop=1, inner_loop=1)
+  xr = _class_real()
+  xs = jnp.asarray(np.random.default_rng(0).uniform(size=(2,) + SHAPE), jnp.float32)
+  variables, key = dc.fresh_network(jax.random.PRNGKey(3)), jax.random.PRNGKey(4)
+
+  @jax.jit
+  def both(variables, key):
+    sep = dc.class_separable(variables, xr, xs, 0, key)
+    stored = ite.stored_statistics(sep)
+    assert ite.stored_statistics(stored) is stored          # already stored: unchanged
+    assert jax.tree_util.tree_leaves(stored.g)[0].shape[0] == xr.shape[0]
+    return (sep.G, stored.G, ite.ite_score(ite.ite_first_order(*stored.problem)),
+            ite.ite_score(ite.ite_first_order(*sep.problem)))
+
+  G, G_sum, from_sum, from_batch = both(variables, key)
+  scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree_util.tree_leaves(G))
+  assert scale > 0
+  for a, b in zip(jax.tree_util.tree_leaves(G_sum), jax.tree_util.tree_leaves(G)):
+    np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+  np.testing.assert_allclose(from_sum, from_batch, rtol=1e-4)
+
+
 def test_dm_first_order_ite_equals_exact():
   """DM's meta-loss is quadratic in G: first-order ITE is exact, rank error 0 (up to float ties)."""
   dm = DM(_model(), SHAPE, K, dsa_strategy='')
