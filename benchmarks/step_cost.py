@@ -2,6 +2,7 @@ r"""Cost of a distillation step and of ISA + drop-easiest on it, measured in one
 
     python benchmarks/step_cost.py [--ipc 1 10] [--repeats 5] [--steps 40]
     python benchmarks/step_cost.py --config rfad --name step_cost_rfad --ipc 1 10
+    python benchmarks/step_cost.py --config frepo --preset paper --name step_cost_paper
 
 For each IPC it builds the default CPU config's step (configs/<--config>.py; RFAD with its MSE
 loss in both arms, the loss ISA's closed form integrates) twice (plain; drop_easiest(0.2) + isa(1))
@@ -54,12 +55,13 @@ def main():
   ap.add_argument('--repeats', type=int, default=5)
   ap.add_argument('--steps', type=int, default=40)
   ap.add_argument('--config', default='frepo', help='a config under configs/ (frepo, kip, rfad)')
+  ap.add_argument('--preset', default='', help="the config's preset (e.g. paper)")
   ap.add_argument('--name', default='step_cost', help='results file under benchmarks/results')
   args = ap.parse_args()
   peak = common.matmul_flops_per_second()
   rows = []
   for ipc in args.ipc:
-    cfg = __import__(args.config).get_config()
+    cfg = __import__(args.config).get_config(args.preset)
     cfg.distill.ipc = ipc
     if cfg.method == 'rfad':
       cfg.rfad.loss = "mse"
@@ -81,14 +83,14 @@ def main():
         built[name] = (step, state)
         times[name].append(sec)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    rows.append({'config': args.config, 'ipc': ipc, 'batch': cfg.distill.batch_size,
+    rows.append({'config': args.config + (':' + args.preset if args.preset else ''), 'ipc': ipc, 'batch': cfg.distill.batch_size,
                  'width': cfg.rfad.width if cfg.method == 'rfad' else cfg.model.width,
                  'sec_per_step': med, 'all_sec_per_step': times,
                  'isa_overhead': med['isa'] / med['plain'] - 1,
                  'step_gflop': {k: v / 1e9 for k, v in flops.items()},
                  'achieved_gflops': {k: flops[k] / med[k] / 1e9 for k in med},
                  'steps_per_sec': {k: 1 / v for k, v in med.items()}})
-  table = [f'{args.config}:', '', '| IPC | plain s/step | +ISA+drop s/step | ISA overhead | steps/s (plain) | GFLOP/step '
+  table = [f"{args.config}{':' + args.preset if args.preset else ''}:", '', '| IPC | plain s/step | +ISA+drop s/step | ISA overhead | steps/s (plain) | GFLOP/step '
            '| GFLOP/step +ISA+drop | achieved GFLOP/s | matmul peak GFLOP/s |',
            '|---|---|---|---|---|---|---|---|---|']
   for r in rows:
