@@ -333,7 +333,8 @@ def additive_ite_scores(form, method: str = 'first_order', chunk_size: int | Non
     once: per-sample statistics given as a `PerSampleFn`, their leave-one-out / linear-map
     evaluations and projections exist for that many samples at a time (for a first-order or exact
     ITE each one also carries the class's synthetic images through a second-order pass, so memory
-    grows as chunk_size x IPC). None: the whole class at once.
+    grows as chunk_size x IPC). None: the whole class at once, its per-sample statistics stored
+    and G taken as their sum (`stored_statistics`).
 
   The classes run one after another, never vmapped (a class-batched second-order pass turns each
   weight gradient into a grouped convolution, both operands carrying the class axis: DC, 10
