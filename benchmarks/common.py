@@ -33,6 +33,17 @@ def matmul_flops_per_second(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 / best
 
 
+def call_times(fn, args, repeats: int) -> list[float]:
+  """Wall seconds of `repeats` calls fn(*args), each waited for, after one untimed warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return times
+
+
 def xla_flops(compiled) -> float:
   """XLA's FLOP count of a compiled program (`jax.jit(f).lower(...).compile()`): nan when the
   backend gives no cost analysis, 0 for a program without arithmetic (no 'flops' entry)."""

@@ -31,7 +31,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,8 +55,8 @@ def program(dc: DC, name: str, stored: bool):
     if name == 'real gradient G':
       return sep.G
     if name == 'per-sample gradients':
-      w = jax.tree_util.tree_map(lambda a: jnp.ones((1,) + a.shape, a.dtype), sep.G)
-      return jax.vmap(lambda a: ite_lib._tree_dot(sep.g.fn(a), w))(sep.g.inputs)
+      dot_ones = lambda gi: sum(jnp.sum(a) for a in jax.tree_util.tree_leaves(gi))
+      return jax.vmap(lambda a: dot_ones(sep.g.fn(a)))(sep.g.inputs)
     if name == 'sketch':
       return ite_lib.ite_sketch_scores(sep.distance, sep.features, sep.G, sep.S, sep.g,
                                        jax.random.fold_in(key, 1), 64)
@@ -67,13 +66,7 @@ def program(dc: DC, name: str, stored: bool):
 
 
 def best_time(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return min(times)
+  return min(common.call_times(fn, args, repeats))
 
 
 def top_ops(fn, args, compiled_text: str, n: int) -> list[dict]:
