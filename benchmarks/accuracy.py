@@ -17,6 +17,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -53,6 +54,8 @@ def config_of(method: str, ipc: int, steps: int, seed: int, overrides=()):
       if value.lower() not in ('true', 'false', '1', '0'):
         raise ValueError(f'--set {item}: {key} is a bool; give true or false.')
       block[leaf] = value.lower() in ('true', '1')
+    elif isinstance(block[leaf], (tuple, list)):       # e.g. expert.fiex_remove_epochs=(40,60)
+      block[leaf] = type(block[leaf])(ast.literal_eval(value))
     else:
       block[leaf] = type(block[leaf])(value)
   return cfg

@@ -215,6 +215,11 @@ def test_rded_end_to_end_run(tiny_npz, tmp_path):
   assert results['observer']['record']['arch']['width'] == 8
   assert os.path.isdir(results['observer']['checkpoint'])
   assert results['observer']['preprocessing'] == results['observer']['record']['preprocessing']
+  sel = results['build']['selection']          # the method's build report reaches results.json
+  assert sel['patches_kept'] == 6 and sel['seconds'] > 0
+  assert sel['patches_scored'] == cfg.rded.crops_per_image * int(np.minimum(np.bincount(
+      ddjax.runtime.pipeline.load_data(cfg).y_train), cfg.rded.pool_per_class).sum())
+  assert sel['ms_per_image'] == pytest.approx(1000 * sel['seconds'] / 6)
   out = np.load(tmp_path / 'run' / 'distilled.npz')
   assert out['x'].shape == (6, 12, 12, 1)
   np.testing.assert_array_equal(out['y'].argmax(-1), np.repeat(np.arange(3), 2))

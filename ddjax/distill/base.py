@@ -32,7 +32,8 @@ no-ops. Declared capabilities (class attributes, read by wrappers and `make_step
   the step's update through (DATM skips steps whose loss exceeds a threshold).
 - `decode` / `decode_classes` / `encode` / `images_per_stored`: how a stored set maps to the set
   the method trains on (identity; IDC's multi-formation overrides them); `initial_set`: the set at
-  step 0 (where an optimisation-free method builds its set).
+  step 0 (where an optimisation-free method builds its set); `build_report()`: host-side facts
+  about how the set was built, kept in results.json under 'build' (RDED's selection time).
 - `host_phase(step)`: None (the default: one fused program per step, `update` traced), or, when
   implemented, a host-side schedule: the hashable phase of outer step `step` (the step that takes
   `state.step` from `step` to `step + 1`), a pure function of the step counter, so a resumed run
@@ -178,6 +179,11 @@ class Distiller:
   def decode_classes(self, classes: Array) -> Array:
     return classes
 
+  def build_report(self) -> dict:
+    """JSON-able facts about how the set was built, for results.json's 'build' entry ({}: none;
+    RDED: its selection's seconds and milliseconds per stored image)."""
+    return {}
+
 
 class Wrapper(Distiller):
   """A distiller around another (`self.wrapped`): forwards everything and the capabilities.
@@ -252,3 +258,6 @@ class Wrapper(Distiller):
 
   def decode_classes(self, classes):
     return self.wrapped.decode_classes(classes)
+
+  def build_report(self):
+    return self.wrapped.build_report()

@@ -188,7 +188,9 @@ class RDED(Distiller):
     seconds = time.perf_counter() - t0
     classes = np.repeat(np.arange(self.num_classes), self.ipc)
     self.selection = {'source_indices': idx.tolist(), 'losses': losses.tolist(),
-                      'seconds': seconds, 'ms_per_image': 1000 * seconds / len(classes)}
+                      'patches_scored': self.crops_per_image * int(np.minimum(
+                          np.bincount(self.y_train, minlength=self.num_classes),
+                          self.pool_per_class).sum()), 'seconds': seconds, 'ms_per_image': 1000 * seconds / len(classes)}
     if self.progress is not None:
       self.progress(f'selected {len(classes)} images from {len(idx)} patches in {seconds:.1f} s '
                     f'({self.selection["ms_per_image"]:.1f} ms per image, compilation included)')
@@ -197,6 +199,16 @@ class RDED(Distiller):
   def initial_set(self, syn, key):
     del syn
     return self.build_set(key)
+
+  def build_report(self) -> dict:
+    """{'selection': seconds, ms per stored image (compilation included), patches scored and
+    kept} once the set is built, else {}."""
+    if not self.selection:
+      return {}
+    s = self.selection
+    return {'selection': {'seconds': s['seconds'], 'ms_per_image': s['ms_per_image'],
+                          'patches_scored': s['patches_scored'],
+                          'patches_kept': len(s['source_indices'])}}
 
 
 # -- registration ----------------------------------------------------------------------------------

@@ -203,6 +203,7 @@ def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, me
     syn = jax.device_get(state.syn)
   decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
   classes = np.asarray(distiller.decode_classes(jnp.asarray(classes)))
+  summary['build'] = distiller.build_report()
   return {k: np.asarray(v) for k, v in decoded.items()}, classes, summary
 
 
@@ -268,6 +269,8 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
                   'resumed_from': summary['resumed_from'], 'devices': jax.device_count(),
                   'processes': jax.process_count()},
   }
+  if summary.get('build'):
+    results['build'] = summary['build']
   if pruning is not None:
     results['preemptive_pruning'] = pruning
   if cfg.bilp.adaptive_beta > 0:

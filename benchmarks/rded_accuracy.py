@@ -1,0 +1,139 @@
+r"""RDED on Fashion-MNIST next to other sets under the same soft-label protocol (issue 14).
+
+    python benchmarks/rded_accuracy.py --ipc 1 10 50 --methods rded random_subset
+    python benchmarks/rded_accuracy.py --ipc 1 10 --methods frepo_isa dm
+
+Every row uses one observer (ConvNet-3, batch norm, width 128, `--observer-epochs` epochs, trained
+once and cached in benchmarks/runs/observers/, its test accuracy and training time in the row) and
+one student protocol: RDED's 'rded' protocol (`ddjax.evaluate.soft_labels`: the observer's soft
+labels on cutmix batches, T = 20, AdamW, 300 epochs, `--students` students of RDED's own student
+architecture). RDED's row is one `ddjax.main` run of configs/rded.py. Any other method is first run
+as its shipped config with its own protocol (its own evaluation, `--own-models` networks), then
+the same workdir is run again with the 'rded' protocol: the distilled set is reused (a workdir
+accepts eval.* changes) and only the evaluation differs, so the two columns say what the protocol
+adds to each set.
+
+Rows are merged into benchmarks/results/<name>.{json,md} (default rded_accuracy); workdirs are
+benchmarks/runs/<name>_<method>_ipc<k> (resumable).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'configs'))
+
+from benchmarks import common  # noqa: E402
+from benchmarks.accuracy import config_of, read_rows  # noqa: E402
+from ddjax.runtime import pipeline  # noqa: E402
+
+# RDED Table 1 has no Fashion-MNIST column; its CIFAR-10 Conv3 row, for scale.
+PAPER_CIFAR10_CONV3 = {1: 23.5, 10: 50.2, 50: 68.4}
+
+
+def rded_protocol(rded_cfg, cfg, students: int):
+  """cfg evaluated like rded_cfg's sets: the 'rded' protocol, RDED's student architecture and
+  epochs, `students` students, the same observer."""
+  cfg.eval.protocol = 'rded'
+  cfg.eval.model = copy.deepcopy(rded_cfg.eval.model)
+  cfg.eval.soft_label_epochs = rded_cfg.eval.soft_label_epochs
+  cfg.eval.num_models = students
+  cfg.eval.krr = False
+  return cfg
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--ipc', type=int, nargs='+', default=[1, 10, 50])
+  ap.add_argument('--methods', nargs='+', default=['rded', 'random_subset'])
+  ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--observer-epochs', type=int, default=5)
+  ap.add_argument('--students', type=int, default=3, help="students per set, 'rded' protocol")
+  ap.add_argument('--own-models', type=int, default=2,
+                  help='networks of a method\'s own protocol (its shipped evaluation)')
+  ap.add_argument('--steps', type=int, default=0, help='distillation steps (0: config default)')
+  ap.add_argument('--name', default='rded_accuracy')
+  args = ap.parse_args()
+  out_dir = os.path.join(common.HERE, 'results')
+  os.makedirs(out_dir, exist_ok=True)
+  json_path = os.path.join(out_dir, args.name + '.json')
+  command = 'python benchmarks/rded_accuracy.py ' + ' '.join(sys.argv[1:])
+  observer_dir = os.path.join(common.HERE, 'runs', 'observers',
+                              f'fashion_mnist_convnet3w128_e{args.observer_epochs}_seed{args.seed}')
+  observer = [f'observer.epochs={args.observer_epochs}', f'observer.dir={observer_dir}']
+  for ipc in args.ipc:
+    for method in args.methods:
+      rded_cfg = config_of('rded', ipc, 0, args.seed, observer)
+      workdir = os.path.join(common.HERE, 'runs', f'{args.name}_{method}_ipc{ipc}')
+      own = None
+      if method == 'rded':
+        res = pipeline.run(rded_protocol(rded_cfg, rded_cfg, args.students), workdir)
+      else:
+        cfg = config_of(method, ipc, args.steps, args.seed, observer)
+        own_protocol = cfg.eval.protocol or 'default'
+        if cfg.eval.protocol != 'rded':
+          cfg.eval.num_models = args.own_models
+          own = pipeline.run(cfg, workdir)
+        res = pipeline.run(rded_protocol(rded_cfg, cfg, args.students), workdir)
+      ev, obs = res['eval'], res['observer']
+      for pic in ('distilled.png',):
+        if os.path.exists(os.path.join(workdir, pic)):
+          shutil.copy(os.path.join(workdir, pic),
+                      os.path.join(out_dir, f'{args.name}_{method}_ipc{ipc}_{pic}'))
+      row = {
+          'method': method, 'label': method, 'ipc': ipc, 'seed': args.seed,
+          'distill_steps': res['distill']['steps'],
+          'distill_sec_per_step': res['distill']['sec_per_step'],
+          'selection': res.get('build', {}).get('selection'),
+          'rded_acc_mean': ev['acc_mean'], 'rded_acc_std': ev['acc_std'], 'rded_accs': ev['accs'],
+          'rded_best_last20_mean': ev['best_last20_mean'],
+          'rded_best_last20_std': ev['best_last20_std'],
+          'students': len(ev['accs']), 'student_epochs': ev.get('epochs'),
+          'own_protocol': None if own is None else own['eval']['protocol'],
+          'own_acc_mean': None if own is None else own['eval']['acc_mean'],
+          'own_acc_std': None if own is None else own['eval']['acc_std'],
+          'own_models': None if own is None else len(own['eval']['accs']),
+          'observer_test_acc': obs['test_acc'],
+          'observer_train_seconds': obs['record'].get('train_seconds'),
+          'observer_epochs': obs['record']['epochs'],
+          'own_wall_minutes': None if own is None else own['wall_seconds'] / 60,
+          'rded_wall_minutes': res['wall_seconds'] / 60,
+          'paper_cifar10_conv3': PAPER_CIFAR10_CONV3.get(ipc) if method == 'rded' else None,
+          'command': command}
+      rows = read_rows(json_path)          # rows another run wrote meanwhile stay
+      rows[(method, ipc)] = row
+      write_table(args.name, rows, command)
+
+
+def write_table(name: str, rows: dict, command: str) -> None:
+  ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r['method']))
+  pct = lambda v: f'{100 * v:.1f}' if v is not None else '-'
+  table = ['| set | IPC | own protocol: test acc % (nets) | rded protocol: final % (students) '
+           '| rded: best of last 20 % epochs | observer % (epochs, train s) | selection '
+           '(s, ms/image) | wall (min): own run, rded run | command |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for r in ordered:
+    own = (f"{r['own_protocol']}: {pct(r['own_acc_mean'])} ± {pct(r['own_acc_std'])} "
+           f"({r['own_models']})" if r['own_protocol'] else '-')
+    sel = r.get('selection')
+    sel = f"{sel['seconds']:.1f} s, {sel['ms_per_image']:.1f}" if sel else '-'
+    train_s = r['observer_train_seconds']
+    own_wall = f"{r['own_wall_minutes']:.1f}, " if r['own_wall_minutes'] is not None else ''
+    table.append(
+        f"| {r['method']} | {r['ipc']} | {own} | {pct(r['rded_acc_mean'])} ± "
+        f"{pct(r['rded_acc_std'])} ({r['students']}) | {pct(r['rded_best_last20_mean'])} | "
+        f"{pct(r['observer_test_acc'])} ({r['observer_epochs']}, "
+        f"{'-' if train_s is None else f'{train_s:.0f}'}) | {sel} | {own_wall}"
+        f"{r['rded_wall_minutes']:.1f} | "
+        f"`{r['command']}` |")
+  common.write(name, {'rows': ordered}, '\n'.join(table), command)
+
+
+if __name__ == '__main__':
+  main()
