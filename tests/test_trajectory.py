@@ -322,3 +322,26 @@ def test_pipeline_runs_pad_end_to_end(tiny_npz, tmp_path):
   assert ev['protocol'] == 'tm' and ev['lr'] == pytest.approx(float(saved['syn_lr']))
   assert ev['loss'] == ('soft_ce' if method == 'pad' else 'ce')
   assert ev['acc_mean'] > 0.34      # above chance on the 3 classes
+
+
+@pytest.mark.parametrize('preset', ['', 'cpu', 'paper'])
+def test_pad_presets_keep_pads_fiex_epochs(preset):
+  """PAD's README schedule (add until epoch 20, remove after 40 / 60, IR 0.75, ratios 0.1 / 0.2)
+  in every preset: the 6-epoch CPU buffer is the start of PAD's own, inside its add phase, as
+  PAD's IPC-1 students see it (the schedule scaled to 6 epochs cost 9.5 points)."""
+  from ddjax.config import method_config
+  from ddjax.scoring import fiex
+  cfg = method_config('pad', preset)
+  e = cfg.expert
+  assert e.fiex and (e.fiex_init_ratio, e.fiex_add_end_epoch) == (0.75, 20)
+  assert tuple(e.fiex_remove_epochs) == (40, 60)
+  assert tuple(e.fiex_remove_ratios) == (0.1, 0.2)
+  if preset == 'paper':                           # 100 epochs: the whole schedule
+    assert e.epochs == 100
+    return
+  # every epoch the CPU buffer trains lies in the add phase: a growing, never shrinking share
+  kept = [fiex.fiex_window(1000, epoch, e.fiex_init_ratio, e.fiex_add_end_epoch,
+                           e.fiex_remove_epochs, e.fiex_remove_ratios) for epoch in range(e.epochs)]
+  assert all(lo == 0 for lo, _ in kept)          # nothing easy is removed
+  sizes = [hi for _, hi in kept]
+  assert sizes == sorted(sizes) and sizes[0] == 750 and sizes[-1] < 1000

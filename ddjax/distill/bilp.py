@@ -46,7 +46,6 @@ from ddjax.scoring import selection as selection_lib
 
 Array = jax.Array
 PyTree = Any
-PER_SAMPLE_CHUNK = 32     # per-sample records' VJPs at once when bilp.ite_chunk is 0 (automatic)
 
 
 def form_classes(batch: dict[str, Array]) -> int:
@@ -75,7 +74,7 @@ class AdaptivePruning(Wrapper):
     chunk_size: real samples differentiated and scored at once (bounded memory; None or 0:
       `bilp.ite_chunk`'s 0, automatic: for an additive form `ddjax.scoring.ite.auto_chunk` of the
       class batch and the synthetic images per class, whole classes at IPC 1, 32 real images
-      per chunk at IPC 10; for per-sample records 32).
+      per chunk at IPC 10; for per-sample records `ite_lib.PER_SAMPLE_CHUNK`, 32).
   """
 
   def __init__(self, wrapped: Distiller, batch_size: int, beta: float = 0.3, mode: str = 'both',
@@ -109,8 +108,9 @@ class AdaptivePruning(Wrapper):
       losses = lambda x: self.wrapped.per_sample({**frozen, 'x': x}, wrapped_state, batch,
                                                  key).loss
       probe_key = jax.random.fold_in(key, 1) if self.ite_method == 'sketch' else None
+      chunk = self.chunk_size or ite_lib.PER_SAMPLE_CHUNK
       return ite_lib.per_sample_ite_scores(losses, frozen['x'], self.ite_method, probe_key,
-                                           self.sketch_dim, self.chunk_size or PER_SAMPLE_CHUNK)
+                                           self.sketch_dim, chunk)
     chunk = self.chunk_size or ite_lib.auto_chunk(
         self.batch_size // form_classes(batch), frozen['x'].shape[0] // form_classes(batch))
     form = self.wrapped.additive_form(frozen, wrapped_state, batch, key, chunk)

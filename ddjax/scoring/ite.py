@@ -295,8 +295,10 @@ def _check_method(method: str) -> None:
     raise ValueError(f'unknown ITE method {method!r}; allowed: {", ".join(METHODS)}')
 
 
-WHOLE_CLASS_PAIRS = 256   # real x synthetic images of a class scored whole (`auto_chunk`)
-CHUNK_PAIRS = 320         # otherwise, real x synthetic images per chunk
+# The automatic chunk sizes (`bilp.ite_chunk = 0`), all in one place:
+WHOLE_CLASS_PAIRS = 256   # additive forms: real x synthetic images of a class scored whole,
+CHUNK_PAIRS = 320         # otherwise real x synthetic images per chunk (`auto_chunk`)
+PER_SAMPLE_CHUNK = 32     # per-sample records: real samples' VJPs at once (`per_sample_ite_scores`)
 
 
 def auto_chunk(class_batch: int, syn_per_class: int) -> int | None:
