@@ -8,7 +8,7 @@ the observer's online soft labels (the 'rded' protocol). Fashion-MNIST by defaul
     python -m ddjax.main --config=configs/rded.py:image_folder --config.data.dir=/data/imagenette2
     python -m ddjax.main --config=configs/random_subset.py --config.eval.protocol=rded
 
-Presets: '' / 'cpu' (Fashion-MNIST, observer 2 epochs), 'paper' / 'cifar10' and 'cifar100' (the
+Presets: '' / 'cpu' (Fashion-MNIST, observer 5 epochs), 'paper' / 'cifar10' and 'cifar100' (the
 official scripts: CIFAR, standardised, 300 student epochs; needs the CIFAR files, data.dir).
 'image_folder': ImageNette-style class folders (ROOT/train/<class>/*.JPEG and ROOT/val/<class>/,
 `data.dir=ROOT` is yours to give; `data.test_split` names the test folder, or

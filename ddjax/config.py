@@ -153,7 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.observer.arch = 'auto'          # auto (convnet <= 32 px, resnet18 above) | convnet | resnet18
   cfg.observer.depth = 3              # ConvNet-3 with batch norm (RDED's conv3); '' dir above =
   cfg.observer.width = 128            # runs/observers/<dataset>_<arch>_seed<s>, shared by runs
-  cfg.observer.epochs = 2             # CPU default; the observer's accuracy is in its record
+  cfg.observer.epochs = 5             # CPU default (F-MNIST: 90.2 % test); accuracy in its record
   cfg.observer.batch_size = 256
   cfg.observer.lr = 1e-3              # Adam, cosine to 0
   cfg.observer.flip = True
