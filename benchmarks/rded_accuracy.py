@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.accuracy import config_of, read_rows  # noqa: E402
+from ddjax import config as config_lib  # noqa: E402
 from ddjax.runtime import pipeline  # noqa: E402
 
 # RDED Table 1 has no Fashion-MNIST column; its CIFAR-10 Conv3 row, for scale.
@@ -71,21 +72,17 @@ def main():
     for method in args.methods:
       rded_cfg = config_of('rded', ipc, 0, args.seed, observer)
       workdir = os.path.join(common.HERE, 'runs', f'{args.name}_{method}_ipc{ipc}')
+      cfg = config_of(method, ipc, args.steps, args.seed, observer)
+      native = config_lib.eval_protocol(cfg) == 'rded'      # RDED's own sets
       own = None
-      if method == 'rded':
-        res = pipeline.run(rded_protocol(rded_cfg, rded_cfg, args.students), workdir)
-      else:
-        cfg = config_of(method, ipc, args.steps, args.seed, observer)
-        own_protocol = cfg.eval.protocol or 'default'
-        if cfg.eval.protocol != 'rded':
-          cfg.eval.num_models = args.own_models
-          own = pipeline.run(cfg, workdir)
-        res = pipeline.run(rded_protocol(rded_cfg, cfg, args.students), workdir)
+      if not native:                                         # its own evaluation first
+        cfg.eval.num_models = args.own_models
+        own = pipeline.run(cfg, workdir)
+      res = pipeline.run(rded_protocol(rded_cfg, cfg, args.students), workdir)
       ev, obs = res['eval'], res['observer']
-      for pic in ('distilled.png',):
-        if os.path.exists(os.path.join(workdir, pic)):
-          shutil.copy(os.path.join(workdir, pic),
-                      os.path.join(out_dir, f'{args.name}_{method}_ipc{ipc}_{pic}'))
+      picture = os.path.join(workdir, 'distilled.png')
+      if os.path.exists(picture):
+        shutil.copy(picture, os.path.join(out_dir, f'{args.name}_{method}_ipc{ipc}_distilled.png'))
       row = {
           'method': method, 'label': method, 'ipc': ipc, 'seed': args.seed,
           'distill_steps': res['distill']['steps'],
@@ -104,7 +101,7 @@ def main():
           'observer_epochs': obs['record']['epochs'],
           'own_wall_minutes': None if own is None else own['wall_seconds'] / 60,
           'rded_wall_minutes': res['wall_seconds'] / 60,
-          'paper_cifar10_conv3': PAPER_CIFAR10_CONV3.get(ipc) if method == 'rded' else None,
+          'paper_cifar10_conv3': PAPER_CIFAR10_CONV3.get(ipc) if native else None,
           'command': command}
       rows = read_rows(json_path)          # rows another run wrote meanwhile stay
       rows[(method, ipc)] = row
