@@ -13,6 +13,12 @@ the same workdir is run again with the 'rded' protocol: the distilled set is reu
 accepts eval.* changes) and only the evaluation differs, so the two columns say what the protocol
 adds to each set.
 
+`--clip-pixels` evaluates every set clipped to the data's pixel range [0, 1] under both protocols
+(eval.clip_pixels; rows labelled '<method> clipped'). Each row also says how far the set's pixels
+leave [0, 1] and how the observer reads the set (the fraction of its images the observer puts in
+their labels' classes, and the classes it reads): the 'rded' protocol learns from that reading
+only.
+
 Rows are merged into benchmarks/results/<name>.{json,md} (default rded_accuracy); workdirs are
 benchmarks/runs/<name>_<method>_ipc<k> (resumable).
 """
@@ -59,6 +65,8 @@ def main():
   ap.add_argument('--own-models', type=int, default=2,
                   help='networks of a method\'s own protocol (its shipped evaluation)')
   ap.add_argument('--steps', type=int, default=0, help='distillation steps (0: config default)')
+  ap.add_argument('--clip-pixels', action='store_true',
+                  help="evaluate the sets clipped to [0, 1] in pixel space (eval.clip_pixels)")
   ap.add_argument('--name', default='rded_accuracy')
   args = ap.parse_args()
   out_dir = os.path.join(common.HERE, 'results')
@@ -73,6 +81,8 @@ def main():
       rded_cfg = config_of('rded', ipc, 0, args.seed, observer)
       workdir = os.path.join(common.HERE, 'runs', f'{args.name}_{method}_ipc{ipc}')
       cfg = config_of(method, ipc, args.steps, args.seed, observer)
+      cfg.eval.clip_pixels = args.clip_pixels
+      label = method + (' clipped' if args.clip_pixels else '')
       native = config_lib.eval_protocol(cfg) == 'rded'      # RDED's own sets
       own = None
       if not native:                                         # its own evaluation first
@@ -84,7 +94,10 @@ def main():
       if os.path.exists(picture):
         shutil.copy(picture, os.path.join(out_dir, f'{args.name}_{method}_ipc{ipc}_distilled.png'))
       row = {
-          'method': method, 'label': method, 'ipc': ipc, 'seed': args.seed,
+          'method': method, 'label': label, 'ipc': ipc, 'seed': args.seed,
+          'set_pixels': res['set_pixels'],
+          'observer_agreement': obs['set_agreement'],
+          'observer_class_counts': obs['set_class_counts'],
           'distill_steps': res['distill']['steps'],
           'distill_sec_per_step': res['distill']['sec_per_step'],
           'selection': res.get('build', {}).get('selection'),
@@ -104,17 +117,19 @@ def main():
           'paper_cifar10_conv3': PAPER_CIFAR10_CONV3.get(ipc) if native else None,
           'command': command}
       rows = read_rows(json_path)          # rows another run wrote meanwhile stay
-      rows[(method, ipc)] = row
+      rows[(label, ipc)] = row
       write_table(args.name, rows, command)
 
 
 def write_table(name: str, rows: dict, command: str) -> None:
-  ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r['method']))
+  ordered = sorted(rows.values(), key=lambda r: (r['ipc'], r['label']))
   pct = lambda v: f'{100 * v:.1f}' if v is not None else '-'
   table = ['| set | IPC | own protocol: test acc % (nets) | rded protocol: final % (students) '
-           '| rded: best of last 20 % epochs | observer % (epochs, train s) | selection '
+           '| rded: best of last 20 % epochs | set pixels: range, % outside [0, 1] '
+           '| observer reads the set: % in its classes, images per class '
+           '| observer % (epochs, train s) | selection '
            '(s, ms/image) | wall (min): own run, rded run | command |',
-           '|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|']
   for r in ordered:
     own = (f"{r['own_protocol']}: {pct(r['own_acc_mean'])} ± {pct(r['own_acc_std'])} "
            f"({r['own_models']})" if r['own_protocol'] else '-')
@@ -122,9 +137,15 @@ def write_table(name: str, rows: dict, command: str) -> None:
     sel = f"{sel['seconds']:.1f} s, {sel['ms_per_image']:.1f}" if sel else '-'
     train_s = r['observer_train_seconds']
     own_wall = f"{r['own_wall_minutes']:.1f}, " if r['own_wall_minutes'] is not None else ''
+    px = r.get('set_pixels')
+    px = (f"[{px['pixel_min']:.2f}, {px['pixel_max']:.2f}], {100 * px['outside_fraction']:.1f}"
+          + (' (clipped)' if px['clipped'] else '') if px else '-')
+    reads = (f"{pct(r['observer_agreement'])}, {r['observer_class_counts']}"
+             if r.get('observer_agreement') is not None else '-')
     table.append(
-        f"| {r['method']} | {r['ipc']} | {own} | {pct(r['rded_acc_mean'])} ± "
+        f"| {r['label']} | {r['ipc']} | {own} | {pct(r['rded_acc_mean'])} ± "
         f"{pct(r['rded_acc_std'])} ({r['students']}) | {pct(r['rded_best_last20_mean'])} | "
+        f"{px} | {reads} | "
         f"{pct(r['observer_test_acc'])} ({r['observer_epochs']}, "
         f"{'-' if train_s is None else f'{train_s:.0f}'}) | {sel} | {own_wall}"
         f"{r['rded_wall_minutes']:.1f} | "

@@ -146,6 +146,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval.kernel_krr = False         # also KRR with the infinite-width kernel of cfg.kernel
   cfg.eval.kernel_krr_test = 0        # test images for kernel KRR (0: all; it costs per pair)
   cfg.eval.soft_label_epochs = 300    # the 'rded' protocol's student epochs (official 300)
+  cfg.eval.clip_pixels = False        # evaluate the set clipped to the data's pixel range [0, 1]
+                                      # (off: the set as learned, as every official evaluation)
 
   cfg.observer = ml_collections.ConfigDict()   # the teacher of soft-label evaluation ('rded'
   cfg.observer.dir = ''               # protocol) and of RDED's selection (ddjax.evaluate.observer)

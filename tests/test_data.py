@@ -394,6 +394,22 @@ def test_preprocessor_on_jax_arrays_and_jit():
 
 
 @pytest.mark.parametrize('kind', ['none', 'standard', 'zca'])
+def test_clip_to_pixel_range_is_the_pixel_clip_in_preprocessed_space(kind):
+  x = _correlated_images(n=80)
+  p = data.fit_preprocessor(x, kind)
+  inside = data.apply_preprocessor(p, x)
+  np.testing.assert_allclose(data.clip_to_pixel_range(p, inside), inside, atol=1e-4)
+  wild = 3.0 * x - 1.0                         # a learned set that left [0, 1] both ways
+  assert wild.min() < -0.5 and wild.max() > 1.5
+  z = data.clip_to_pixel_range(p, data.apply_preprocessor(p, wild))
+  np.testing.assert_allclose(data.invert_preprocessor(p, z), np.clip(wild, 0, 1), atol=1e-4)
+  z_jax = jax.jit(lambda v: data.clip_to_pixel_range(p, v))(
+      jnp.asarray(data.apply_preprocessor(p, wild)))
+  assert isinstance(z_jax, jax.Array)
+  np.testing.assert_allclose(np.asarray(z_jax), z, atol=1e-4)
+
+
+@pytest.mark.parametrize('kind', ['none', 'standard', 'zca'])
 def test_preprocessor_dict_round_trip(tmp_path, kind):
   x = _correlated_images(n=60)
   p = data.fit_preprocessor(x, kind)

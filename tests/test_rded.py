@@ -242,6 +242,50 @@ def test_rded_protocol_evaluates_another_methods_set(tiny_npz, tmp_path):
   assert results['eval']['protocol'] == 'rded' and results['eval']['epochs'] == 2
   assert results['eval']['steps'] == 2                    # 6 images, batch 6 (IPC 2 -> 50, at most n)
   assert 'best_last20_mean' in results['eval'] and results['observer']['trained_now']
+  # real images: inside [0, 1], nothing clipped; the observer's reading of the set is reported
+  assert results['set_pixels']['outside_fraction'] == 0 and not results['set_pixels']['clipped']
+  assert sum(results['observer']['set_class_counts']) == 6
+  assert 0 <= results['observer']['set_agreement'] <= 1
+
+
+def test_observer_agreement_counts_what_the_observer_reads():
+  """An observer that reads every image as class 0: it agrees with exactly the class-0 labels
+  (of a hard or a learned label's top class), and puts every image in class 0."""
+  from ddjax.models import build_model
+  model = build_model('mlp', 3, widths=(4,))
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 1)), train=False)
+  variables = jax.tree_util.tree_map(jnp.zeros_like, variables)
+  variables['params']['head']['bias'] = jnp.asarray([5.0, 0.0, -1.0])
+  obs = observer_lib.Observer(model=model, variables=variables, record={}, path='',
+                              trained_now=False)
+  labels = np.array([0, 1, 2, 0, 2])
+  y = np.eye(3, dtype=np.float32)[labels] * 0.6 + 0.1      # learned-label-like rows, same argmax
+  out = soft_labels.observer_agreement(obs, np.zeros((5, 6, 6, 1), np.float32), y, 3)
+  assert out['agreement'] == pytest.approx(2 / 5)
+  assert out['class_counts'] == [5, 0, 0]
+
+
+def test_clip_pixels_evaluates_the_clipped_set(tiny_npz, tmp_path):
+  """eval.clip_pixels: the evaluation sees the set clipped to [0, 1] in pixel space, and the
+  report says how far the set had left it."""
+  from ddjax.runtime import evaluation, pipeline
+  cfg = _obs_cfg(tiny_npz, tmp_path / 'obs')
+  data = pipeline.load_data(cfg)
+  from ddjax.data import apply_preprocessor, invert_preprocessor
+  wild = np.linspace(-1.0, 2.0, 6 * 12 * 12).reshape(6, 12, 12, 1).astype(np.float32)
+  syn = {'x': apply_preprocessor(data.pre, wild), 'y': np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2,
+                                                                                     2]]}
+  same, report = evaluation.pixel_range(cfg, data, syn)
+  assert same is syn and not report['clipped']
+  assert report['pixel_min'] == pytest.approx(-1.0, abs=1e-4)
+  assert report['pixel_max'] == pytest.approx(2.0, abs=1e-4)
+  assert report['outside_fraction'] == pytest.approx(np.mean((wild < 0) | (wild > 1)), abs=0.01)
+  cfg.eval.clip_pixels = True
+  clipped, report = evaluation.pixel_range(cfg, data, syn)
+  assert report['clipped']
+  np.testing.assert_allclose(invert_preprocessor(data.pre, clipped['x']), np.clip(wild, 0, 1),
+                             atol=1e-4)
+  np.testing.assert_array_equal(clipped['y'], syn['y'])
 
 
 def test_validation_epochs_are_the_last_fifth():

@@ -16,6 +16,7 @@ from ddjax.data.tfds_source import load_tfds
 from ddjax.data.preprocess import (
     Preprocessor,
     apply_preprocessor,
+    clip_to_pixel_range,
     default_preprocessing,
     fit_preprocessor,
     invert_preprocessor,
@@ -43,7 +44,7 @@ from ddjax.data.sources import (
 __all__ = [
     'PreparedData', 'prepare',
     'DATASETS', 'Dataset', 'DatasetNotFoundError', 'Preprocessor', 'apply_preprocessor',
-    'candidate_paths', 'centered_one_hot', 'check_ipc', 'class_balanced_indices',
+    'candidate_paths', 'centered_one_hot', 'clip_to_pixel_range', 'check_ipc', 'class_balanced_indices',
     'default_preprocessing', 'fit_preprocessor', 'init_synthetic', 'invert_preprocessor',
     'load_cifar_dir', 'load_cifar_tar', 'load_dataset', 'load_npz', 'locate_dataset', 'one_hot',
     'preprocessor_from_dict', 'preprocessor_to_dict', 'read_idx', 'real_subset', 'write_idx',

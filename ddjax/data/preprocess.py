@@ -172,6 +172,16 @@ def invert_preprocessor(p: Preprocessor, x):
   return x * p.std + p.mean
 
 
+def clip_to_pixel_range(p: Preprocessor, x, low: float = 0.0, high: float = 1.0):
+  """Preprocessed images x (..., H, W, C) clipped to the pixel range [low, high] of the data the
+  preprocessing was fitted on: apply(clip(invert(x), low, high)). A learned set whose pixels left
+  [0, 1] becomes the nearest set of displayable images (the identity on images already inside).
+  numpy in, numpy out; jax in, jax out."""
+  pixels = invert_preprocessor(p, x)
+  clip = jax.numpy.clip if isinstance(pixels, jax.Array) else np.clip
+  return apply_preprocessor(p, clip(pixels, low, high))
+
+
 def preprocessor_to_dict(p: Preprocessor, prefix: str = '') -> dict[str, np.ndarray]:
   """Arrays for np.savez: {prefix+'kind': 0-d str array, 'mean', 'std'[, 'zca', 'zca_inv']}."""
   out = {prefix + 'kind': np.array(p.kind), prefix + 'mean': np.asarray(p.mean, np.float32),

@@ -127,6 +127,19 @@ def train_student(key: Array, student: nn.Module, teacher: nn.Module, teacher_va
   return variables, out
 
 
+def observer_agreement(observer, x_syn: Array, y_syn: Array, num_classes: int) -> dict:
+  """How the observer reads a set: the fraction of its images (x_syn (n, H, W, C)) that the
+  observer classifies as their label's class (argmax of y_syn (n, K), so the top class of a
+  learned label), and how many images it puts in each class. The 'rded' protocol trains students
+  on the observer's labels of the images alone, so a set the observer misreads teaches the wrong
+  classes whatever its own labels say."""
+  from ddjax.evaluate.train import predict
+  logits, _ = predict(observer.model, observer.variables, x_syn)
+  read = logits.argmax(-1)
+  return {'agreement': float(np.mean(read == np.asarray(y_syn).argmax(-1))),
+          'class_counts': np.bincount(read, minlength=num_classes).tolist()}
+
+
 def evaluate_soft_label(key: Array, student: nn.Module, observer, x_syn: Array, x_test, y_test,
                         protocol: EvalProtocol, num_models: int = 1,
                         progress: Callable[[str], Any] | None = None,

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from ddjax import config as config_lib
+from ddjax import data as data_lib
 from ddjax import registry
 from ddjax.augment.dsa import strategy_from_config
 from ddjax.augment.frepo import frepo_strategy_for
@@ -20,6 +21,7 @@ from ddjax.kernels.architectures import kernel_fn_from_config
 from ddjax.models import from_config
 from ddjax.runtime import distributed
 
+PIXEL_TOLERANCE = 1e-3   # float round-off of preprocessing and its inverse, in pixel units
 KEY_EVAL = 3      # the purpose folded into the root key for evaluation (ddjax.runtime.pipeline)
 
 
@@ -45,6 +47,9 @@ def soft_label_eval(cfg: ml_collections.ConfigDict, data: PreparedData,
   protocol = get_protocol('rded', int(syn['x'].shape[0]), data.num_classes, **_overrides(cfg),
                           epochs=int(cfg.eval.soft_label_epochs), patch_factor=factor)
   obs = observer_lib.get_observer(cfg, data)
+  reading = soft_labels.observer_agreement(obs, syn['x'], syn['y'], data.num_classes)
+  _log(f'the observer puts {100 * reading["agreement"]:.1f} % of the set in its labels\' '
+       f'classes; images per class it reads: {reading["class_counts"]}')
   model = from_config(cfg.eval.model, data.num_classes)
   _log(f'protocol rded: {protocol.epochs} epochs ({protocol.steps} steps), batch '
        f'{protocol.batch_size}, T {protocol.temperature}, patch factor {factor}, '
@@ -58,7 +63,9 @@ def soft_label_eval(cfg: ml_collections.ConfigDict, data: PreparedData,
           'best_last20_std')
   entries = {'eval': {**{k: ev[k] for k in keys}, 'protocol': 'rded', 'steps': protocol.steps,
                       'epochs': protocol.epochs, 'patch_factor': factor},
-             'observer': dict(obs.reference(), preprocessing=data.pre.kind)}
+             'observer': dict(obs.reference(), preprocessing=data.pre.kind,
+                              set_agreement=reading['agreement'],
+                              set_class_counts=reading['class_counts'])}
   line = (f'test accuracy {100 * ev["acc_mean"]:.2f} +- {100 * ev["acc_std"]:.2f} % (final); '
           f'best over the last 20 % of epochs (RDED\'s reported number) '
           f'{100 * ev["best_last20_mean"]:.2f} %')
@@ -137,10 +144,30 @@ def kernel_krr(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) ->
           'test_images': int(n_test), 'seconds': time.perf_counter() - t0}
 
 
+def pixel_range(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> tuple[dict, dict]:
+  """(syn, report): with eval.clip_pixels the set's images clipped to the data's pixel range
+  [0, 1] (`ddjax.data.clip_to_pixel_range`), otherwise syn unchanged; the report says how far the
+  learned pixels leave [0, 1] (min, max, the fraction of values outside) and whether they were
+  clipped. A network trained on the set itself does not mind; a teacher trained on real images
+  (the 'rded' protocol's observer) reads values far outside [0, 1] as other classes."""
+  pixels = np.asarray(data_lib.invert_preprocessor(data.pre, np.asarray(syn['x'])))
+  outside = float(np.mean((pixels < -PIXEL_TOLERANCE) | (pixels > 1 + PIXEL_TOLERANCE)))
+  report = {'pixel_min': float(pixels.min()), 'pixel_max': float(pixels.max()),
+            'outside_fraction': outside, 'clipped': bool(cfg.eval.clip_pixels)}
+  if cfg.eval.clip_pixels:
+    syn = dict(syn, x=data_lib.clip_to_pixel_range(data.pre, np.asarray(syn['x'])))
+  return syn, report
+
+
 def evaluate(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> dict:
-  """The results entries of every evaluation the config asks for ('eval', 'krr_eval',
-  'observer', 'kernel_krr_eval'), each printed as it finishes."""
-  results = {}
+  """The results entries of every evaluation the config asks for ('set_pixels', 'eval',
+  'krr_eval', 'observer', 'kernel_krr_eval'), each printed as it finishes; every one sees the
+  set clipped to [0, 1] with eval.clip_pixels (`pixel_range`)."""
+  syn, report = pixel_range(cfg, data, syn)
+  results = {'set_pixels': report}
+  _log(f'set pixels in [{report["pixel_min"]:.2f}, {report["pixel_max"]:.2f}], '
+       f'{100 * report["outside_fraction"]:.1f} % outside [0, 1]'
+       + (', clipped to [0, 1] (eval.clip_pixels)' if report['clipped'] else ''))
   if cfg.eval.num_models > 0:
     runner = RUNNERS.get(config_lib.eval_protocol(cfg), train_from_scratch)
     entries, line = runner(cfg, data, syn)
