@@ -13,8 +13,10 @@ the same workdir is run again with the 'rded' protocol: the distilled set is reu
 accepts eval.* changes) and only the evaluation differs, so the two columns say what the protocol
 adds to each set.
 
-`--clip-pixels` evaluates every set clipped to the data's pixel range [0, 1] under both protocols
-(eval.clip_pixels; rows labelled '<method> clipped'). Each row also says how far the set's pixels
+`--clip` sets eval.clip_pixels for both protocols: 'auto' (the default: the 'rded' protocol sees
+the set clipped to the data's pixel range [0, 1], as RDED's code reads sets from image files; a
+method's own protocol sees it as learned), 'on' (both clipped; rows labelled '<method> clipped')
+or 'off' (neither; '<method> unclipped'). Each row also says how far the set's pixels
 leave [0, 1] and how the observer reads the set (the fraction of its images the observer puts in
 their labels' classes, and the classes it reads): the 'rded' protocol learns from that reading
 only.
@@ -65,8 +67,9 @@ def main():
   ap.add_argument('--own-models', type=int, default=2,
                   help='networks of a method\'s own protocol (its shipped evaluation)')
   ap.add_argument('--steps', type=int, default=0, help='distillation steps (0: config default)')
-  ap.add_argument('--clip-pixels', action='store_true',
-                  help="evaluate the sets clipped to [0, 1] in pixel space (eval.clip_pixels)")
+  ap.add_argument('--clip', choices=('auto', 'on', 'off'), default='auto',
+                  help="eval.clip_pixels of both protocols (the sets clipped to [0, 1] in pixel "
+                       "space); auto: clipped under 'rded' only")
   ap.add_argument('--name', default='rded_accuracy')
   args = ap.parse_args()
   out_dir = os.path.join(common.HERE, 'results')
@@ -81,8 +84,8 @@ def main():
       rded_cfg = config_of('rded', ipc, 0, args.seed, observer)
       workdir = os.path.join(common.HERE, 'runs', f'{args.name}_{method}_ipc{ipc}')
       cfg = config_of(method, ipc, args.steps, args.seed, observer)
-      cfg.eval.clip_pixels = args.clip_pixels
-      label = method + (' clipped' if args.clip_pixels else '')
+      cfg.eval.clip_pixels = args.clip
+      label = method + {'auto': '', 'on': ' clipped', 'off': ' unclipped'}[args.clip]
       native = config_lib.eval_protocol(cfg) == 'rded'      # RDED's own sets
       own = None
       if not native:                                         # its own evaluation first

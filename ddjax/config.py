@@ -146,8 +146,10 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval.kernel_krr = False         # also KRR with the infinite-width kernel of cfg.kernel
   cfg.eval.kernel_krr_test = 0        # test images for kernel KRR (0: all; it costs per pair)
   cfg.eval.soft_label_epochs = 300    # the 'rded' protocol's student epochs (official 300)
-  cfg.eval.clip_pixels = False        # evaluate the set clipped to the data's pixel range [0, 1]
-                                      # (off: the set as learned, as every official evaluation)
+  cfg.eval.clip_pixels = 'auto'       # auto | on | off: evaluate the set clipped to the data's
+                                      # pixel range [0, 1]; auto: on for protocols whose official
+                                      # code reads sets back from image files ('rded'), off for
+                                      # those that train on the set as learned
 
   cfg.observer = ml_collections.ConfigDict()   # the teacher of soft-label evaluation ('rded'
   cfg.observer.dir = ''               # protocol) and of RDED's selection (ddjax.evaluate.observer)
@@ -342,6 +344,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += fraction_errors(cfg, 'transform.drop_easiest')
   errors += fraction_errors(cfg, 'transform.isa_eps', closed=True)
   errors += choice_errors(cfg, 'eval.protocol', ('auto',) + tuple(PROTOCOLS))
+  errors += choice_errors(cfg, 'eval.clip_pixels', ('auto', 'on', 'off'))
   errors += int_errors(cfg, 'eval.num_models', 0)
   errors += int_errors(cfg, 'eval.vmap_models', 0, ' (0: the backend default; 1: one network at '
                        'a time)')
@@ -436,6 +439,15 @@ def real_batch_size(cfg: ml_collections.ConfigDict, num_classes: int) -> int:
   """The real batch: distill.batch_per_class x classes when set, else distill.batch_size."""
   per_class = cfg.distill.batch_per_class
   return per_class * num_classes if per_class else cfg.distill.batch_size
+
+
+def clips_pixels(cfg: ml_collections.ConfigDict) -> bool:
+  """eval.clip_pixels with 'auto' resolved by the evaluation protocol: on for protocols that
+  read sets as image files (`ddjax.evaluate.READS_IMAGE_FILES`)."""
+  from ddjax.evaluate import READS_IMAGE_FILES
+  if cfg.eval.clip_pixels == 'auto':
+    return eval_protocol(cfg) in READS_IMAGE_FILES
+  return cfg.eval.clip_pixels == 'on'
 
 
 def balanced_batch(cfg: ml_collections.ConfigDict) -> bool:

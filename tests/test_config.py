@@ -27,6 +27,7 @@ def _cli(*args, timeout=600):
     ('eval.model.norm', 'groupish', "eval.model.norm='groupish' is not one of"),
     ('distill.ipc', 0, 'distill.ipc must be an integer >= 1'),
     ('eval.protocol', 'mine', "eval.protocol='mine' is not one of"),
+    ('eval.clip_pixels', 'yes', "eval.clip_pixels='yes' is not one of ('auto', 'on', 'off')"),
     ('eval.vmap_models', -1, 'eval.vmap_models must be an integer >= 0 (0: the backend default'),
     ('transform.drop_easiest', 1.0, 'transform.drop_easiest must lie in [0, 1)'),
     ('transform.isa_eps', 2.0, 'transform.isa_eps must lie in [0, 1]'),

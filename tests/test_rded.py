@@ -242,8 +242,9 @@ def test_rded_protocol_evaluates_another_methods_set(tiny_npz, tmp_path):
   assert results['eval']['protocol'] == 'rded' and results['eval']['epochs'] == 2
   assert results['eval']['steps'] == 2                    # 6 images, batch 6 (IPC 2 -> 50, at most n)
   assert 'best_last20_mean' in results['eval'] and results['observer']['trained_now']
-  # real images: inside [0, 1], nothing clipped; the observer's reading of the set is reported
-  assert results['set_pixels']['outside_fraction'] == 0 and not results['set_pixels']['clipped']
+  # real images: inside [0, 1] ('auto' clips under 'rded': the identity here); the observer's
+  # reading of the set is reported
+  assert results['set_pixels']['outside_fraction'] == 0 and results['set_pixels']['clipped']
   assert sum(results['observer']['set_class_counts']) == 6
   assert 0 <= results['observer']['set_agreement'] <= 1
 
@@ -266,8 +267,9 @@ def test_observer_agreement_counts_what_the_observer_reads():
 
 
 def test_clip_pixels_evaluates_the_clipped_set(tiny_npz, tmp_path):
-  """eval.clip_pixels: the evaluation sees the set clipped to [0, 1] in pixel space, and the
-  report says how far the set had left it."""
+  """eval.clip_pixels: the evaluation sees the set clipped to [0, 1] in pixel space ('on', and
+  'auto' under the 'rded' protocol, which reads sets as image files), and the report says how far
+  the set had left it."""
   from ddjax.runtime import evaluation, pipeline
   cfg = _obs_cfg(tiny_npz, tmp_path / 'obs')
   data = pipeline.load_data(cfg)
@@ -275,17 +277,23 @@ def test_clip_pixels_evaluates_the_clipped_set(tiny_npz, tmp_path):
   wild = np.linspace(-1.0, 2.0, 6 * 12 * 12).reshape(6, 12, 12, 1).astype(np.float32)
   syn = {'x': apply_preprocessor(data.pre, wild), 'y': np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2,
                                                                                      2]]}
+  from ddjax.config import eval_protocol
+  assert eval_protocol(cfg) == 'rded' and cfg.eval.clip_pixels == 'auto'
+  cfg.eval.clip_pixels = 'off'
   same, report = evaluation.pixel_range(cfg, data, syn)
   assert same is syn and not report['clipped']
   assert report['pixel_min'] == pytest.approx(-1.0, abs=1e-4)
   assert report['pixel_max'] == pytest.approx(2.0, abs=1e-4)
   assert report['outside_fraction'] == pytest.approx(np.mean((wild < 0) | (wild > 1)), abs=0.01)
-  cfg.eval.clip_pixels = True
-  clipped, report = evaluation.pixel_range(cfg, data, syn)
-  assert report['clipped']
-  np.testing.assert_allclose(invert_preprocessor(data.pre, clipped['x']), np.clip(wild, 0, 1),
-                             atol=1e-4)
-  np.testing.assert_array_equal(clipped['y'], syn['y'])
+  for setting in ('on', 'auto'):
+    cfg.eval.clip_pixels = setting
+    clipped, report = evaluation.pixel_range(cfg, data, syn)
+    assert report['clipped']
+    np.testing.assert_allclose(invert_preprocessor(data.pre, clipped['x']), np.clip(wild, 0, 1),
+                               atol=1e-4)
+    np.testing.assert_array_equal(clipped['y'], syn['y'])
+  cfg.eval.protocol = 'dc'                     # 'auto' under a protocol that trains on the floats
+  assert not evaluation.pixel_range(cfg, data, syn)[1]['clipped']
 
 
 def test_validation_epochs_are_the_last_fifth():

@@ -58,6 +58,10 @@ OPTIMIZERS = ('adam', 'sgd')
 LOSSES = ('mse', 'ce', 'soft_ce', 'kl')
 SCHEDULES = ('warmup_cosine', 'step', 'quarter_cosine')
 PROTOCOLS = ('frepo', 'dc', 'rded', 'tm')
+# Protocols whose official code reads a set back from image files, so its pixels arrive clipped
+# to [0, 1]: RDED's synthesis writes JPEGs and its validation loads them with ImageFolder +
+# ToTensor (references section 5.1 steps 6-8). The others train on the float tensors as learned.
+READS_IMAGE_FILES = ('rded',)
 TM_EPOCHS = 1000                    # MTT utils.py:352-389 (epoch_eval_train)
 RDED_EPOCHS = 300                   # RDED argument.py:114 and its scripts
 

@@ -145,16 +145,19 @@ def kernel_krr(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) ->
 
 
 def pixel_range(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> tuple[dict, dict]:
-  """(syn, report): with eval.clip_pixels the set's images clipped to the data's pixel range
-  [0, 1] (`ddjax.data.clip_to_pixel_range`), otherwise syn unchanged; the report says how far the
+  """(syn, report): when eval.clip_pixels says so (`config.clips_pixels`; 'auto': for the 'rded'
+  protocol, whose official code reads sets from image files) the set's images clipped to the
+  data's pixel range [0, 1] (`ddjax.data.clip_to_pixel_range`), otherwise syn unchanged; the
+  report says how far the
   learned pixels leave [0, 1] (min, max, the fraction of values outside) and whether they were
   clipped. A network trained on the set itself does not mind; a teacher trained on real images
   (the 'rded' protocol's observer) reads values far outside [0, 1] as other classes."""
   pixels = np.asarray(data_lib.invert_preprocessor(data.pre, np.asarray(syn['x'])))
   outside = float(np.mean((pixels < -PIXEL_TOLERANCE) | (pixels > 1 + PIXEL_TOLERANCE)))
+  clip = config_lib.clips_pixels(cfg)
   report = {'pixel_min': float(pixels.min()), 'pixel_max': float(pixels.max()),
-            'outside_fraction': outside, 'clipped': bool(cfg.eval.clip_pixels)}
-  if cfg.eval.clip_pixels:
+            'outside_fraction': outside, 'clipped': clip}
+  if clip:
     syn = dict(syn, x=data_lib.clip_to_pixel_range(data.pre, np.asarray(syn['x'])))
   return syn, report
 
@@ -162,7 +165,7 @@ def pixel_range(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -
 def evaluate(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> dict:
   """The results entries of every evaluation the config asks for ('set_pixels', 'eval',
   'krr_eval', 'observer', 'kernel_krr_eval'), each printed as it finishes; every one sees the
-  set clipped to [0, 1] with eval.clip_pixels (`pixel_range`)."""
+  set clipped to [0, 1] when eval.clip_pixels says so (`pixel_range`)."""
   syn, report = pixel_range(cfg, data, syn)
   results = {'set_pixels': report}
   _log(f'set pixels in [{report["pixel_min"]:.2f}, {report["pixel_max"]:.2f}], '
