@@ -9,7 +9,8 @@ the observer's online soft labels (the 'rded' protocol). Fashion-MNIST by defaul
     python -m ddjax.main --config=configs/random_subset.py --config.eval.protocol=rded
 
 Presets: '' / 'cpu' (Fashion-MNIST, observer 5 epochs), 'paper' / 'cifar10' and 'cifar100' (the
-official scripts: CIFAR, standardised, 300 student epochs; needs the CIFAR files, data.dir).
+official scripts: CIFAR, standardised, 300 student epochs; CIFAR-100's students AdamW 2e-3 with
+batch 25, the official special case; needs the CIFAR files, data.dir).
 'image_folder': ImageNette-style class folders (ROOT/train/<class>/*.JPEG and ROOT/val/<class>/,
 `data.dir=ROOT` is yours to give; `data.test_split` names the test folder, or
 `data.test_fraction` > 0 splits class folders directly under ROOT), RGB, centre-cropped and

@@ -493,6 +493,30 @@ def test_a_resnet_observer_is_reused_as_such_and_refused_for_a_convnet(tiny_npz,
   assert observer_lib.default_dir(cfg, tiny_data).endswith('npz_resnet18_seed0')
 
 
+def test_cifar_presets_are_the_official_scripts():
+  """configs/rded.py:cifar10 / cifar100: the official Conv3 -> Conv3 scripts (references section
+  5.2): factor 1 at 32 px, ConvNet-3 BN width 128 observer and students, AdamW 1e-3 with RDED's
+  batch rule, except CIFAR-100's special case (2e-3, batch 25)."""
+  from conftest import load_shipped_config
+  from ddjax import config as config_lib
+  from ddjax.evaluate.protocols import rded_batch_size
+  for preset, classes in (('cifar10', 10), ('cifar100', 100)):
+    cfg = load_shipped_config('rded', preset)
+    config_lib.validate(cfg)
+    assert cfg.data.name == preset and config_lib.eval_protocol(cfg) == 'rded'
+    assert rded.factor_of(cfg, (32, 32, 3)) == 1
+    assert observer_lib.observer_arch(cfg, (32, 32, 3)) == 'convnet'
+    assert (cfg.eval.model.norm, cfg.eval.model.width, cfg.eval.model.depth) == ('batch', 128, 3)
+    assert cfg.eval.soft_label_epochs == 300 and cfg.eval.clip_pixels == 'auto'
+    lr, batch = (cfg.eval.lr, cfg.eval.batch_size)
+    protocol = get_protocol('rded', 10 * classes, classes, **({'lr': lr, 'batch_size': batch}
+                                                              if lr else {}))
+    if preset == 'cifar10':
+      assert (protocol.lr, protocol.batch_size) == (1e-3, rded_batch_size(100, 10)) == (1e-3, 50)
+    else:
+      assert (protocol.lr, protocol.batch_size) == (2e-3, 25)
+
+
 def test_image_folder_preset_resolves_without_data():
   from conftest import load_shipped_config
   from ddjax import config as config_lib

@@ -233,6 +233,9 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
     cfg.data.preprocessing = 'standard'
     cfg.observer.epochs = 30
     cfg.eval.num_models = 3
+  if preset == 'cifar100':      # the official special case conv3 -> conv3 on CIFAR-100
+    cfg.eval.lr = 2e-3          # (argument.py:276-315, references section 5.2)
+    cfg.eval.batch_size = 25
   if preset == 'image_folder':   # ImageNette-style class folders (data.dir=ROOT: train/ and val/)
     cfg.data.update(name='image_folder', image_size=64, channels=3, test_split='val',
                     preprocessing='standard')
