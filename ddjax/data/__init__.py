@@ -44,7 +44,8 @@ from ddjax.data.sources import (
 __all__ = [
     'PreparedData', 'prepare',
     'DATASETS', 'Dataset', 'DatasetNotFoundError', 'Preprocessor', 'apply_preprocessor',
-    'candidate_paths', 'centered_one_hot', 'clip_to_pixel_range', 'check_ipc', 'class_balanced_indices',
+    'candidate_paths', 'centered_one_hot', 'check_ipc', 'class_balanced_indices',
+    'clip_to_pixel_range',
     'default_preprocessing', 'fit_preprocessor', 'init_synthetic', 'invert_preprocessor',
     'load_cifar_dir', 'load_cifar_tar', 'load_dataset', 'load_npz', 'locate_dataset', 'one_hot',
     'preprocessor_from_dict', 'preprocessor_to_dict', 'read_idx', 'real_subset', 'write_idx',

@@ -144,14 +144,15 @@ def kernel_krr(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) ->
           'test_images': int(n_test), 'seconds': time.perf_counter() - t0}
 
 
-def pixel_range(cfg: ml_collections.ConfigDict, data: PreparedData, syn: dict) -> tuple[dict, dict]:
+def pixel_range(cfg: ml_collections.ConfigDict, data: PreparedData,
+                syn: dict) -> tuple[dict, dict]:
   """(syn, report): when eval.clip_pixels says so (`config.clips_pixels`; 'auto': for the 'rded'
   protocol, whose official code reads sets from image files) the set's images clipped to the
   data's pixel range [0, 1] (`ddjax.data.clip_to_pixel_range`), otherwise syn unchanged; the
-  report says how far the
-  learned pixels leave [0, 1] (min, max, the fraction of values outside) and whether they were
-  clipped. A network trained on the set itself does not mind; a teacher trained on real images
-  (the 'rded' protocol's observer) reads values far outside [0, 1] as other classes."""
+  report says how far the learned pixels leave [0, 1] (min, max, the fraction of values outside)
+  and whether they were clipped. A network trained on the set itself does not mind; a teacher
+  trained on real images (the 'rded' protocol's observer) reads values far outside [0, 1] as
+  other classes."""
   pixels = np.asarray(data_lib.invert_preprocessor(data.pre, np.asarray(syn['x'])))
   outside = float(np.mean((pixels < -PIXEL_TOLERANCE) | (pixels > 1 + PIXEL_TOLERANCE)))
   clip = config_lib.clips_pixels(cfg)
