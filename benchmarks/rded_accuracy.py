@@ -65,7 +65,8 @@ def main():
   ap.add_argument('--observer-epochs', type=int, default=5)
   ap.add_argument('--students', type=int, default=3, help="students per set, 'rded' protocol")
   ap.add_argument('--own-models', type=int, default=2,
-                  help='networks of a method\'s own protocol (its shipped evaluation)')
+                  help='networks of a method\'s own protocol (its shipped evaluation); 0: skip '
+                       'it, the rded protocol only')
   ap.add_argument('--steps', type=int, default=0, help='distillation steps (0: config default)')
   ap.add_argument('--clip', choices=('auto', 'on', 'off'), default='auto',
                   help="eval.clip_pixels of both protocols (the sets clipped to [0, 1] in pixel "
@@ -88,7 +89,7 @@ def main():
       label = method + {'auto': '', 'on': ' clipped', 'off': ' unclipped'}[args.clip]
       native = config_lib.eval_protocol(cfg) == 'rded'      # RDED's own sets
       own = None
-      if not native:                                         # its own evaluation first
+      if not native and args.own_models > 0:                 # its own evaluation first
         cfg.eval.num_models = args.own_models
         own = pipeline.run(cfg, workdir)
       res = pipeline.run(rded_protocol(rded_cfg, cfg, args.students), workdir)
