@@ -244,14 +244,17 @@ def test_flip_is_identity_or_mirror():
   assert np.all(same | mirrored) and same.any() and mirrored.any()
 
 
-@pytest.mark.parametrize('channels', [3, 6])
-def test_conv2d_matches_lax_convolution_in_value_first_and_second_order_gradients(channels):
+@pytest.mark.parametrize('channels,weight_grad', [(3, 'auto'), (6, 'auto'), (6, 'im2col')])
+def test_conv2d_matches_lax_convolution_in_value_first_and_second_order_gradients(channels,
+                                                                                  weight_grad):
   # ConvNet's convolution computes its weight gradient by im2col matmuls (in chunks) for inputs
-  # of at most _IM2COL_MAX_CHANNELS channels (3 here) and by XLA's backward-filter convolution
-  # above (6): either must agree with XLA's convolution everywhere DC uses it, including the
-  # gradient of a gradient (DC differentiates the synthetic gradient w.r.t. the images) and
-  # under vmap.
-  from ddjax.models.convnet import _DW_CHUNK_ELEMENTS, _IM2COL_MAX_CHANNELS, conv2d
+  # of at most _IM2COL_MAX_CHANNELS channels (3 here) or at any width with weight_grad='im2col'
+  # (per-example gradients), and by XLA's backward-filter convolution otherwise (6, 'auto'):
+  # each must agree with XLA's convolution everywhere DC uses it, including the gradient of a
+  # gradient (DC differentiates the synthetic gradient w.r.t. the images) and under vmap.
+  from ddjax.models.convnet import _DW_CHUNK_ELEMENTS, _IM2COL_MAX_CHANNELS
+  from ddjax.models.convnet import conv2d as conv2d_any
+  conv2d = functools.partial(conv2d_any, weight_grad=weight_grad)
   assert (channels <= _IM2COL_MAX_CHANNELS) == (channels == 3)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(7, 9, 8, channels)), jnp.float32)
@@ -282,6 +285,35 @@ def test_conv2d_matches_lax_convolution_in_value_first_and_second_order_gradient
   gb = jax.grad(lambda w: jnp.sum(jnp.sin(conv2d(big, w, pad))))(w)
   gb_ref = jax.grad(lambda w: jnp.sum(jnp.sin(ref(big, w))))(w)
   np.testing.assert_allclose(gb, gb_ref, rtol=1e-3, atol=1e-2)
+
+
+def test_per_example_model_gives_the_same_per_example_and_second_order_gradients():
+  # BiLP's ITE takes per-example gradients (vmap of single-image gradients) and differentiates a
+  # synthetic gradient again with `per_example_model`'s im2col weight gradients: the same values
+  # as the default network's XLA backward-filter convolutions
+  from ddjax.models import per_example_model
+  model = ConvNet(num_classes=3, depth=2, width=8, norm='instance')
+  pe = per_example_model(model)
+  assert (model.weight_grad, pe.weight_grad) == ('auto', 'im2col')
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 12, 12, 2)), jnp.float32)
+  variables = model.init(jax.random.PRNGKey(0), x)
+  np.testing.assert_array_equal(model.apply(variables, x)[0], pe.apply(variables, x)[0])
+
+  def loss(m, p, xb):
+    return jnp.sum(jax.nn.log_softmax(m.apply({**variables, 'params': p}, xb)[0])[:, 0])
+
+  per_example = lambda m: jax.vmap(lambda xi: jax.grad(loss, 1)(m, variables['params'],
+                                                                xi[None]))(x)
+  for a, b in zip(jax.tree_util.tree_leaves(per_example(model)),
+                  jax.tree_util.tree_leaves(per_example(pe))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  sq_norm = lambda tree: sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree))
+  second = lambda m: jax.grad(lambda xb: sq_norm(jax.grad(loss, 1)(m, variables['params'], xb)))(x)
+  np.testing.assert_allclose(second(model), second(pe), rtol=1e-3, atol=1e-4)
+  mlp = MLP(num_classes=3, widths=(4,))
+  assert per_example_model(mlp) is mlp
+  with pytest.raises(ValueError, match='weight gradient'):
+    ConvNet(num_classes=3, weight_grad='conv').init(jax.random.PRNGKey(0), x)
 
 
 def test_frepo_norm_placement_matches_frepos_convnet():

@@ -39,6 +39,7 @@ from ddjax import registry
 from ddjax.augment.dsa import DSAParams, dsa
 from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller
 from ddjax.distill.matching import depth_mask, gradient_distance, group_by_class, matching_defaults
+from ddjax.models import per_example_model
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, init_carry,
                                    make_train_step)
 from ddjax.scoring.ite import PerSampleFn, Separable
@@ -106,6 +107,7 @@ class DC(Distiller):
                dsa_params: DSAParams = DSAParams(), bn_size: int = 16,
                class_batching: str = 'auto'):
     self.model = model
+    self.per_example_model = per_example_model(model)   # vmapped single-image gradients
     self.image_shape = tuple(image_shape)
     self.num_classes = num_classes
     self.outer_loop = int(outer_loop)
@@ -140,9 +142,10 @@ class DC(Distiller):
     return dsa(key, x, self.dsa_strategy, params=self.dsa_params, batchmode=batchmode)
 
   def classifier_loss(self, params: PyTree, rest: PyTree, x: Array, labels: Array,
-                      weights: Array | None = None) -> Array:
-    """Mean cross-entropy over x (B, ...), or its `weights`-weighted mean (B,) when given."""
-    logits, _ = self.model.apply({'params': params, **rest}, x, train=False)
+                      weights: Array | None = None, model: nn.Module | None = None) -> Array:
+    """Mean cross-entropy over x (B, ...), or its `weights`-weighted mean (B,) when given;
+    `model` in place of the distiller's (the same network, e.g. `per_example_model`)."""
+    logits, _ = (model or self.model).apply({'params': params, **rest}, x, train=False)
     if weights is None:
       return cross_entropy(logits, labels)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -193,7 +196,8 @@ class DC(Distiller):
     params = variables['params']
     rest = {k: v for k, v in variables.items() if k != 'params'}
     x = self.augment(key, x)
-    one = lambda xy: jax.grad(self.classifier_loss)(params, rest, xy[0][None], xy[1][None])
+    one = lambda xy: jax.grad(self.classifier_loss)(params, rest, xy[0][None], xy[1][None],
+                                                    model=self.per_example_model)
     if chunk_size is None:
       g = jax.vmap(one)((x, labels))
     else:
@@ -249,12 +253,14 @@ class DC(Distiller):
         params, rest, x_aug, jnp.full((b,), label, jnp.int32)))
 
     def g_one(xa):
-      gi = jax.grad(self.classifier_loss)(params, rest, xa[None], label[None])
+      gi = jax.grad(self.classifier_loss)(params, rest, xa[None], label[None],
+                                          model=self.per_example_model)
       return jax.lax.stop_gradient(jax.tree_util.tree_map(lambda a: a / b, gi))
 
     def features(S):
       labels = jnp.full((S.shape[0],), label, jnp.int32)
-      return jax.grad(self.classifier_loss)(params, rest, self.augment(key, S), labels)
+      return jax.grad(self.classifier_loss)(params, rest, self.augment(key, S), labels,
+                                            model=self.per_example_model)
 
     return Separable(self.distance, features, G, x_syn, PerSampleFn(g_one, x_aug))
 

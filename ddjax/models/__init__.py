@@ -26,7 +26,8 @@ ARCHITECTURES = ('convnet', 'mlp', 'resnet18')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 __all__ = ['ARCHITECTURES', 'COMPUTE_DTYPES', 'NORM_PLACEMENTS', 'NORMS', 'POOLINGS', 'ConvNet',
-           'MLP', 'ResNet18', 'build_model', 'compute_dtype', 'from_config', 'init_model']
+           'MLP', 'ResNet18', 'build_model', 'compute_dtype', 'from_config', 'init_model',
+           'per_example_model']
 
 
 def compute_dtype(name: str):
@@ -34,6 +35,17 @@ def compute_dtype(name: str):
   modules, computing in float32), jnp.bfloat16 for 'bfloat16'. ValueError names the allowed."""
   check_choice('compute dtype', name, COMPUTE_DTYPES)
   return None if name == 'float32' else jnp.bfloat16
+
+
+def per_example_model(model: nn.Module) -> nn.Module:
+  """The same network (same parameters and values) set up for per-example gradients,
+  `jax.vmap(jax.grad(loss))` over single images: a model that declares a `weight_grad` field
+  (`ConvNet`) computes its weight gradients as im2col matmuls, which vmap turns into batched
+  matmuls instead of grouped convolutions (`ddjax.models.convnet.conv2d`); other models are
+  returned unchanged."""
+  if 'weight_grad' in getattr(model, '__dataclass_fields__', {}):
+    return model.clone(weight_grad='im2col')
+  return model
 
 
 def build_model(arch: str, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ddjax.models import per_example_model
 from ddjax.models.training import (carry_at, carry_variables, cross_entropy, default_together,
                                    epoch_batches, fresh_carry, make_train_step, stack_carries)
 
@@ -128,6 +129,7 @@ def grand_norms(model: nn.Module, variables: PyTree, x: Array, labels: Array) ->
   grad over the batch; inference mode, other collections held fixed). x (B, ...) -> (B,)."""
   params = variables['params']
   rest = {k: v for k, v in variables.items() if k != 'params'}
+  model = per_example_model(model)   # im2col weight gradients: batched matmuls under vmap
 
   def one(xi, yi):
     def loss(p):
