@@ -307,6 +307,10 @@ def test_per_example_model_gives_the_same_per_example_and_second_order_gradients
   for a, b in zip(jax.tree_util.tree_leaves(per_example(model)),
                   jax.tree_util.tree_leaves(per_example(pe))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  # and the point of it: no grouped convolution (one group per example, 5) left in the program
+  grouped = lambda m: 'feature_group_count = 5' in jax.jit(
+      lambda: per_example(m)).lower().as_text()
+  assert grouped(model) and not grouped(pe)
   sq_norm = lambda tree: sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(tree))
   second = lambda m: jax.grad(lambda xb: sq_norm(jax.grad(loss, 1)(m, variables['params'], xb)))(x)
   np.testing.assert_allclose(second(model), second(pe), rtol=1e-3, atol=1e-4)

@@ -45,6 +45,9 @@ def alpha_of(cfg: ml_collections.ConfigDict) -> float:
   return alpha_for_ipc(cfg.distill.ipc) if cfg.pad.alpha < 0 else float(cfg.pad.alpha)
 
 
+CPU_STEPS = 1000   # the CPU default's iterations (DATM's: 500); see `_configure`
+
+
 def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   """DATM's settings (`datm.configure_datm`) with a FIEX buffer (the README command's
   schedule) and the depth mask."""
@@ -61,9 +64,6 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
     # 73.4 / 73.7 / 72.8 % at 1000 against 71.6 / 72.7 / 70.8 % at 500, at ~0.7-1.5 s per
     # iteration (12-25 min; benchmarks/README.md, issue 13).
     cfg.distill.steps = CPU_STEPS
-
-
-CPU_STEPS = 1000
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
