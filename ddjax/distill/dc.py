@@ -145,7 +145,8 @@ class DC(Distiller):
                       weights: Array | None = None, model: nn.Module | None = None) -> Array:
     """Mean cross-entropy over x (B, ...), or its `weights`-weighted mean (B,) when given;
     `model` in place of the distiller's (the same network, e.g. `per_example_model`)."""
-    logits, _ = (self.model if model is None else model).apply({'params': params, **rest}, x, train=False)
+    model = self.model if model is None else model
+    logits, _ = model.apply({'params': params, **rest}, x, train=False)
     if weights is None:
       return cross_entropy(logits, labels)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
