@@ -2,6 +2,7 @@ r"""Where BiLP's ITE spends its time: one class of DC's additive form, each ITE 
 markdown.
 
     python benchmarks/ite_profile.py [--per-class 256] [--ipc 1] [--repeats 3] [--top 12]
+    python benchmarks/ite_profile.py --weight-grads auto im2col --top 0 --name ite_breakdown
 
 Setting: DC's ConvNet-3 (width 128, instance norm), 28x28x1 inputs, one class with `--per-class`
 real images and `--ipc` synthetic ones (`DC.class_separable`: the same network, DSA draw and
@@ -19,7 +20,10 @@ XLA's FLOP count of each program and the achieved GFLOP/s are beside the times, 
 peak measured in the same run. A second table times the per-sample weight gradient of one 3 x 3
 convolution layer (B samples, width 128) three ways: the batch-reduced gradient (reference),
 `vmap` of XLA's backward-filter convolution (what `vmap(grad)` compiles to: a grouped
-convolution) and batched im2col matmuls. With --top N the first-order program (stored G) is traced once
+convolution) and batched im2col matmuls. --weight-grads runs the rows once per way DC's
+per-example network computes its convolution weight gradients: 'im2col' (what DC does,
+`ddjax.models.per_example_model`) and 'auto' (XLA's backward-filter convolution, what DC did before
+issue 16's change), so the two are measured in one run. With --top N the first-order program (stored G) is traced once
 with `jax.profiler` and its N most expensive HLO operations are listed with their shapes.
 """
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from ddjax.distill.dc import DC  # noqa: E402
-from ddjax.models import build_model  # noqa: E402
+from ddjax.models import build_model, per_example_model  # noqa: E402
 from ddjax.scoring import ite as ite_lib  # noqa: E402
 
 K, SHAPE = 10, (28, 28, 1)
@@ -130,6 +134,9 @@ def main():
   ap.add_argument('--repeats', type=int, default=3)
   ap.add_argument('--top', type=int, default=12)
   ap.add_argument('--name', default='ite_profile', help='results file under benchmarks/results')
+  ap.add_argument('--weight-grads', nargs='+', default=['im2col'], choices=('im2col', 'auto'),
+                  help="per-example weight gradients of the ITE's network: im2col (DC's) and / or "
+                       "auto (XLA's backward-filter convolution, DC before issue 16)")
   args = ap.parse_args()
   peak = common.matmul_flops_per_second()
   dc = DC(build_model('convnet', K, depth=3, width=128, norm='instance', pooling='avg'), SHAPE, K,
@@ -139,19 +146,26 @@ def main():
             jnp.asarray(rng.normal(size=(args.per_class,) + SHAPE), jnp.float32),
             jnp.asarray(rng.normal(size=(args.ipc,) + SHAPE), jnp.float32), jax.random.PRNGKey(1))
   rows, ops = [], []
-  plan = [('real gradient G', False), ('per-sample gradients', False)] + [
-      (m, s) for m in ('sketch', 'first_order', 'exact') for s in (False, True)]
-  for name, stored in plan:
+  plan = [('real gradient G', False, 'im2col')] + [
+      (m, s, w) for w in args.weight_grads
+      for m, s in [('per-sample gradients', False)] + [
+          (m, s) for m in ('sketch', 'first_order', 'exact') for s in (False, True)]]
+  for name, stored, weight_grad in plan:
+    # DC's per-example network (ConvNet.weight_grad='im2col'), or the plain one for the 'auto' arm.
+    dc.per_example_model = dc.model if weight_grad == 'auto' else per_example_model(dc.model)
     fn = jax.jit(program(dc, name, stored))
     compiled = fn.lower(*inputs).compile()
     flops = common.xla_flops(compiled)
     sec = best_time(fn, inputs, args.repeats)
     label = name if name in ('real gradient G', 'per-sample gradients') else (
         f"{name}, G {'= sum of stored g_i' if stored else 'by its own batch gradient'}")
-    rows.append({'program': label, 'method': name, 'stored_g': stored, 'seconds': sec,
+    if name != 'real gradient G':
+      label += f', {weight_grad}'
+    rows.append({'program': label, 'method': name, 'stored_g': stored, 'weight_grad': weight_grad,
+                 'seconds': sec,
                  'gflop': flops / 1e9, 'gflops_per_s': flops / sec / 1e9})
     print(f'{label}: {sec:.3f} s, {flops / 1e9:.1f} GFLOP', flush=True)
-    if args.top and name == 'first_order' and stored:
+    if args.top and name == 'first_order' and stored and not ops:
       ops = top_ops(fn, inputs, compiled.as_text(), args.top)
   wg_rows = weight_gradient_rows(args.per_class, args.repeats)
   base = rows[0]['seconds']
