@@ -77,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   cfg.distill = ml_collections.ConfigDict()
   cfg.distill.ipc = 1
-  cfg.distill.steps = 3000            # FRePo: 500000 on a GPU
+  cfg.distill.steps = 3000            # FRePo: 500000 on a GPU; FRePo's CPU default: 0 (by IPC)
   cfg.distill.batch_size = 512        # real batch (FRePo: 1024)
   cfg.distill.batch_per_class = 0     # > 0: real batch = this x classes, class-balanced (DC: 256)
   cfg.distill.balanced_batch = False  # class-balanced real batches (KIP: True)

@@ -133,3 +133,21 @@ def test_paper_preset_is_frepos_published_setting():
     for part in key.split('.'):
       node = node[part]
     assert node == want, (key, node, want)
+
+
+def test_cpu_default_budget_follows_the_ipc_and_an_explicit_budget_wins():
+  """configs/frepo_isa.py's CPU default: 5000 steps at IPC 1, 10000 from IPC 10 (distill.steps =
+  0); a given distill.steps is used as is; :paper keeps FRePo's 500k."""
+  from conftest import load_shipped_config
+  from ddjax import registry
+  steps = registry.get('frepo').steps
+  cfg = load_shipped_config('frepo_isa')
+  assert cfg.distill.steps == 0
+  got = {}
+  for ipc in (1, 5, 10, 50):
+    cfg.distill.ipc = ipc
+    got[ipc] = steps(cfg)
+  assert got == {1: 5000, 5: 5000, 10: 10_000, 50: 10_000}
+  cfg.distill.steps = 123
+  assert steps(cfg) == 123
+  assert steps(load_shipped_config('frepo', 'paper')) == 500_000

@@ -235,16 +235,30 @@ def apply_paper_preset(cfg) -> None:
   cfg.log.every = 1000
 
 
-# The CPU default's budget: 5000 steps reach 72.4 % at IPC 1 (3000: 71.1 %, 800: 66.5 %) under
-# FRePo's evaluation (benchmarks/README.md, issue 15); ~9 minutes on 2 idle cores.
+# The CPU default's budget, by IPC (`distill.steps = 0`; `cpu_steps`), under FRePo's evaluation
+# (benchmarks/README.md and results/frepo_search.md, issue 15): at IPC 1, 5000 steps reach 72.2 %
+# over 3 seeds (3000: 71.1 %, 800: 66.5 %), ~9 minutes on 2 idle cores; at IPC 10, 10000 steps
+# reach 83.5 % against 82.8 % for 5000, ~45 minutes of distillation.
 CPU_STEPS = 5000
+CPU_STEPS_IPC10 = 10_000
+
+
+def cpu_steps(ipc: int) -> int:
+  """The CPU default's number of steps for `ipc` images per class: 5000 below IPC 10, 10000 from
+  IPC 10 on (more images need more steps; 10000 fit the 60-minute budget at IPC 10)."""
+  return CPU_STEPS if ipc < 10 else CPU_STEPS_IPC10
+
+
+def _steps(cfg) -> int:
+  """distill.steps, or the CPU default's budget for distill.ipc when it is 0."""
+  return int(cfg.distill.steps) or cpu_steps(int(cfg.distill.ipc))
 
 
 def _configure(cfg, preset: str) -> None:
   if preset == 'paper':
     apply_paper_preset(cfg)
   elif not preset:
-    cfg.distill.steps = CPU_STEPS
+    cfg.distill.steps = 0          # 0: `cpu_steps(distill.ipc)`; any other value is used as given
 
 
 def flip_enabled(flip, channels: int) -> bool:
@@ -271,6 +285,7 @@ def _build(cfg, data) -> FRePo:
 registry.register(registry.Method(
     name='frepo', build=_build, distiller_class=FRePo, block='frepo',
     block_defaults=config_block,
-    configure=_configure, validate=_validate, krr_reg=lambda cfg: cfg.frepo.reg,
+    configure=_configure, validate=_validate, steps=_steps,
+    krr_reg=lambda cfg: cfg.frepo.reg,
     eval_protocol='frepo',
     description='FRePo: KRR on a pool of online-trained networks\' features'))
