@@ -142,7 +142,7 @@ def test_cpu_default_budget_follows_the_ipc_and_an_explicit_budget_wins():
   from ddjax import registry
   steps = registry.get('frepo').steps
   cfg = load_shipped_config('frepo_isa')
-  assert cfg.distill.steps == 0
+  assert (cfg.distill.steps, cfg.distill.lr, cfg.distill.label_lr) == (0, 1e-2, 3e-3)
   got = {}
   for ipc in (1, 5, 10, 50):
     cfg.distill.ipc = ipc
