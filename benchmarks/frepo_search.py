@@ -56,11 +56,12 @@ def gather(sources) -> list[dict]:
 
 def table(rows) -> str:
   pct = lambda v: '-' if v is None else f'{100 * v:.1f}'
-  lines = ['Knobs are overrides of the CPU default when the row was run: every row here ran before '
-           '2026-12-03 07:59, when the default was image lr 3e-3 and 5000 steps (since then: lr '
-           '1e-2, and 10000 steps from IPC 10).', '',
-           '| IPC | method | knobs (overrides of the CPU default) | seed | steps | s/step | wall (min) '
-           '| test acc % (nets) | KRR % | gap | source |',
+  lines = ["Knobs are the config overrides of each row's command. The CPU default they override "
+           'changed on 2026-12-03 (image lr 3e-3 -> 1e-2; 10000 steps from IPC 10): the rows '
+           "marked '(default)' ran at lr 3e-3, and a row with distill.lr=0.01 is today's default.",
+           '',
+           '| IPC | method | knobs (overrides of the CPU default) | seed | steps | s/step '
+           '| wall (min) | test acc % (nets) | KRR % | gap | source |',
            '|---|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     knobs = ' '.join(r.get('overrides') or []) or '(default)'

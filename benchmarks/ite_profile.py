@@ -20,11 +20,12 @@ XLA's FLOP count of each program and the achieved GFLOP/s are beside the times, 
 peak measured in the same run. A second table times the per-sample weight gradient of one 3 x 3
 convolution layer (B samples, width 128) three ways: the batch-reduced gradient (reference),
 `vmap` of XLA's backward-filter convolution (what `vmap(grad)` compiles to: a grouped
-convolution) and batched im2col matmuls. --weight-grads runs the rows once per way DC's
-per-example network computes its convolution weight gradients: 'im2col' (what DC does,
+convolution) and batched im2col matmuls. --weight-grads runs the per-sample and ITE rows once per
+way DC's per-example network computes its convolution weight gradients: 'im2col' (what DC does,
 `ddjax.models.per_example_model`) and 'auto' (XLA's backward-filter convolution, what DC did before
-issue 16's change), so the two are measured in one run. With --top N the first-order program (stored G) is traced once
-with `jax.profiler` and its N most expensive HLO operations are listed with their shapes.
+issue 16's change), so the two are measured in one run. With --top N the first-order program
+(stored G, first arm) is traced once with `jax.profiler` and its N most expensive HLO operations
+are listed with their shapes.
 """
 from __future__ import annotations
 
@@ -146,7 +147,7 @@ def main():
             jnp.asarray(rng.normal(size=(args.per_class,) + SHAPE), jnp.float32),
             jnp.asarray(rng.normal(size=(args.ipc,) + SHAPE), jnp.float32), jax.random.PRNGKey(1))
   rows, ops = [], []
-  plan = [('real gradient G', False, 'im2col')] + [
+  plan = [('real gradient G', False, None)] + [     # G: the DC model's batch gradient, no arm
       (m, s, w) for w in args.weight_grads
       for m, s in [('per-sample gradients', False)] + [
           (m, s) for m in ('sketch', 'first_order', 'exact') for s in (False, True)]]
@@ -159,7 +160,7 @@ def main():
     sec = best_time(fn, inputs, args.repeats)
     label = name if name in ('real gradient G', 'per-sample gradients') else (
         f"{name}, G {'= sum of stored g_i' if stored else 'by its own batch gradient'}")
-    if name != 'real gradient G':
+    if weight_grad:
       label += f', {weight_grad}'
     rows.append({'program': label, 'method': name, 'stored_g': stored, 'weight_grad': weight_grad,
                  'seconds': sec,
@@ -170,7 +171,8 @@ def main():
   wg_rows = weight_gradient_rows(args.per_class, args.repeats)
   base = rows[0]['seconds']
   table = [f'DC, one class: {args.per_class} real images, IPC {args.ipc}, ConvNet-3 width 128 '
-           f'instance norm, 28x28x1; {len(os.sched_getaffinity(0))} thread(s); matmul peak in the same run '
+           f'instance norm, 28x28x1; {len(os.sched_getaffinity(0))} thread(s); matmul peak in '
+           f'the same run '
            f'{peak / 1e9:.1f} GFLOP/s.', '',
            '| program | s | x real gradient | GFLOP | GFLOP/s | % of peak |',
            '|---|---|---|---|---|---|']
@@ -186,8 +188,9 @@ def main():
     table += ['', 'Most expensive HLO operations of the first-order program (stored G), one traced '
               'call:', '', '| op | result | s |', '|---|---|---|']
     table += [f"| {o['op']} | `{o['shape']}` | {o['seconds']:.3f} |" for o in ops]
-  common.write(args.name, {'rows': rows, 'weight_gradients': wg_rows, 'top_ops': ops, 'per_class': args.per_class,
-                           'ipc': args.ipc, 'matmul_peak_gflops': peak / 1e9}, '\n'.join(table),
+  common.write(args.name, {'rows': rows, 'weight_gradients': wg_rows, 'top_ops': ops,
+                           'per_class': args.per_class, 'ipc': args.ipc,
+                           'matmul_peak_gflops': peak / 1e9}, '\n'.join(table),
                'python benchmarks/ite_profile.py ' + ' '.join(sys.argv[1:]))
 
 

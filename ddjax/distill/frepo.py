@@ -237,12 +237,13 @@ def apply_paper_preset(cfg) -> None:
 
 # The CPU default's budget, by IPC (`distill.steps = 0`; `cpu_steps`), under FRePo's evaluation
 # (benchmarks/README.md and results/frepo_search.md, issue 15): at IPC 1, 5000 steps reach 72.2 %
-# over 3 seeds (3000: 71.1 %, 800: 66.5 %), ~9 minutes on 2 idle cores; at IPC 10, 10000 steps
-# reach 83.5 % against 82.8 % for 5000, ~45 minutes of distillation.
+# over 3 seeds (3000: 71.1 %, 800: 66.5 %), ~9 minutes on 2 idle cores; at IPC 10 (lr 3e-3), 10000
+# steps reach 83.5 % (4 of 5 networks) against 82.8 % for 5000, ~45 minutes of distillation.
 CPU_STEPS = 5000
 CPU_STEPS_IPC10 = 10_000
 # The images' Adam learning rate of the CPU default (results/frepo_search.md): 1e-2 gives 73.5 % at
-# IPC 1 (seed 0; 72.4 % at 3e-3) and 83.5 % at IPC 10 in 5000 steps (6e-3: 83.3 %, 3e-3: 82.8 %).
+# IPC 1 (mean of seeds 0-2: 73.4 %; 72.2 % at 3e-3) and 83.5 % at IPC 10 in 5000 steps (6e-3:
+# 83.3 %, 3e-3: 82.8 %).
 CPU_LR = 1e-2
 
 
