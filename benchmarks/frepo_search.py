@@ -26,7 +26,8 @@ from benchmarks import common  # noqa: E402
 
 # Results files written under FRePo's evaluation protocol (issue 15's fix 5 onwards).
 SOURCES = ('isa_effect_seeds', 'frepo_steps', 'frepo_eval_fix5', 'frepo_search_label_lr',
-           'frepo_search_lr', 'frepo_search_ipc1', 'frepo_search_ipc10')
+           'frepo_search_lr', 'frepo_search_ipc1', 'frepo_search_ipc10', 'frepo_search_ipc10_lr2',
+           'frepo_search_ipc10_seed1', 'frepo_search_ipc10_seed2')
 METHODS = ('frepo', 'frepo_isa', 'random_subset')
 
 
@@ -56,9 +57,12 @@ def gather(sources) -> list[dict]:
 
 def table(rows) -> str:
   pct = lambda v: '-' if v is None else f'{100 * v:.1f}'
-  lines = ["Knobs are the config overrides of each row's command. The CPU default they override "
-           'changed on 2026-12-03 (image lr 3e-3 -> 1e-2; 10000 steps from IPC 10): the rows '
-           "marked '(default)' ran at lr 3e-3, and a row with distill.lr=0.01 is today's default.",
+  lines = ["Knobs are the config overrides of each row's command against the CPU default of the "
+           "day it ran. That default changed twice on 2026-12-03: at 07:59 (image lr 3e-3 -> "
+           '1e-2; 10000 steps from IPC 10) and at 10:30 (image lr 2e-2 from IPC 10). The rows '
+           "marked '(default)' ran at lr 3e-3, except frepo_isa_ipc10_default, which ran the "
+           'default of 07:59 (lr 1e-2, 10000 steps). Today\'s default is distill.lr=0.01 below '
+           'IPC 10 and distill.lr=0.02 with 10000 steps from IPC 10.',
            '',
            '| IPC | method | knobs (overrides of the CPU default) | seed | steps | s/step '
            '| wall (min) | test acc % (nets) | KRR % | gap | source |',

@@ -55,6 +55,8 @@ class Method:
     presets: the presets `configure` accepts.
     validate: validate(cfg) -> list of error messages (run when cfg.method is this method).
     steps: steps(cfg) -> the number of ddjax steps of a run (DC: iterations x outer loop).
+    lr: lr(cfg) -> the images' learning rate of a run (FRePo's CPU default: by IPC when
+      distill.lr is 0).
     extra_params: extra_params(cfg) -> {key: (initial value, learning rate)}, further learned
       entries of the synthetic set (RFAD's Platt temperature).
     krr_reg: krr_reg(cfg) -> the regulariser of KRR evaluations of this method's sets.
@@ -73,6 +75,7 @@ class Method:
   presets: tuple[str, ...] = PRESETS
   validate: Callable[[ConfigDict], list[str]] = _no_errors
   steps: Callable[[ConfigDict], int] = lambda cfg: cfg.distill.steps
+  lr: Callable[[ConfigDict], float] = lambda cfg: cfg.distill.lr
   extra_params: Callable[[ConfigDict], dict[str, tuple[Any, float]]] = lambda cfg: {}
   krr_reg: Callable[[ConfigDict], float] = lambda cfg: 1e-6
   eval_protocol: str = 'frepo'

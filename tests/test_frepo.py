@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import TINY_CLASSES, TINY_SHAPE, make_tiny_arrays
 from ddjax import transforms as T
@@ -136,18 +137,33 @@ def test_paper_preset_is_frepos_published_setting():
 
 
 def test_cpu_default_budget_follows_the_ipc_and_an_explicit_budget_wins():
-  """configs/frepo_isa.py's CPU default: 5000 steps at IPC 1, 10000 from IPC 10 (distill.steps =
-  0); a given distill.steps is used as is; :paper keeps FRePo's 500k."""
+  """configs/frepo_isa.py's CPU default: 5000 steps at image lr 1e-2 below IPC 10, 10000 at 2e-2
+  from IPC 10 (distill.steps = distill.lr = 0); a given distill.steps / distill.lr is used as is,
+  by the optimizer too; :paper keeps FRePo's 500k steps at 3e-4."""
   from conftest import load_shipped_config
   from ddjax import registry
-  steps = registry.get('frepo').steps
+  from ddjax.runtime import pipeline
+  spec = registry.get('frepo')
   cfg = load_shipped_config('frepo_isa')
-  assert (cfg.distill.steps, cfg.distill.lr, cfg.distill.label_lr) == (0, 1e-2, 3e-3)
+  assert (cfg.distill.steps, cfg.distill.lr, cfg.distill.label_lr) == (0, 0, 3e-3)
   got = {}
   for ipc in (1, 5, 10, 50):
     cfg.distill.ipc = ipc
-    got[ipc] = steps(cfg)
-  assert got == {1: 5000, 5: 5000, 10: 10_000, 50: 10_000}
-  cfg.distill.steps = 123
-  assert steps(cfg) == 123
-  assert steps(load_shipped_config('frepo', 'paper')) == 500_000
+    got[ipc] = (spec.steps(cfg), spec.lr(cfg))
+  assert got == {1: (5000, 1e-2), 5: (5000, 1e-2), 10: (10_000, 2e-2), 50: (10_000, 2e-2)}
+
+  def first_image_update(cfg):   # Adam's first step moves every entry by lr (cosine at step 0)
+    opt = pipeline.make_optimizer(cfg)
+    params = {'x': jnp.zeros((2, 3)), 'y': jnp.zeros((2, 4))}
+    updates, _ = opt.update({'x': jnp.ones((2, 3)), 'y': jnp.ones((2, 4))}, opt.init(params),
+                            params)
+    return float(-updates['x'][0, 0])
+
+  assert first_image_update(cfg) == pytest.approx(2e-2, rel=1e-4)
+  cfg.distill.steps, cfg.distill.lr = 123, 5e-3
+  assert (spec.steps(cfg), spec.lr(cfg)) == (123, 5e-3)
+  assert first_image_update(cfg) == pytest.approx(5e-3, rel=1e-4)
+  cfg.distill.ipc, cfg.distill.lr = 1, 0.0
+  assert first_image_update(cfg) == pytest.approx(1e-2, rel=1e-4)
+  paper = load_shipped_config('frepo', 'paper')
+  assert (spec.steps(paper), spec.lr(paper)) == (500_000, 3e-4)

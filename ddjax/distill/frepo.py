@@ -241,10 +241,11 @@ def apply_paper_preset(cfg) -> None:
 # steps reach 83.5 % (4 of 5 networks) against 82.8 % for 5000, ~45 minutes of distillation.
 CPU_STEPS = 5000
 CPU_STEPS_IPC10 = 10_000
-# The images' Adam learning rate of the CPU default (results/frepo_search.md): 1e-2 gives 73.5 % at
-# IPC 1 (mean of seeds 0-2: 73.4 %; 72.2 % at 3e-3) and 83.5 % at IPC 10 in 5000 steps (6e-3:
-# 83.3 %, 3e-3: 82.8 %).
+# The images' Adam learning rate of the CPU default, by IPC (`distill.lr = 0`; `cpu_lr`), from
+# results/frepo_search.md: at IPC 1, 1e-2 gives 73.4 % over seeds 0-2 (3e-3: 72.2 %); at IPC 10 in
+# 10000 steps, seed 0, 2e-2 gives 84.1 % (1e-2: 83.9 %, 6e-3: 83.6 %).
 CPU_LR = 1e-2
+CPU_LR_IPC10 = 2e-2
 
 
 def cpu_steps(ipc: int) -> int:
@@ -253,9 +254,20 @@ def cpu_steps(ipc: int) -> int:
   return CPU_STEPS if ipc < 10 else CPU_STEPS_IPC10
 
 
+def cpu_lr(ipc: int) -> float:
+  """The CPU default's image learning rate for `ipc` images per class: 1e-2 below IPC 10, 2e-2
+  from IPC 10 on."""
+  return CPU_LR if ipc < 10 else CPU_LR_IPC10
+
+
 def _steps(cfg) -> int:
   """distill.steps, or the CPU default's budget for distill.ipc when it is 0."""
   return int(cfg.distill.steps) or cpu_steps(int(cfg.distill.ipc))
+
+
+def _lr(cfg) -> float:
+  """distill.lr, or the CPU default's image learning rate for distill.ipc when it is 0."""
+  return float(cfg.distill.lr) or cpu_lr(int(cfg.distill.ipc))
 
 
 def _configure(cfg, preset: str) -> None:
@@ -263,7 +275,7 @@ def _configure(cfg, preset: str) -> None:
     apply_paper_preset(cfg)
   elif not preset:
     cfg.distill.steps = 0          # 0: `cpu_steps(distill.ipc)`; any other value is used as given
-    cfg.distill.lr = CPU_LR
+    cfg.distill.lr = 0.0           # 0: `cpu_lr(distill.ipc)`; any other value is used as given
 
 
 def flip_enabled(flip, channels: int) -> bool:
@@ -290,7 +302,7 @@ def _build(cfg, data) -> FRePo:
 registry.register(registry.Method(
     name='frepo', build=_build, distiller_class=FRePo, block='frepo',
     block_defaults=config_block,
-    configure=_configure, validate=_validate, steps=_steps,
+    configure=_configure, validate=_validate, steps=_steps, lr=_lr,
     krr_reg=lambda cfg: cfg.frepo.reg,
     eval_protocol='frepo',
     description='FRePo: KRR on a pool of online-trained networks\' features'))

@@ -153,7 +153,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict):
   spec = registry.get(cfg.method)
   extra = {k: lr for k, (_, lr) in spec.extra_params(cfg).items()}
   d = cfg.distill
-  return step_lib.make_syn_optimizer(d.optimizer, d.lr, d.label_lr, spec.steps(cfg),
+  return step_lib.make_syn_optimizer(d.optimizer, spec.lr(cfg), d.label_lr, spec.steps(cfg),
                                      learn_label=d.learn_label, schedule=d.schedule,
                                      end_fraction=d.end_fraction, extra_lrs=extra or None,
                                      momentum=d.momentum,
