@@ -59,7 +59,7 @@ def table(rows) -> str:
   pct = lambda v: '-' if v is None else f'{100 * v:.1f}'
   lines = ["Knobs are the config overrides of each row's command against the CPU default of the "
            "day it ran. That default changed twice on 2026-12-03: at 07:59 (image lr 3e-3 -> "
-           '1e-2; 10000 steps from IPC 10) and at 10:30 (image lr 2e-2 from IPC 10). The rows '
+           '1e-2; 10000 steps from IPC 10) and at 10:26 (image lr 2e-2 from IPC 10). The rows '
            "marked '(default)' ran at lr 3e-3, except frepo_isa_ipc10_default, which ran the "
            'default of 07:59 (lr 1e-2, 10000 steps). Today\'s default is distill.lr=0.01 below '
            'IPC 10 and distill.lr=0.02 with 10000 steps from IPC 10.',
