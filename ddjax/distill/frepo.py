@@ -246,28 +246,28 @@ CPU_STEPS_IPC10 = 10_000
 # 10000 steps, seed 0, 2e-2 gives 84.1 % (1e-2: 83.9 %, 6e-3: 83.6 %).
 CPU_LR = 1e-2
 CPU_LR_IPC10 = 2e-2
+LARGE_IPC = 10       # from this IPC on, the CPU default uses the *_IPC10 budget and lr
 
 
 def cpu_steps(ipc: int) -> int:
   """The CPU default's number of steps for `ipc` images per class: 5000 below IPC 10, 10000 from
   IPC 10 on (more images need more steps; 10000 fit the 60-minute budget at IPC 10)."""
-  return CPU_STEPS if ipc < 10 else CPU_STEPS_IPC10
+  return CPU_STEPS if ipc < LARGE_IPC else CPU_STEPS_IPC10
 
 
 def cpu_lr(ipc: int) -> float:
   """The CPU default's image learning rate for `ipc` images per class: 1e-2 below IPC 10, 2e-2
   from IPC 10 on."""
-  return CPU_LR if ipc < 10 else CPU_LR_IPC10
+  return CPU_LR if ipc < LARGE_IPC else CPU_LR_IPC10
 
 
-def _steps(cfg) -> int:
-  """distill.steps, or the CPU default's budget for distill.ipc when it is 0."""
-  return int(cfg.distill.steps) or cpu_steps(int(cfg.distill.ipc))
+def _by_ipc(value, cpu_default):
+  """`value` as given, or (when it is 0) the CPU default for distill.ipc: `cpu_default(ipc)`."""
+  return lambda cfg: value(cfg) or cpu_default(int(cfg.distill.ipc))
 
 
-def _lr(cfg) -> float:
-  """distill.lr, or the CPU default's image learning rate for distill.ipc when it is 0."""
-  return float(cfg.distill.lr) or cpu_lr(int(cfg.distill.ipc))
+_steps = _by_ipc(lambda cfg: int(cfg.distill.steps), cpu_steps)
+_lr = _by_ipc(lambda cfg: float(cfg.distill.lr), cpu_lr)
 
 
 def _configure(cfg, preset: str) -> None:
