@@ -5,7 +5,7 @@ r"""Seconds per distillation step with the CPU split into N XLA devices, measure
 
 XLA:CPU makes one device per process unless `XLA_FLAGS=--xla_force_host_platform_device_count=N`
 says otherwise. ddjax's loop always splits the real batch over a mesh of every device
-(`ddjax.runtime.sharding`), so with N devices each device computes 1/N of the real batch's
+(`ddjax.infra.sharding`), so with N devices each device computes 1/N of the real batch's
 features and gradients, and the results are summed across devices. The question it answers: does
 a step that barely uses a second thread on one device (FRePo's CPU default) run faster split over
 two? Measured on 2026-12-03 (results/cpu_devices.md): no, 0.79x at IPC 10 (0.361 s against 0.285).

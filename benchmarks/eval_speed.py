@@ -8,7 +8,7 @@ Arms, each in a fresh process (the allocator settings must precede JAX's backend
   before        the path before issue 16's evaluation work: glibc's allocator defaults
                 (DDJAX_MALLOC_DEFAULTS=0), ConvNet's first block as conv -> relu -> pool
                 (fuse_first_block=False), one network at a time
-  malloc        + ddjax's allocator settings (ddjax/runtime/host_memory.py)
+  malloc        + ddjax's allocator settings (ddjax/infra/host_memory.py)
   after         + the fused first block (`conv_relu_pool`): ddjax's default on CPU
   together      after, with the 5 networks in one vmapped step (eval.vmap_models=5)
 Timing (`--timing-steps`, default 200): a first call of that many steps (compiles), then a second

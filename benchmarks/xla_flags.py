@@ -1,4 +1,4 @@
-r"""A/B of ddjax's XLA flag defaults (`ddjax/runtime/xla_flags.py`) on the workloads they touch.
+r"""A/B of ddjax's XLA flag defaults (`ddjax/infra/xla_flags.py`) on the workloads they touch.
 
     python benchmarks/xla_flags.py [--rounds 2]
 

@@ -8,11 +8,11 @@
 """
 __version__ = '0.1.0'
 
-from ddjax.runtime import host_memory as _host_memory
-from ddjax.runtime import xla_flags as _xla_flags
+from ddjax.infra import host_memory as _host_memory
+from ddjax.infra import xla_flags as _xla_flags
 
-_xla_flags.apply_defaults()   # before JAX's CPU backend starts; see ddjax/runtime/xla_flags.py
-_host_memory.apply_defaults()  # before its worker threads start; see ddjax/runtime/host_memory.py
+_xla_flags.apply_defaults()   # before JAX's CPU backend starts; see ddjax/infra/xla_flags.py
+_host_memory.apply_defaults()  # before its worker threads start; see ddjax/infra/host_memory.py
 
 _LAZY = {
     'run': ('ddjax.runtime.pipeline', 'run'),

@@ -37,7 +37,7 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)
   from ddjax.config import validate
   from ddjax.data import DatasetNotFoundError
-  from ddjax.runtime import distributed
+  from ddjax.infra import distributed
   cfg = flags.FLAGS.config
   try:
     validate(cfg)

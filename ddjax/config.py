@@ -17,6 +17,7 @@ import math
 import ml_collections
 
 from ddjax import registry
+from ddjax.infra.config_checks import choice_errors, fraction_errors, int_errors, get as _get  # noqa: F401
 from ddjax.distill.base import PER_CLASS, accepts_row_transforms, has_ite_form
 
 PRESETS = registry.PRESETS
@@ -197,7 +198,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.log.tensorboard = False         # TensorBoard summaries in <workdir>/tensorboard
   cfg.log.image_every = 500           # ... with the distilled grid every N steps (0: at the end)
 
-  cfg.distributed = ml_collections.ConfigDict()  # multi-process runs (ddjax.runtime.distributed)
+  cfg.distributed = ml_collections.ConfigDict()  # multi-process runs (ddjax.infra.distributed)
   cfg.distributed.initialize = 'auto'  # auto: when the keys below or srun / mpirun ask for it | on
                                        # (JAX's detection: TPU VMs, SLURM, Open MPI) | off
   cfg.distributed.coordinator_address = ''  # host:port of process 0; '' = detected
@@ -239,34 +240,6 @@ def _keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> set[str]:
     else:
       out.add(name)
   return out
-
-
-def _get(cfg, key: str):
-  node = cfg
-  for part in key.split('.'):
-    node = node.get(part, None) if hasattr(node, 'get') else None
-  return node
-
-
-def choice_errors(cfg, key: str, allowed) -> list[str]:
-  """[message] when the value at dotted `key` is not one of `allowed`, else []."""
-  value = _get(cfg, key)
-  return [] if value in allowed else [f'{key}={value!r} is not one of {tuple(allowed)}.']
-
-
-def int_errors(cfg, key: str, low: int, hint: str = '') -> list[str]:
-  """[message] when the value at dotted `key` is not an integer >= low, else []."""
-  v = _get(cfg, key)
-  if isinstance(v, bool) or not isinstance(v, int) or v < low:
-    return [f'{key} must be an integer >= {low}{hint}, got {v!r}.']
-  return []
-
-
-def fraction_errors(cfg, key: str, closed: bool = False) -> list[str]:
-  """[message] when the value at dotted `key` is outside [0, 1) ([0, 1] when closed), else []."""
-  v = _get(cfg, key)
-  inside = isinstance(v, (int, float)) and (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0)
-  return [] if inside else [f'{key} must lie in [0, 1{"]" if closed else ")"}, got {v!r}.']
 
 
 def _numbers(errors: list[str], cfg: ml_collections.ConfigDict) -> None:
@@ -364,7 +337,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if not isinstance(_get(cfg, 'log.tensorboard'), bool):
     errors.append(f"log.tensorboard must be True or False, got {_get(cfg, 'log.tensorboard')!r}.")
   if isinstance(cfg.get('distributed'), ml_collections.ConfigDict):
-    from ddjax.runtime.distributed import config_errors
+    from ddjax.infra.distributed import config_errors
     errors += config_errors(cfg.distributed)
   if cfg.get('method') in registry.names():
     errors += _capability_errors(cfg, registry.get(cfg.method))

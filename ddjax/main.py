@@ -51,7 +51,7 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)   # keep Orbax's per-save INFO lines off the console
   from ddjax import run
   from ddjax.data import DatasetNotFoundError
-  from ddjax.runtime.checkpoint import CheckpointError
+  from ddjax.infra.checkpoint import CheckpointError
   try:   # config, data and workdir problems fail before compute; divergence names a checkpoint
     run(flags.FLAGS.config, flags.FLAGS.workdir or None, restart=flags.FLAGS.restart)
   except (ValueError, FloatingPointError, DatasetNotFoundError, CheckpointError,

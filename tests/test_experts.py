@@ -299,7 +299,7 @@ import sys
 sys.path.insert(0, 'tests')
 import jax, numpy as np
 from conftest import tiny_config
-from ddjax.runtime import distributed
+from ddjax.infra import distributed
 from ddjax.runtime.pipeline import load_data
 from ddjax.distill import experts
 from test_experts import _cfg

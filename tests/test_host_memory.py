@@ -1,4 +1,4 @@
-"""The host allocator settings made on `import ddjax` (ddjax.runtime.host_memory)."""
+"""The host allocator settings made on `import ddjax` (ddjax.infra.host_memory)."""
 import os
 import platform
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ddjax.runtime import host_memory
+from ddjax.infra import host_memory
 
 GLIBC = platform.system() == 'Linux' and platform.libc_ver()[0] == 'glibc'
 

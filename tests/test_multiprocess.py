@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 
 from conftest import ROOT, tiny_config
-from ddjax.runtime import files
+from ddjax.infra import files
 
 sys.path.insert(0, os.path.join(ROOT, 'launch'))
 import multiprocess  # noqa: E402  (launch/multiprocess.py)
@@ -146,7 +146,7 @@ def _check_config_flags(argv):
   """Every --config.* flag names a key of the schema, and the distributed block they give is
   valid and starts JAX's runtime with exactly those settings."""
   from ddjax import config as config_lib
-  from ddjax.runtime import distributed
+  from ddjax.infra import distributed
   cfg = config_lib.base_config()
   for flag in argv:
     if flag.startswith('--config.'):
@@ -230,7 +230,7 @@ def test_cluster_recipes_command_lines():
 
 def test_when_jax_distributed_starts():
   from ddjax.config import base_config
-  from ddjax.runtime.distributed import config_errors, init_kwargs
+  from ddjax.infra.distributed import config_errors, init_kwargs
   dist = base_config().distributed
   assert init_kwargs(dist, {}) is None                      # one process: never initialised
   assert init_kwargs(dist, {'SLURM_NTASKS': '8'}) is None   # the batch script's own shell

@@ -19,7 +19,8 @@ from ddjax import registry
 from ddjax import transforms as T
 from ddjax.distill import step as step_lib
 from ddjax.distill.bilp import AdaptivePruning
-from ddjax.runtime import files, pipeline
+from ddjax.runtime import pipeline
+from ddjax.infra import files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, 'tests')

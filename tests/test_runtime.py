@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import run_killed_and_resumed, tiny_config
-from ddjax.runtime import files, loop, pipeline
-from ddjax.runtime.checkpoint import CheckpointError, Checkpointer
+from ddjax.runtime import loop, pipeline
+from ddjax.infra import files
+from ddjax.infra.checkpoint import CheckpointError, Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +42,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     from conftest import tiny_config
     from ddjax.runtime import pipeline
-    from ddjax.runtime import sharding
+    from ddjax.infra import sharding
     assert jax.device_count() == 8, jax.devices()
     cfg = tiny_config({npz!r}, steps=4)
     data = pipeline.load_data(cfg)
@@ -66,7 +67,7 @@ def test_sharded_step_on_8_devices_equals_single_device(tiny_npz, tmp_path):
 
 
 def test_batch_not_divisible_by_devices_is_refused():
-  from ddjax.runtime import sharding
+  from ddjax.infra import sharding
 
   class FakeMesh:
     devices = np.zeros(8)

@@ -1,10 +1,10 @@
-"""ddjax's XLA flag defaults (ddjax/runtime/xla_flags.py): added once, a user's own value wins,
+"""ddjax's XLA flag defaults (ddjax/infra/xla_flags.py): added once, a user's own value wins,
 opt-out by environment; importing ddjax applies them before JAX's backend starts."""
 import os
 import subprocess
 import sys
 
-from ddjax.runtime import xla_flags
+from ddjax.infra import xla_flags
 
 YNN = '--xla_cpu_experimental_ynn_fusion_type'
 

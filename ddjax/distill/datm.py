@@ -154,7 +154,7 @@ def datm_block() -> ml_collections.ConfigDict:
 
 
 def validate_datm(cfg: ml_collections.ConfigDict) -> list[str]:
-  from ddjax.config import choice_errors, int_errors
+  from ddjax.infra.config_checks import choice_errors, int_errors
   errors = mtt.validate_trajectory(cfg) + choice_errors(cfg, 'datm.init', INITS)
   errors += int_errors(cfg, 'datm.expansion_end_epoch', 1)
   d, t = cfg.datm, cfg.trajectory

@@ -381,7 +381,7 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
-  from ddjax.config import choice_errors, fraction_errors, int_errors
+  from ddjax.infra.config_checks import choice_errors, fraction_errors, int_errors
   from ddjax.distill.matching import METRICS
   errors = choice_errors(cfg, 'dc.metric', METRICS) + fraction_errors(cfg, 'dc.layer_fraction')
   errors += choice_errors(cfg, 'dc.class_batching', CLASS_BATCHINGS)

@@ -422,7 +422,7 @@ def open_buffer(path: str, num_experts: int | None = None,
 
 # -- training --------------------------------------------------------------------------------------
 def _save_carry(path: str, carry: PyTree, epoch: int, history: dict) -> None:
-  from ddjax.runtime import files
+  from ddjax.infra import files
   leaves = jax.tree_util.tree_leaves(carry)
   arrays = {f'leaf_{i:04d}': np.asarray(a) for i, a in enumerate(leaves)}
   arrays.update({f'history_{k}': np.asarray(v, np.float64) for k, v in history.items()})
@@ -446,7 +446,7 @@ def _load_carry(path: str, treedef) -> tuple[PyTree, int, dict] | None:
 
 def _write_index(path: str, epoch: int, num_experts: int, history: dict,
                  final_test_acc=None) -> dict:
-  from ddjax.runtime import files
+  from ddjax.infra import files
   index = {'finished_epochs': int(epoch), 'num_experts': int(num_experts),
            'train_loss': [float(v) for v in history.get('train_loss', [])],
            'seconds': [float(v) for v in history.get('seconds', [])]}
@@ -459,7 +459,7 @@ def _write_index(path: str, epoch: int, num_experts: int, history: dict,
 
 
 def _write_snapshot(path: str, epoch: int, flat: np.ndarray) -> None:
-  from ddjax.runtime import files
+  from ddjax.infra import files
   files.write_atomic(epoch_path(path, epoch),
                      lambda f: np.save(f, np.ascontiguousarray(flat, np.float32)))
 
@@ -481,8 +481,8 @@ def _test_accuracies(model, carry: PyTree, data) -> list[float]:
 
 def _all_test_accuracies(model, carry: PyTree, data, own: np.ndarray, num: int) -> list[float]:
   """Every expert's test accuracy (num,): this process tests its experts `own` (rows of the full
-  `carry`), the others theirs (`ddjax.runtime.distributed.gather_members`)."""
-  from ddjax.runtime import distributed
+  `carry`), the others theirs (`ddjax.infra.distributed.gather_members`)."""
+  from ddjax.infra import distributed
   local = _test_accuracies(model, jax.tree_util.tree_map(lambda a: a[own], carry), data)
   return [float(a) for a in distributed.gather_members(np.asarray(local, np.float64), num)]
 
@@ -533,13 +533,13 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
   mode: 'vmap' or 'loop' (default: `default_mode()` for the backend); the trajectories do not
   depend on it beyond float reassociation.
 
-  Several processes (`ddjax.runtime.distributed`; every process calls this with the same
+  Several processes (`ddjax.infra.distributed`; every process calls this with the same
   arguments): process p trains experts p, p + P, ... (`own_members`); after each epoch every
   expert's state is gathered to every process (`gather_members`) and process 0 alone writes the
   files, which equal the one-process run's (each expert's trajectory depends only on its keys).
   Every process reads the directory before process 0 first writes to it, and waits for its last
   write before opening the buffer."""
-  from ddjax.runtime import distributed, files
+  from ddjax.infra import distributed, files
   progress = progress or _log
   main = distributed.is_main()
   want = wanted_record(cfg, data)

@@ -284,7 +284,7 @@ def flip_enabled(flip, channels: int) -> bool:
 
 
 def _validate(cfg) -> list[str]:
-  from ddjax.config import choice_errors, int_errors
+  from ddjax.infra.config_checks import choice_errors, int_errors
   return (int_errors(cfg, 'frepo.num_models', 1) + int_errors(cfg, 'frepo.max_online_updates', 1)
           + choice_errors(cfg, 'frepo.flip', ('auto', True, False)))
 

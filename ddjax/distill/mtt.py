@@ -349,7 +349,7 @@ def trajectory_block() -> ml_collections.ConfigDict:
 
 def validate_trajectory(cfg: ml_collections.ConfigDict) -> list[str]:
   """The family's shared rules (MTT, DATM, PAD)."""
-  from ddjax.config import choice_errors, int_errors
+  from ddjax.infra.config_checks import choice_errors, int_errors
   t = cfg.trajectory
   errors = choice_errors(cfg, 'trajectory.gradient', GRADIENTS)
   errors += choice_errors(cfg, 'trajectory.loop', ('auto', 'scan', 'python'))

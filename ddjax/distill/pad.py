@@ -67,7 +67,7 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
-  from ddjax.config import choice_errors
+  from ddjax.infra.config_checks import choice_errors
   errors = datm.validate_datm(cfg) + choice_errors(cfg, 'pad.fiem', mtt.MASKS)
   if not (cfg.pad.alpha == -1 or 0 <= cfg.pad.alpha < 1):
     errors.append(f'pad.alpha={cfg.pad.alpha} must lie in [0, 1) (or -1: Table 9 by IPC).')

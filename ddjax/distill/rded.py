@@ -247,7 +247,7 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
-  from ddjax.config import int_errors
+  from ddjax.infra.config_checks import int_errors
   r, errors = cfg.rded, []
   for k in ('pool_per_class', 'crops_per_image', 'score_chunk'):
     errors += int_errors(cfg, f'rded.{k}', 1)

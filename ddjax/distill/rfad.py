@@ -118,7 +118,7 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def _validate(cfg: ml_collections.ConfigDict) -> list[str]:
-  from ddjax.config import choice_errors, int_errors
+  from ddjax.infra.config_checks import choice_errors, int_errors
   errors = (choice_errors(cfg, 'rfad.loss', LOSSES) + int_errors(cfg, 'rfad.num_models', 1)
             + int_errors(cfg, 'rfad.width', 1))
   if cfg.rfad.loss == 'platt' and cfg.transform.isa_eps > 0:

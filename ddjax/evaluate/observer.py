@@ -44,8 +44,8 @@ from ddjax.evaluate.train import accuracy
 from ddjax.models import build_model
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
                                    make_train_step)
-from ddjax.runtime import files
-from ddjax.runtime.checkpoint import Checkpointer
+from ddjax.infra import files
+from ddjax.infra.checkpoint import Checkpointer
 
 RECORD = 'record.json'
 CHECKPOINT = 'checkpoint'

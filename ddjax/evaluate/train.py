@@ -266,7 +266,7 @@ def evaluate_synthetic(key: Array, model: nn.Module, x_syn: Array, y_syn: Array,
     krr: also report the KRR-predictor accuracy on each network's features.
     progress: optional callback receiving one line per trained network (a group's networks
       report the group's wall time and steps/s, and its seconds per network).
-    members, gather: to share the networks between processes (ddjax.runtime.distributed's
+    members, gather: to share the networks between processes (ddjax.infra.distributed's
       own_members / gather_members): this caller trains only networks `members` (default all,
       in order), and gather(local float64 (len(members),), num_models) -> (num_models,) returns
       every network's accuracy in network order (called once for the accuracies and once more

@@ -74,7 +74,7 @@ def conv2d(x: Array, w: Array, padding: tuple[tuple[int, int], tuple[int, int]],
   layer on grey or RGB images), is dy^T cols with cols the im2col patches of x (chunked matmuls):
   XLA's backward-filter convolution runs a 1-channel input at under 1 GFLOP/s on CPU (11.5 s
   against 0.4 s for the 32 x 32 layer of DC's ConvNet on 2560 images, one thread). Wider inputs
-  use XLA's backward-filter convolution, which with ddjax's XLA flags (`ddjax.runtime.xla_flags`)
+  use XLA's backward-filter convolution, which with ddjax's XLA flags (`ddjax.infra.xla_flags`)
   runs at about the forward convolution's speed (1.7 s against 4.0 s for im2col on the 16 x 16 x
   128 layer). The input gradient is XLA's transposed convolution.
 

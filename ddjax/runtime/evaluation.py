@@ -19,7 +19,7 @@ from ddjax.data.prepared import PreparedData
 from ddjax.evaluate import evaluate_synthetic, get_protocol, kernel_krr_accuracy
 from ddjax.kernels.architectures import kernel_fn_from_config
 from ddjax.models import from_config
-from ddjax.runtime import distributed
+from ddjax.infra import distributed
 
 PIXEL_TOLERANCE = 1e-3   # float round-off of preprocessing and its inverse, in pixel units
 KEY_EVAL = 3      # the purpose folded into the root key for evaluation (ddjax.runtime.pipeline)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ddjax.data import invert_preprocessor, preprocessor_to_dict
-from ddjax.runtime import files
+from ddjax.infra import files
 
 
 def image_grid(x_pixels: np.ndarray, classes: np.ndarray, num_classes: int, pad: int = 2,

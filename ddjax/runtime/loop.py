@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddjax.distill import step as step_lib
-from ddjax.runtime import files, sharding
-from ddjax.runtime.checkpoint import Checkpointer
+from ddjax.infra import files, sharding
+from ddjax.infra.checkpoint import Checkpointer
 from ddjax.runtime.progress import Progress
 
 
@@ -111,7 +111,7 @@ def run(step_fn: Callable | step_lib.HostStep, state: Any, sampler: Callable[[in
   previous line), and prints progress lines.
   batch_sharded: split the batch's leading axis over the devices (real batches); False
   replicates it (a method's own batches, e.g. expert snapshots).
-  Several processes (ddjax.runtime.distributed): every process runs this with the same
+  Several processes (ddjax.infra.distributed): every process runs this with the same
   arguments; a batch-sharded sampler returns this process's rows of the step's batch
   (`sharding.process_rows`), assembled into the global batch of `batch_size` rows (None: the
   rows times the process count); only process 0 prints and writes metrics.jsonl; Orbax

@@ -33,7 +33,8 @@ from ddjax.data.prepared import PreparedData, prepare
 from ddjax.distill import bilp as bilp_lib
 from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
-from ddjax.runtime import distributed, evaluation, export, files, loop, sharding
+from ddjax.runtime import evaluation, export, loop
+from ddjax.infra import distributed, files, sharding
 from ddjax.runtime import summaries as summaries_lib
 from ddjax.runtime.pruning import preemptive_prune
 
@@ -226,7 +227,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | None = None, *, mesh=None
   the caller has it already (else loaded from cfg.data). restart: discard a previous run in the
   workdir instead of resuming it.
 
-  Several processes (cfg.distributed, ddjax.runtime.distributed): every process calls this with
+  Several processes (cfg.distributed, ddjax.infra.distributed): every process calls this with
   the same config; JAX's distributed runtime starts first, each process loads its rows of every
   real batch, every process evaluates; process 0 alone prints and writes the workdir's files.
   """

@@ -13,7 +13,7 @@ from ddjax import scoring
 from ddjax.data import check_ipc
 from ddjax.data.prepared import PreparedData, cache_identity
 from ddjax.models import build_model
-from ddjax.runtime import files
+from ddjax.infra import files
 
 KEY_SCORE = 4     # the purpose folded into the root key for scoring (ddjax.runtime.pipeline)
 

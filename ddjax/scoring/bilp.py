@@ -27,7 +27,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from ddjax.runtime.files import write_npz
+from ddjax.infra.files import write_npz
 
 Array = jax.Array
 
@@ -212,7 +212,7 @@ def cache_path(directory: str, name: str) -> str:
 
 def save_scores(directory: str, name: str, **arrays) -> str:
   """Write arrays to `<directory>/scores_<name>.npz` atomically (temporary file beside it, fsync,
-  os.replace; `ddjax.runtime.files.write_npz`). Returns the path."""
+  os.replace; `ddjax.infra.files.write_npz`). Returns the path."""
   if not arrays:
     raise ValueError('save_scores needs at least one array.')
   if '__name__' in arrays:
