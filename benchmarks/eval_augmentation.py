@@ -25,7 +25,6 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from ddjax import registry  # noqa: E402
 from ddjax.augment.frepo import frepo_strategy_for  # noqa: E402
 from ddjax.evaluate import evaluate_synthetic, get_protocol  # noqa: E402
 from ddjax.models import from_config  # noqa: E402
@@ -61,7 +60,7 @@ def main():
     protocol = get_protocol('frepo', int(syn['x'].shape[0]), **VARIANTS[variant](cfg.data.name))
     ev = evaluate_synthetic(key, model, jnp.asarray(syn['x']), jnp.asarray(syn['y']),
                             data.x_test, data.y_test, protocol, num_models=cfg.eval.num_models,
-                            krr=True, krr_reg=registry.get(cfg.method).krr_reg(cfg),
+                            krr=True, krr_reg=pipeline.make_plan(cfg, data).krr_reg,
                             progress=lambda line: print(f'[{variant}] {line}', flush=True))
     rows.append({'variant': variant, 'acc_mean': ev['acc_mean'], 'acc_std': ev['acc_std'],
                  'accs': ev['accs'], 'krr_acc': ev['krr_acc'], 'steps': protocol.steps})

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.accuracy import config_of, read_rows  # noqa: E402
-from ddjax import config as config_lib  # noqa: E402
+from ddjax import registry  # noqa: E402
 from ddjax.runtime import pipeline  # noqa: E402
 
 # RDED Table 1 has no Fashion-MNIST column; its CIFAR-10 Conv3 row, for scale.
@@ -87,7 +87,7 @@ def main():
       cfg = config_of(method, ipc, args.steps, args.seed, observer)
       cfg.eval.clip_pixels = args.clip
       label = method + {'auto': '', 'on': ' clipped', 'off': ' unclipped'}[args.clip]
-      native = config_lib.eval_protocol(cfg) == 'rded'      # RDED's own sets
+      native = registry.protocol_name(cfg) == 'rded'      # RDED's own sets
       own = None
       if not native and args.own_models > 0:                 # its own evaluation first
         cfg.eval.num_models = args.own_models

@@ -79,9 +79,10 @@ def worker() -> dict:
   cfg.distill.ipc = 1
   prep = pipeline.load_data(cfg)
   sampler = loop.make_sampler(prep.x_train, prep.targets_train, cfg.distill.batch_size, 0)
-  distiller = pipeline.build_distiller(cfg, prep, cfg.distill.batch_size)
-  optimizer = pipeline.make_optimizer(cfg)
-  fsyn, classes = pipeline.initial_synthetic(cfg, prep, distiller)
+  plan = pipeline.make_plan(cfg, prep)
+  distiller = pipeline.build_distiller(cfg, plan, prep, cfg.distill.batch_size)
+  optimizer = pipeline.make_optimizer(cfg, plan)
+  fsyn, classes = pipeline.initial_synthetic(cfg, plan, prep, distiller)
   state = step_lib.init_state(distiller, T.identity(), optimizer, fsyn, jax.random.PRNGKey(0))
   step = jax.jit(step_lib.make_step(distiller, T.identity(), optimizer, jnp.asarray(classes)))
   fbatch = jax.device_put(sampler(0))

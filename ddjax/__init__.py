@@ -20,6 +20,9 @@ _LAZY = {
     'base_config': ('ddjax.config', 'base_config'),
     'register': ('ddjax.registry', 'register'),
     'Method': ('ddjax.registry', 'Method'),
+    'ConfigBlock': ('ddjax.registry', 'ConfigBlock'),
+    'Protocol': ('ddjax.registry', 'Protocol'),
+    'register_protocol': ('ddjax.registry', 'register_protocol'),
     'Distiller': ('ddjax.distill.base', 'Distiller'),
 }
 

@@ -1,11 +1,13 @@
 """The config schema of a ddjax run and its validation.
 
-`base_config()` holds the shared blocks (data, model, distill, kernel, dsa, idc, bilp, transform,
-eval, checkpoint, log) plus the block of every registered method (`ddjax.registry`: cfg.frepo,
-cfg.kip, ...). `method_config(name, preset)` is the base with the method's own defaults for a
-preset; config files under `configs/` start from it and change values; they may not add keys.
-`validate(cfg)` runs before any compute and says what is allowed for every bad value: the shared
-rules here, the method's own rules from its registration. The keys that other tooling relies on:
+`base_config()` holds the blocks every run has (data, model, distill, kernel, dsa, idc, bilp,
+transform, eval, checkpoint, log, distributed) plus the blocks every registered method and
+protocol declares (`ddjax.registry.ConfigBlock`: cfg.frepo, cfg.trajectory and cfg.expert of the
+trajectory family, cfg.observer of the 'rded' protocol, ...). `method_config(name, preset)` is the
+base with the method's own defaults for a preset; config files under `configs/` start from it and
+change values; they may not add keys. `validate(cfg)` runs before any compute and says what is
+allowed for every bad value: the shared rules here, each block's and the method's own rules from
+their registrations. The keys that other tooling relies on:
 seed, data.name, data.dir, distill.ipc, distill.steps, eval.num_models, eval.steps,
 checkpoint.every.
 """
@@ -17,13 +19,14 @@ import math
 import ml_collections
 
 from ddjax import registry
-from ddjax.infra.config_checks import choice_errors, fraction_errors, int_errors, get as _get  # noqa: F401
+from ddjax.infra.config_checks import choice_errors, fraction_errors, int_errors  # noqa: F401
+from ddjax.infra.config_checks import get as _get
 from ddjax.distill.base import PER_CLASS, accepts_row_transforms, has_ite_form
 
 PRESETS = registry.PRESETS
-SIGNED_KEYS = ('bilp.score_epoch', 'distill.label_momentum', 'datm.label_epoch',
-               'pad.alpha',       # numbers that may be negative (-1: the last epoch, auto,
-               'distributed.process_id')    # detected)
+# Shared numbers that may be negative (-1: the last epoch, auto, detected); methods and protocols
+# declare their own with their blocks (`ddjax.registry.ConfigBlock.signed_keys`).
+SHARED_SIGNED_KEYS = ('bilp.score_epoch', 'distill.label_momentum', 'distributed.process_id')
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,8 @@ class ConfigError(ValueError):
 def __getattr__(name: str):
   if name == 'METHODS':                # every registered method, the package's and the user's
     return registry.names()
+  if name == 'SIGNED_KEYS':            # the shared ones and every registered block's
+    return SHARED_SIGNED_KEYS + registry.signed_keys()
   raise AttributeError(name)
 
 
@@ -152,43 +157,6 @@ def base_config() -> ml_collections.ConfigDict:
                                       # code reads sets back from image files ('rded'), off for
                                       # those that train on the set as learned
 
-  cfg.observer = ml_collections.ConfigDict()   # the teacher of soft-label evaluation ('rded'
-  cfg.observer.dir = ''               # protocol) and of RDED's selection (ddjax.evaluate.observer)
-  cfg.observer.checkpoint = ''        # a user's own observer directory (record.json + checkpoint)
-  cfg.observer.arch = 'auto'          # auto (convnet <= 32 px, resnet18 above) | convnet | resnet18
-  cfg.observer.depth = 3              # ConvNet-3 with batch norm (RDED's conv3); '' dir above =
-  cfg.observer.width = 128            # runs/observers/<dataset>_<arch>_seed<s>, shared by runs
-  cfg.observer.epochs = 5             # CPU default (F-MNIST: 90.2 % test); accuracy in its record
-  cfg.observer.batch_size = 256
-  cfg.observer.lr = 1e-3              # Adam, cosine to 0
-  cfg.observer.flip = True
-  cfg.observer.translate = 2
-
-  cfg.expert = ml_collections.ConfigDict()     # expert trajectories of trajectory matching (MTT,
-  cfg.expert.dir = ''                 # DATM, PAD; ddjax.distill.experts). '' = runs/buffers/
-                                      # <dataset>_<short hash of the record>, shared by runs
-  cfg.expert.num_experts = 5          # MTT: 100
-  cfg.expert.epochs = 8               # MTT: 50; DATM / PAD (FTD experts): 100
-  cfg.expert.lr = 0.01                # SGD, constant (MTT buffer.py)
-  cfg.expert.momentum = 0.0           # MTT: 0
-  cfg.expert.weight_decay = 0.0       # coupled L2 as PyTorch's SGD (MTT: 0)
-  cfg.expert.batch_size = 256         # shuffled every epoch (MTT: 256)
-  cfg.expert.dsa = True               # DSA while training (dsa_strategy_for: no flip on digits)
-  cfg.expert.parallel = 0             # experts stepped at once (vmap; CPU: unrolled); 0 = all
-                                      # (CPU: 1, see ddjax.distill.experts.default_mode)
-  cfg.expert.seed = 0                 # the experts' own seed (runs with other seeds share a buffer)
-  cfg.expert.gsam = False             # FTD's GSAM experts (DATM / PAD): rho, alpha below
-  cfg.expert.gsam_rho = 0.01          # FTD: rho_max = rho_min = 0.01
-  cfg.expert.gsam_alpha = 0.3         # FTD: 0.3
-  cfg.expert.gsam_adaptive = True     # |w|-scaled (ASAM) perturbation: FTD / PAD code's default
-  cfg.expert.fiex = False             # PAD's FIEX data scheduler (ddjax.scoring.fiex)
-  cfg.expert.fiex_init_ratio = 0.75   # PAD: IR 0.75 (easiest fraction of each class at epoch 0)
-  cfg.expert.fiex_add_end_epoch = 20  # PAD: AEE 20 (CIFAR-10), 40 (CIFAR-100, Tiny)
-  cfg.expert.fiex_remove_epochs = (40, 60)      # PAD README: rm_epoch_first / second
-  cfg.expert.fiex_remove_ratios = (0.1, 0.2)    # PAD README; the paper text says 10 %
-  cfg.expert.fiex_score_models = 4    # K early models whose EL2N is averaged (ddjax's choice)
-  cfg.expert.fiex_score_epochs = 2    # epochs each scoring model trains (ddjax's choice)
-
   cfg.checkpoint = ml_collections.ConfigDict()
   cfg.checkpoint.every = 500
   cfg.checkpoint.keep = 2
@@ -209,7 +177,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distributed.cpu_collectives = 'gloo'  # CPU collectives between processes: gloo | mpi | none
   cfg.distributed.timeout = 300       # seconds to wait for every process to join
 
-  for name, block in registry.config_blocks().items():   # each method's own block
+  for name, block in registry.config_blocks().items():   # each method's and protocol's blocks
     cfg[name] = block
   return cfg
 
@@ -245,6 +213,8 @@ def _keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> set[str]:
 def _numbers(errors: list[str], cfg: ml_collections.ConfigDict) -> None:
   """Every number of the config is finite, and >= 0 unless its key is in SIGNED_KEYS: a NaN or
   negative rate, regulariser or size fails here instead of training until it diverges."""
+  signed = SHARED_SIGNED_KEYS + registry.signed_keys()
+
   def walk(node, prefix):
     for k, v in node.items():
       name = prefix + k
@@ -253,7 +223,7 @@ def _numbers(errors: list[str], cfg: ml_collections.ConfigDict) -> None:
       elif isinstance(v, (int, float)) and not isinstance(v, bool):
         if not math.isfinite(v):
           errors.append(f'{name}={v!r} must be a finite number.')
-        elif v < 0 and name not in SIGNED_KEYS:
+        elif v < 0 and name not in signed:
           errors.append(f'{name}={v!r} must be >= 0.')
   walk(cfg, '')
 
@@ -265,7 +235,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   (ddjax.data.check_ipc). The method's own rules come from its registration.
   """
   from ddjax.data import DATASETS           # local imports keep `import ddjax.config` light
-  from ddjax.evaluate import PROTOCOLS
   from ddjax.kernels.architectures import KERNEL_ARCHITECTURES
   from ddjax.models import ARCHITECTURES, COMPUTE_DTYPES, NORM_PLACEMENTS, NORMS, POOLINGS
 
@@ -316,21 +285,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors.append(f'bilp.adaptive_momentum must lie in (0, 1], got {momentum!r}.')
   errors += fraction_errors(cfg, 'transform.drop_easiest')
   errors += fraction_errors(cfg, 'transform.isa_eps', closed=True)
-  errors += choice_errors(cfg, 'eval.protocol', ('auto',) + tuple(PROTOCOLS))
+  errors += choice_errors(cfg, 'eval.protocol', ('auto',) + registry.protocol_names())
   errors += choice_errors(cfg, 'eval.clip_pixels', ('auto', 'on', 'off'))
   errors += int_errors(cfg, 'eval.num_models', 0)
   errors += int_errors(cfg, 'eval.vmap_models', 0, ' (0: the backend default; 1: one network at '
                        'a time)')
   errors += int_errors(cfg, 'eval.soft_label_epochs', 1)
-  for key in ('depth', 'width', 'epochs', 'batch_size'):
-    errors += int_errors(cfg, f'observer.{key}', 1)
-  errors += choice_errors(cfg, 'observer.arch', ('auto', 'convnet', 'resnet18'))
-  for key in ('num_experts', 'epochs', 'batch_size', 'fiex_score_models', 'fiex_score_epochs'):
-    errors += int_errors(cfg, f'expert.{key}', 1)
-  errors += int_errors(cfg, 'expert.parallel', 0, ' (0: all experts at once)')
-  errors += int_errors(cfg, 'expert.fiex_add_end_epoch', 0)
-  errors += fraction_errors(cfg, 'expert.fiex_init_ratio', closed=True)
-  errors += _expert_pair_errors(cfg)
   errors += int_errors(cfg, 'checkpoint.every', 1)
   errors += int_errors(cfg, 'log.every', 1)
   errors += int_errors(cfg, 'log.image_every', 0, ' (0: only at the end)')
@@ -339,6 +299,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if isinstance(cfg.get('distributed'), ml_collections.ConfigDict):
     from ddjax.infra.distributed import config_errors
     errors += config_errors(cfg.distributed)
+  for block in registry.blocks().values():    # every registered block's own rules
+    if isinstance(cfg.get(block.name), ml_collections.ConfigDict):
+      errors += block.validate(cfg)
   if cfg.get('method') in registry.names():
     errors += _capability_errors(cfg, registry.get(cfg.method))
     errors += registry.get(cfg.method).validate(cfg)
@@ -372,21 +335,6 @@ def _data_source_errors(cfg: ml_collections.ConfigDict) -> list[str]:
   return errors
 
 
-def _expert_pair_errors(cfg: ml_collections.ConfigDict) -> list[str]:
-  """FIEX's two removal stages: epochs (e1, e2) with e1 <= e2, ratios (r1, r2) in [0, 1)."""
-  errors = []
-  epochs, ratios = _get(cfg, 'expert.fiex_remove_epochs'), _get(cfg, 'expert.fiex_remove_ratios')
-  ok = lambda v, t: (isinstance(v, (tuple, list)) and len(v) == 2
-                     and all(isinstance(a, t) and not isinstance(a, bool) and a >= 0 for a in v))
-  if not ok(epochs, int) or epochs[0] > epochs[1]:
-    errors.append(f'expert.fiex_remove_epochs must be two integers e1 <= e2 (PAD: (40, 60)), got '
-                  f'{epochs!r}.')
-  if not ok(ratios, (int, float)) or max(ratios) >= 1:
-    errors.append(f'expert.fiex_remove_ratios must be two fractions in [0, 1) (PAD: (0.1, 0.2)), '
-                  f'got {ratios!r}.')
-  return errors
-
-
 def _capability_errors(cfg: ml_collections.ConfigDict, spec: registry.Method) -> list[str]:
   """What the method's declared capabilities rule out (record kind, additive form)."""
   errors = []
@@ -414,25 +362,9 @@ def real_batch_size(cfg: ml_collections.ConfigDict, num_classes: int) -> int:
   return per_class * num_classes if per_class else cfg.distill.batch_size
 
 
-def clips_pixels(cfg: ml_collections.ConfigDict) -> bool:
-  """eval.clip_pixels with 'auto' resolved by the evaluation protocol: on for protocols that
-  read sets as image files (`ddjax.evaluate.READS_IMAGE_FILES`)."""
-  from ddjax.evaluate import READS_IMAGE_FILES
-  if cfg.eval.clip_pixels == 'auto':
-    return eval_protocol(cfg) in READS_IMAGE_FILES
-  return cfg.eval.clip_pixels == 'on'
-
-
 def balanced_batch(cfg: ml_collections.ConfigDict) -> bool:
   """Whether real batches are class-balanced (always with distill.batch_per_class)."""
   return bool(cfg.distill.batch_per_class) or bool(cfg.distill.balanced_batch)
-
-
-def eval_protocol(cfg: ml_collections.ConfigDict) -> str:
-  """eval.protocol with 'auto' resolved to the method's default."""
-  if cfg.eval.protocol == 'auto':
-    return registry.get(cfg.method).eval_protocol
-  return cfg.eval.protocol
 
 
 def real_per_class(cfg: ml_collections.ConfigDict) -> int:

@@ -55,15 +55,15 @@ def _configure_linear_krr(cfg, preset):
 
 
 ddjax.register(ddjax.Method(
-    name='linear_krr', distiller_class=LinearKRR, block='linear_krr',
-    block_defaults=linear_krr_block, configure=_configure_linear_krr,
+    name='linear_krr', distiller_class=LinearKRR,
+    blocks=(ddjax.ConfigBlock('linear_krr', linear_krr_block),), configure=_configure_linear_krr,
     validate=lambda cfg: ([] if cfg.linear_krr.reg > 0 else
                           ['linear_krr.reg must be > 0 (the kernel is rank-deficient).']),
     build=lambda cfg, data: LinearKRR(cfg.linear_krr.reg),
-    krr_reg=lambda cfg: cfg.linear_krr.reg), replace=True)
+    plan=lambda cfg, facts: {'krr_reg': cfg.linear_krr.reg}), replace=True)
 
 ddjax.register(ddjax.Method(
     name='pixel_means', distiller_class=PixelMeans,
     build=lambda cfg, data: PixelMeans(data.num_classes),
     configure=lambda cfg, preset: cfg.distill.update(batch_per_class=8, learn_label=False),
-    eval_protocol='dc'), replace=True)
+    protocol='dc'), replace=True)

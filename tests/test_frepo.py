@@ -143,17 +143,18 @@ def test_cpu_default_budget_follows_the_ipc_and_an_explicit_budget_wins():
   from conftest import load_shipped_config
   from ddjax import registry
   from ddjax.runtime import pipeline
-  spec = registry.get('frepo')
+  facts = registry.DataFacts(image_shape=(28, 28, 1), num_classes=10)
+  plan = lambda cfg: registry.resolve(cfg, facts)
   cfg = load_shipped_config('frepo_isa')
   assert (cfg.distill.steps, cfg.distill.lr, cfg.distill.label_lr) == (0, 0, 3e-3)
   got = {}
   for ipc in (1, 5, 10, 50):
     cfg.distill.ipc = ipc
-    got[ipc] = (spec.steps(cfg), spec.lr(cfg))
+    got[ipc] = (plan(cfg).steps, plan(cfg).lr)
   assert got == {1: (5000, 1e-2), 5: (5000, 1e-2), 10: (10_000, 2e-2), 50: (10_000, 2e-2)}
 
   def first_image_update(cfg):   # Adam's first step moves every entry by lr (cosine at step 0)
-    opt = pipeline.make_optimizer(cfg)
+    opt = pipeline.make_optimizer(cfg, plan(cfg))
     params = {'x': jnp.zeros((2, 3)), 'y': jnp.zeros((2, 4))}
     updates, _ = opt.update({'x': jnp.ones((2, 3)), 'y': jnp.ones((2, 4))}, opt.init(params),
                             params)
@@ -161,9 +162,9 @@ def test_cpu_default_budget_follows_the_ipc_and_an_explicit_budget_wins():
 
   assert first_image_update(cfg) == pytest.approx(2e-2, rel=1e-4)
   cfg.distill.steps, cfg.distill.lr = 123, 5e-3
-  assert (spec.steps(cfg), spec.lr(cfg)) == (123, 5e-3)
+  assert (plan(cfg).steps, plan(cfg).lr) == (123, 5e-3)
   assert first_image_update(cfg) == pytest.approx(5e-3, rel=1e-4)
   cfg.distill.ipc, cfg.distill.lr = 1, 0.0
   assert first_image_update(cfg) == pytest.approx(1e-2, rel=1e-4)
   paper = load_shipped_config('frepo', 'paper')
-  assert (spec.steps(paper), spec.lr(paper)) == (500_000, 3e-4)
+  assert (plan(paper).steps, plan(paper).lr) == (500_000, 3e-4)

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLASSES, tiny_config
+from ddjax import registry
 from ddjax.data.prepared import cache_identity
 from ddjax.distill import rded
 from ddjax.evaluate import get_protocol, make_schedule
 from ddjax.evaluate import observer as observer_lib
 from ddjax.evaluate import soft_labels
-from ddjax.evaluate.protocols import rded_batch_size
+from ddjax.evaluate.protocols.rded import rded_batch_size
 
 
 def toy_logits(x):
@@ -277,23 +278,23 @@ def test_clip_pixels_evaluates_the_clipped_set(tiny_npz, tmp_path):
   wild = np.linspace(-1.0, 2.0, 6 * 12 * 12).reshape(6, 12, 12, 1).astype(np.float32)
   syn = {'x': apply_preprocessor(data.pre, wild), 'y': np.eye(3, dtype=np.float32)[[0, 0, 1, 1, 2,
                                                                                      2]]}
-  from ddjax.config import eval_protocol
-  assert eval_protocol(cfg) == 'rded' and cfg.eval.clip_pixels == 'auto'
+  assert registry.protocol_name(cfg) == 'rded' and cfg.eval.clip_pixels == 'auto'
+  plan = pipeline.make_plan(cfg, data)
   cfg.eval.clip_pixels = 'off'
-  same, report = evaluation.pixel_range(cfg, data, syn)
+  same, report = evaluation.pixel_range(cfg, plan, data, syn)
   assert same is syn and not report['clipped']
   assert report['pixel_min'] == pytest.approx(-1.0, abs=1e-4)
   assert report['pixel_max'] == pytest.approx(2.0, abs=1e-4)
   assert report['outside_fraction'] == pytest.approx(np.mean((wild < 0) | (wild > 1)), abs=0.01)
   for setting in ('on', 'auto'):
     cfg.eval.clip_pixels = setting
-    clipped, report = evaluation.pixel_range(cfg, data, syn)
+    clipped, report = evaluation.pixel_range(cfg, plan, data, syn)
     assert report['clipped']
     np.testing.assert_allclose(invert_preprocessor(data.pre, clipped['x']), np.clip(wild, 0, 1),
                                atol=1e-4)
     np.testing.assert_array_equal(clipped['y'], syn['y'])
   cfg.eval.protocol = 'dc'                     # 'auto' under a protocol that trains on the floats
-  assert not evaluation.pixel_range(cfg, data, syn)[1]['clipped']
+  assert not evaluation.pixel_range(cfg, plan, data, syn)[1]['clipped']
 
 
 def test_validation_epochs_are_the_last_fifth():
@@ -412,9 +413,12 @@ def test_the_patch_factor_reaches_the_students_augmentation(monkeypatch):
   from ddjax.models import build_model
   from ddjax.models.training import fresh_carry
   from ddjax.evaluate import make_optimizer
-  assert registry.get('rded').patch_factor(_cfg_factor(0), (64, 64, 3)) == 2
-  assert registry.get('rded').patch_factor(_cfg_factor(0), (28, 28, 1)) == 1
-  assert registry.get('random_subset').patch_factor(_cfg_factor(0), (64, 64, 3)) == 1
+  factor = lambda cfg, shape: registry.resolve(cfg, registry.DataFacts(shape, 10)).patch_factor
+  assert factor(_cfg_factor(0), (64, 64, 3)) == 2
+  assert factor(_cfg_factor(0), (28, 28, 1)) == 1
+  other = _cfg_factor(0)
+  other.method = 'random_subset'
+  assert factor(other, (64, 64, 3)) == 1
   calls = []
 
   def spy(key, x, factor):
@@ -499,11 +503,11 @@ def test_cifar_presets_are_the_official_scripts():
   batch rule, except CIFAR-100's special case (2e-3, batch 25)."""
   from conftest import load_shipped_config
   from ddjax import config as config_lib
-  from ddjax.evaluate.protocols import rded_batch_size
+  from ddjax.evaluate.protocols.rded import rded_batch_size
   for preset, classes in (('cifar10', 10), ('cifar100', 100)):
     cfg = load_shipped_config('rded', preset)
     config_lib.validate(cfg)
-    assert cfg.data.name == preset and config_lib.eval_protocol(cfg) == 'rded'
+    assert cfg.data.name == preset and registry.protocol_name(cfg) == 'rded'
     assert rded.factor_of(cfg, (32, 32, 3)) == 1
     assert observer_lib.observer_arch(cfg, (32, 32, 3)) == 'convnet'
     assert (cfg.eval.model.norm, cfg.eval.model.width, cfg.eval.model.depth) == ('batch', 128, 3)

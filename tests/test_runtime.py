@@ -49,7 +49,7 @@ SHARDED_SCRIPT = textwrap.dedent('''
     out = {{}}
     for n in (1, 8):
       mesh = sharding.make_mesh(jax.devices()[:n])
-      syn, _, _ = pipeline.distill(cfg, data, os.path.join({tmp!r}, f'dev{{n}}'), mesh=mesh)
+      syn, _, _ = pipeline.distill(cfg, pipeline.make_plan(cfg, data), data, os.path.join({tmp!r}, f'dev{{n}}'), mesh=mesh)
       out[n] = {{k: np.asarray(v).tolist() for k, v in syn.items()}}
     print(json.dumps(out))
 ''')

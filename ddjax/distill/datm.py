@@ -212,8 +212,9 @@ def _build(cfg: ml_collections.ConfigDict, data) -> DATM:
 
 
 registry.register(registry.Method(
-    name='datm', build=_build, distiller_class=DATM, block='datm', block_defaults=datm_block,
+    name='datm', build=_build, distiller_class=DATM,
+    blocks=(registry.ConfigBlock('datm', datm_block, signed_keys=('datm.label_epoch',)),
+            *mtt.TRAJECTORY_BLOCKS),
     configure=configure_datm, validate=validate_datm,
     presets=registry.PRESETS + ('faithful', 'cifar10', 'cifar100'),
-    extra_params=mtt.extra_params,
-    eval_protocol='tm', description='DATM: difficulty-aligned trajectory matching, soft labels'))
+    plan=mtt.plan, protocol='tm', description='DATM: difficulty-aligned trajectory matching, soft labels'))

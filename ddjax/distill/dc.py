@@ -407,6 +407,7 @@ def _build(cfg: ml_collections.ConfigDict, data) -> DC:
 
 
 registry.register(registry.Method(
-    name='dc', distiller_class=DC, block='dc', block_defaults=config_block, build=_build,
-    configure=_configure, validate=_validate, steps=_steps, eval_protocol='dc',
+    name='dc', distiller_class=DC, blocks=(registry.ConfigBlock('dc', config_block),),
+    build=_build, configure=_configure, validate=_validate,
+    plan=lambda cfg, facts: {'steps': _steps(cfg)}, protocol='dc',
     description='DC / DSA: gradient matching (with siamese augmentation when dsa.strategy is on)'))

@@ -184,4 +184,4 @@ def _build(cfg, data) -> DM:
 
 registry.register(registry.Method(
     name='dm', distiller_class=DM, build=_build, configure=_configure, validate=_validate,
-    eval_protocol='dc', description='DM: distribution matching of mean embeddings'))
+    protocol='dc', description='DM: distribution matching of mean embeddings'))

@@ -300,9 +300,9 @@ def _build(cfg, data) -> FRePo:
 
 
 registry.register(registry.Method(
-    name='frepo', build=_build, distiller_class=FRePo, block='frepo',
-    block_defaults=config_block,
-    configure=_configure, validate=_validate, steps=_steps, lr=_lr,
-    krr_reg=lambda cfg: cfg.frepo.reg,
-    eval_protocol='frepo',
+    name='frepo', build=_build, distiller_class=FRePo,
+    blocks=(registry.ConfigBlock('frepo', config_block),),
+    configure=_configure, validate=_validate,
+    plan=lambda cfg, facts: {'steps': _steps(cfg), 'lr': _lr(cfg), 'krr_reg': cfg.frepo.reg},
+    protocol='frepo',
     description='FRePo: KRR on a pool of online-trained networks\' features'))

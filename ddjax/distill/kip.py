@@ -78,8 +78,8 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
 
 
 registry.register(registry.Method(
-    name='kip', distiller_class=KIP, block='kip', block_defaults=config_block,
+    name='kip', distiller_class=KIP, blocks=(registry.ConfigBlock('kip', config_block),),
     build=lambda cfg, data: KIP(kernel_fn_from_config(cfg.kernel), get=cfg.kernel.kind,
                                 reg=cfg.kip.reg),
-    configure=_configure, krr_reg=lambda cfg: cfg.kip.reg, eval_protocol='frepo',
+    configure=_configure, plan=lambda cfg, facts: {'krr_reg': cfg.kip.reg}, protocol='frepo',
     description='KIP: KRR with an infinite-width NTK / NNGP'))

@@ -404,6 +404,69 @@ def extra_params(cfg: ml_collections.ConfigDict) -> dict:
   return {'syn_lr': (jnp.asarray(cfg.trajectory.lr_teacher, jnp.float32), cfg.trajectory.lr_lr)}
 
 
+def plan(cfg: ml_collections.ConfigDict, facts) -> dict:
+  """The family's plan: the learned step size as an extra learned entry of the set."""
+  del facts
+  return {'extra_params': extra_params(cfg)}
+
+
+def expert_block() -> ml_collections.ConfigDict:
+  """cfg.expert: the expert trajectories trajectory matching learns from (MTT, DATM, PAD;
+  `ddjax.distill.experts`). dir '' = runs/buffers/<dataset>_<short hash of the record>, shared
+  by runs."""
+  b = ml_collections.ConfigDict()
+  b.dir = ''
+  b.num_experts = 5          # MTT: 100
+  b.epochs = 8               # MTT: 50; DATM / PAD (FTD experts): 100
+  b.lr = 0.01                # SGD, constant (MTT buffer.py)
+  b.momentum = 0.0           # MTT: 0
+  b.weight_decay = 0.0       # coupled L2 as PyTorch's SGD (MTT: 0)
+  b.batch_size = 256         # shuffled every epoch (MTT: 256)
+  b.dsa = True               # DSA while training (dsa_strategy_for: no flip on digits)
+  b.parallel = 0             # experts stepped at once (vmap; CPU: unrolled); 0 = all
+                             # (CPU: 1, see ddjax.distill.experts.default_mode)
+  b.seed = 0                 # the experts' own seed (runs with other seeds share a buffer)
+  b.gsam = False             # FTD's GSAM experts (DATM / PAD): rho, alpha below
+  b.gsam_rho = 0.01          # FTD: rho_max = rho_min = 0.01
+  b.gsam_alpha = 0.3         # FTD: 0.3
+  b.gsam_adaptive = True     # |w|-scaled (ASAM) perturbation: FTD / PAD code's default
+  b.fiex = False             # PAD's FIEX data scheduler (ddjax.scoring.fiex)
+  b.fiex_init_ratio = 0.75   # PAD: IR 0.75 (easiest fraction of each class at epoch 0)
+  b.fiex_add_end_epoch = 20  # PAD: AEE 20 (CIFAR-10), 40 (CIFAR-100, Tiny)
+  b.fiex_remove_epochs = (40, 60)      # PAD README: rm_epoch_first / second
+  b.fiex_remove_ratios = (0.1, 0.2)    # PAD README; the paper text says 10 %
+  b.fiex_score_models = 4    # K early models whose EL2N is averaged (ddjax's choice)
+  b.fiex_score_epochs = 2    # epochs each scoring model trains (ddjax's choice)
+  return b
+
+
+def validate_expert(cfg: ml_collections.ConfigDict) -> list[str]:
+  """The expert block's sizes, and FIEX's two removal stages: epochs (e1, e2) with e1 <= e2,
+  ratios (r1, r2) in [0, 1)."""
+  from ddjax.infra.config_checks import fraction_errors, get, int_errors
+  errors = []
+  for key in ('num_experts', 'epochs', 'batch_size', 'fiex_score_models', 'fiex_score_epochs'):
+    errors += int_errors(cfg, f'expert.{key}', 1)
+  errors += int_errors(cfg, 'expert.parallel', 0, ' (0: all experts at once)')
+  errors += int_errors(cfg, 'expert.fiex_add_end_epoch', 0)
+  errors += fraction_errors(cfg, 'expert.fiex_init_ratio', closed=True)
+  epochs, ratios = get(cfg, 'expert.fiex_remove_epochs'), get(cfg, 'expert.fiex_remove_ratios')
+  ok = lambda v, t: (isinstance(v, (tuple, list)) and len(v) == 2
+                     and all(isinstance(a, t) and not isinstance(a, bool) and a >= 0 for a in v))
+  if not ok(epochs, int) or epochs[0] > epochs[1]:
+    errors.append(f'expert.fiex_remove_epochs must be two integers e1 <= e2 (PAD: (40, 60)), got '
+                  f'{epochs!r}.')
+  if not ok(ratios, (int, float)) or max(ratios) >= 1:
+    errors.append(f'expert.fiex_remove_ratios must be two fractions in [0, 1) (PAD: (0.1, 0.2)), '
+                  f'got {ratios!r}.')
+  return errors
+
+
+# The trajectory family's shared blocks (MTT, DATM, PAD declare both).
+TRAJECTORY_BLOCKS = (registry.ConfigBlock('trajectory', trajectory_block),
+                     registry.ConfigBlock('expert', expert_block, validate=validate_expert))
+
+
 def build_kwargs(cfg: ml_collections.ConfigDict) -> dict:
   from ddjax.augment.dsa import strategy_from_config
   t = cfg.trajectory
@@ -454,7 +517,6 @@ def _build(cfg: ml_collections.ConfigDict, data) -> TrajectoryMatching:
 
 
 registry.register(registry.Method(
-    name='mtt', build=_build, distiller_class=TrajectoryMatching, block='trajectory',
-    block_defaults=trajectory_block, configure=_configure, validate=_validate,
-    presets=registry.PRESETS + ('faithful', 'cifar10', 'cifar100'), extra_params=extra_params,
-    eval_protocol='tm', description='MTT: matching training trajectories of experts'))
+    name='mtt', build=_build, distiller_class=TrajectoryMatching, blocks=TRAJECTORY_BLOCKS,
+    configure=_configure, validate=_validate,
+    presets=registry.PRESETS + ('faithful', 'cifar10', 'cifar100'), plan=plan, protocol='tm', description='MTT: matching training trajectories of experts'))

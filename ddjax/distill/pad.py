@@ -80,8 +80,10 @@ def _build(cfg: ml_collections.ConfigDict, data) -> PAD:
 
 
 registry.register(registry.Method(
-    name='pad', build=_build, distiller_class=PAD, block='pad', block_defaults=pad_block,
+    name='pad', build=_build, distiller_class=PAD,
+    blocks=(registry.ConfigBlock('pad', pad_block, signed_keys=('pad.alpha',)),
+            *mtt.TRAJECTORY_BLOCKS),
     configure=_configure, validate=_validate,
     presets=registry.PRESETS + ('faithful', 'cifar10', 'cifar100'),
-    extra_params=mtt.extra_params, eval_protocol='tm',
+    plan=mtt.plan, protocol='tm',
     description='PAD: DATM on FIEX experts, matching deep-layer parameters only'))

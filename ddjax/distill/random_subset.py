@@ -28,5 +28,5 @@ def _configure(cfg, preset: str) -> None:
 
 registry.register(registry.Method(
     name='random_subset', distiller_class=RandomSubset, build=lambda cfg, data: RandomSubset(),
-    configure=_configure, steps=lambda cfg: 0, eval_protocol='frepo',
+    configure=_configure, plan=lambda cfg, facts: {'steps': 0}, protocol='frepo',
     description='baseline: a random class-balanced real subset, no distillation'))

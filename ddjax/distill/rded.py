@@ -31,6 +31,7 @@ import optax
 from ddjax import registry
 from ddjax.augment.patches import crop_resize
 from ddjax.distill.base import NO_META_LOSS, Distiller
+from ddjax.evaluate.protocols.rded import OBSERVER_BLOCK
 
 Array = jax.Array
 
@@ -273,8 +274,10 @@ def _build(cfg: ml_collections.ConfigDict, data) -> RDED:
 
 
 registry.register(registry.Method(
-    name='rded', build=_build, distiller_class=RDED, block='rded', block_defaults=rded_block,
+    name='rded', build=_build, distiller_class=RDED,
+    blocks=(registry.ConfigBlock('rded', rded_block), OBSERVER_BLOCK),
     configure=_configure, validate=_validate,
     presets=registry.PRESETS + ('cifar10', 'cifar100', 'image_folder'),
-    steps=lambda cfg: 0, eval_protocol='rded', patch_factor=factor_of,
+    plan=lambda cfg, facts: {'steps': 0, 'patch_factor': factor_of(cfg, facts.image_shape)},
+    protocol='rded',
     description='RDED: observer-selected realistic patches, stitched; no optimisation'))

@@ -144,7 +144,8 @@ def _extra_params(cfg: ml_collections.ConfigDict) -> dict:
 
 
 registry.register(registry.Method(
-    name='rfad', distiller_class=RFAD, block='rfad', block_defaults=config_block, build=_build,
-    configure=_configure, validate=_validate, extra_params=_extra_params,
-    krr_reg=lambda cfg: cfg.rfad.reg, eval_protocol='frepo',
+    name='rfad', distiller_class=RFAD, blocks=(registry.ConfigBlock('rfad', config_block),),
+    build=_build, configure=_configure, validate=_validate,
+    plan=lambda cfg, facts: {'extra_params': _extra_params(cfg), 'krr_reg': cfg.rfad.reg},
+    protocol='frepo',
     description='RFAD: KRR with random features of the ConvNet NNGP, Platt loss'))

@@ -5,12 +5,14 @@ evaluate, into a workdir.
     cfg = ddjax.config.method_config('frepo')          # or a config file's get_config()
     results = ddjax.run(cfg, 'runs/frepo')              # the dict also in runs/frepo/results.json
 
-The stages are functions of (cfg, data, ...) that name no method: what differs between methods
-comes from the registry (`ddjax.registry`: build, steps, extra learned parameters, regulariser,
-evaluation protocol) and from the distiller's declared capabilities (`ddjax.distill.base`:
-encode / decode of the stored set). BiLP's adaptive pruning and IDC's multi-formation are wrappers
-any method composes with when its capabilities allow. Re-running a workdir resumes it; a workdir
-made with another config is refused before any compute (`check_workdir`).
+The stages are functions of (cfg, plan, data, ...) that name no method: what differs between
+methods is resolved once, at the start of the run, into a `ddjax.registry.Plan` (steps, learning
+rates, extra learned parameters, KRR regulariser, evaluation protocol, patch factor; written to
+results.json under 'plan') and passed down, and the rest comes from the distiller's declared
+capabilities (`ddjax.distill.base`). Nothing below `run` asks the registry again. BiLP's
+adaptive pruning and IDC's multi-formation are wrappers any method composes with when its
+capabilities allow. Re-running a workdir resumes it; a workdir made with another config is
+refused before any compute (`check_workdir`).
 """
 from __future__ import annotations
 
@@ -124,15 +126,27 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str, restart: bool = 
         'and outputs and start over.')
 
 
-def build_distiller(cfg: ml_collections.ConfigDict, data: PreparedData, batch_size: int):
+def data_facts(data: PreparedData) -> registry.DataFacts:
+  """What a plan may depend on from the data (image shape, classes)."""
+  return registry.DataFacts(image_shape=tuple(int(s) for s in data.x_train.shape[1:]),
+                            num_classes=int(data.num_classes))
+
+
+def make_plan(cfg: ml_collections.ConfigDict, data: PreparedData) -> registry.Plan:
+  """The run's plan (`ddjax.registry.resolve`), for callers that drive the stages themselves."""
+  return registry.resolve(cfg, data_facts(data))
+
+
+def build_distiller(cfg: ml_collections.ConfigDict, plan: registry.Plan, data: PreparedData,
+                    batch_size: int):
   """The method's distiller, wrapped in BiLP's adaptive pruning and IDC's multi-formation when
   the config asks for them (IDC outside: it hands BiLP the decoded set)."""
-  distiller = registry.get(cfg.method).build(cfg, data)
+  distiller = plan.build(cfg, data)
   distiller = bilp_lib.from_config(distiller, cfg, batch_size)
   return idc_lib.from_config(distiller, cfg)
 
 
-def initial_synthetic(cfg: ml_collections.ConfigDict, data: PreparedData,
+def initial_synthetic(cfg: ml_collections.ConfigDict, plan: registry.Plan, data: PreparedData,
                       distiller) -> tuple[dict, np.ndarray]:
   """(stored set, classes): class-balanced real (or noise) images, `images_per_stored` per stored
   image, made the step-0 set by the distiller (`initial_set`: encoded for IDC, built from scratch
@@ -143,18 +157,18 @@ def initial_synthetic(cfg: ml_collections.ConfigDict, data: PreparedData,
                                 label_init=cfg.distill.label_init)
   syn = distiller.initial_set({k: jnp.asarray(v) for k, v in syn.items()},
                               jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_SYN_INIT))
-  for key, (value, _) in registry.get(cfg.method).extra_params(cfg).items():
-    syn[key] = jnp.asarray(value)
+  for key, (value, _) in plan.extra_params.items():
+    syn[key] = jnp.asarray(value, jnp.float32)
   classes = np.repeat(np.arange(data.num_classes), cfg.distill.ipc).astype(np.int32)
   return syn, classes
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict):
-  """The synthetic set's optimizer: images, labels and the method's extra entries."""
-  spec = registry.get(cfg.method)
-  extra = {k: lr for k, (_, lr) in spec.extra_params(cfg).items()}
+def make_optimizer(cfg: ml_collections.ConfigDict, plan: registry.Plan):
+  """The synthetic set's optimizer: images, labels and the method's extra entries, at the
+  plan's rates over its steps."""
+  extra = {k: lr for k, (_, lr) in plan.extra_params.items()}
   d = cfg.distill
-  return step_lib.make_syn_optimizer(d.optimizer, spec.lr(cfg), d.label_lr, spec.steps(cfg),
+  return step_lib.make_syn_optimizer(d.optimizer, plan.lr, plan.label_lr, plan.steps,
                                      learn_label=d.learn_label, schedule=d.schedule,
                                      end_fraction=d.end_fraction, extra_lrs=extra or None,
                                      momentum=d.momentum,
@@ -162,21 +176,20 @@ def make_optimizer(cfg: ml_collections.ConfigDict):
                                      d.label_momentum)
 
 
-def distill(cfg: ml_collections.ConfigDict, data: PreparedData, workdir: str, mesh=None,
-            summaries=None):
+def distill(cfg: ml_collections.ConfigDict, plan: registry.Plan, data: PreparedData,
+            workdir: str, mesh=None, summaries=None):
   """Run (or resume) the distillation; returns (decoded set, its classes, summary).
 
   summaries: process 0's TensorBoard writer (`ddjax.runtime.summaries`), or None."""
   root = jax.random.PRNGKey(cfg.seed)
-  spec = registry.get(cfg.method)
   batch_size = config_lib.real_batch_size(cfg, data.num_classes)
-  distiller = build_distiller(cfg, data, batch_size)
-  syn, classes = initial_synthetic(cfg, data, distiller)
-  num_steps = spec.steps(cfg)
+  distiller = build_distiller(cfg, plan, data, batch_size)
+  syn, classes = initial_synthetic(cfg, plan, data, distiller)
+  num_steps = plan.steps
   summary = {'steps': 0, 'sec_per_step': 0.0, 'resumed_from': 0}
   if num_steps > 0:
     transform = transforms_lib.from_config(cfg.transform)
-    optimizer = make_optimizer(cfg)
+    optimizer = make_optimizer(cfg, plan)
     mesh = mesh or sharding.make_mesh()
     state = step_lib.init_state(distiller, transform, optimizer, syn,
                                 jax.random.fold_in(root, KEY_DISTILL_INIT))
@@ -249,11 +262,13 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   if main:
     files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
   print(f'[data] {data.dataset!r}, preprocessing {data.pre.kind}', flush=True)
+  plan = make_plan(cfg, data)        # the one visit to the registry of a run
+  print(f'[plan] {plan.to_dict()}', flush=True)
   pruning = None
   if cfg.bilp.prune_fraction > 0:
     data, pruning = preemptive_prune(cfg, data, workdir)
   try:
-    syn, classes, summary = distill(cfg, data, workdir, mesh, summaries=logger)
+    syn, classes, summary = distill(cfg, plan, data, workdir, mesh, summaries=logger)
   except BaseException:
     if logger is not None:
       logger.close()
@@ -264,6 +279,7 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
     print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)
   results = {
       'method': cfg.method, 'dataset': cfg.data.name, 'ipc': cfg.distill.ipc, 'seed': cfg.seed,
+      'plan': plan.to_dict(),
       'transform': {'drop_easiest': cfg.transform.drop_easiest,
                     'isa_eps': cfg.transform.isa_eps},
       'distill': {'steps': summary['steps'], 'sec_per_step': summary['sec_per_step'],
@@ -277,7 +293,7 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   if cfg.bilp.adaptive_beta > 0:
     results['adaptive_pruning'] = {k: cfg.bilp[k] for k in ('adaptive_beta', 'adaptive_mode',
                                                             'adaptive_every', 'ite')}
-  results.update(evaluation.evaluate(cfg, data, syn))
+  results.update(evaluation.evaluate(cfg, plan, data, syn))
   results['wall_seconds'] = time.perf_counter() - t0
   if main:
     files.write_json(os.path.join(workdir, 'results.json'), results)

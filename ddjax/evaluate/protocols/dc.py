@@ -1,0 +1,35 @@
+"""The 'dc' protocol: DC / DSA's official evaluation.
+
+SGD lr 0.01, momentum 0.9, weight decay 5e-4 (coupled L2 as PyTorch's SGD), cross-entropy against
+the HARD labels argmax(y) (learned soft labels are reduced to their argmax; DC's evaluation only
+knows integer labels), 1000 epochs with lr x 0.1 at half, batch 256 (at most n), steps = epochs x
+ceil(n / batch). Augmentation: translate only; with dsa.strategy set (DSA and DM evaluate with
+DSA, as their official code) one DSA op per batch instead.
+"""
+from __future__ import annotations
+
+import math
+
+from ddjax import registry
+from ddjax.evaluate.protocols.common import train_on_set
+
+DC_EPOCHS = 1000
+
+
+def settings(n: int, num_classes, overrides: dict) -> dict:
+  del num_classes
+  epochs = overrides.get('epochs', DC_EPOCHS)
+  batch = overrides.get('batch_size', min(n, 256))
+  return dict(optimizer='sgd', lr=0.01, momentum=0.9, weight_decay=5e-4, loss='ce',
+              schedule='step', warmup_steps=0, decay_at=0.5, decay_factor=0.1, batch_size=batch,
+              steps=epochs * math.ceil(n / batch), epochs=epochs, augment=True,
+              translate_frac=0.125, cutout_frac=0.0, flip=False)
+
+
+def evaluate(cfg, data, syn: dict, plan, key) -> tuple[dict, str]:
+  return train_on_set(cfg, data, syn, plan, key, {})
+
+
+registry.register_protocol(registry.Protocol(
+    name='dc', settings=settings, evaluate=evaluate,
+    description="DC / DSA's evaluation: SGD, step decay, cross-entropy on hard labels"))
