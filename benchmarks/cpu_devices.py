@@ -8,7 +8,7 @@ says otherwise. ddjax's loop always splits the real batch over a mesh of every d
 (`ddjax.infra.sharding`), so with N devices each device computes 1/N of the real batch's
 features and gradients, and the results are summed across devices. The question it answers: does
 a step that barely uses a second thread on one device (FRePo's CPU default) run faster split over
-two? Measured on 2026-12-03 (results/cpu_devices.md): no, 0.79x at IPC 10 (0.361 s against 0.285).
+two? Measured (results/cpu_devices.md): no, 0.79x at IPC 10 (0.361 s against 0.285).
 
 Each arm is a fresh `python -m ddjax.main` process (the flag is read once, when JAX's CPU backend
 starts) running `--steps` distillation steps with no evaluation; the arms run interleaved

@@ -1,6 +1,6 @@
 r"""One distilled set, evaluated under the 'frepo' protocol with different training augmentations:
 FRePo's own (one op per batch from color / crop / rotate / translate / cutout, edge fill; the
-default since issue 15's fix 5), ddjax's earlier translate + cutout on every batch (zero padding),
+'frepo' protocol's default), ddjax's earlier translate + cutout on every batch (zero padding),
 and none. Same networks, same keys, same steps: only the augmentation differs.
 
     python benchmarks/eval_augmentation.py --workdir runs/frepo_isa_fashion_mnist_ipc1_seed0

@@ -5,7 +5,7 @@ CPU default eval model; 2000 steps, batch 100, FRePo's augmentation) and accurac
     python benchmarks/eval_speed.py --arms before after     # both cores (an idle machine)
 
 Arms, each in a fresh process (the allocator settings must precede JAX's backend), in this order:
-  before        the path before issue 16's evaluation work: glibc's allocator defaults
+  before        the path before the evaluation speed work: glibc's allocator defaults
                 (DDJAX_MALLOC_DEFAULTS=0), ConvNet's first block as conv -> relu -> pool
                 (fuse_first_block=False), one network at a time
   malloc        + ddjax's allocator settings (ddjax/infra/host_memory.py)
@@ -314,7 +314,7 @@ def main():
   table = _table(rows, 'before') + (
       f"\n\nThreads: {', '.join(map(str, threads))} ({kind}); timings the median of "
       f"{args.rounds} round(s) of the arms in turn; load average before each run: {loads} (the "
-      "machine is shared: other sessions' jobs run beside it)."
+      "machine is shared: other jobs run beside it)."
       + (f' Accuracies from `{args.accuracy_from}`.' if args.accuracy_from else ''))
   if inter is not None:
     table += '\n\n' + _interleaved_table(inter)

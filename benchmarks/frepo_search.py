@@ -1,5 +1,5 @@
 r"""Every FRePo / FRePo + ISA configuration tried on this CPU under FRePo's evaluation, in one table
-(issue 15's search record): knobs, seed, steps, wall time, network accuracy, KRR accuracy, gap.
+(the search record): knobs, seed, steps, wall time, network accuracy, KRR accuracy, gap.
 
     python benchmarks/frepo_search.py
     python benchmarks/frepo_search.py --sources frepo_steps frepo_search_label_lr
@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402
 
-# Results files written under FRePo's evaluation protocol (issue 15's fix 5 onwards).
+# Results files written under FRePo's evaluation protocol (its one-op-per-batch augmentation).
 SOURCES = ('isa_effect_seeds', 'frepo_steps', 'frepo_eval_fix5', 'frepo_search_label_lr',
            'frepo_search_lr', 'frepo_search_ipc1', 'frepo_search_ipc10', 'frepo_search_ipc10_lr2',
            'frepo_search_ipc10_seed1', 'frepo_search_ipc10_seed2')

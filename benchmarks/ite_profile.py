@@ -23,7 +23,7 @@ convolution layer (B samples, width 128) three ways: the batch-reduced gradient 
 convolution) and batched im2col matmuls. --weight-grads runs the per-sample and ITE rows once per
 way DC's per-example network computes its convolution weight gradients: 'im2col' (what DC does,
 `ddjax.models.per_example_model`) and 'auto' (XLA's backward-filter convolution, what DC did before
-issue 16's change), so the two are measured in one run. With --top N the first-order program
+it used im2col), so the two are measured in one run. With --top N the first-order program
 (stored G, first arm) is traced once with `jax.profiler` and its N most expensive HLO operations
 are listed with their shapes.
 """
@@ -137,7 +137,7 @@ def main():
   ap.add_argument('--name', default='ite_profile', help='results file under benchmarks/results')
   ap.add_argument('--weight-grads', nargs='+', default=['im2col'], choices=('im2col', 'auto'),
                   help="per-example weight gradients of the ITE's network: im2col (DC's) and / or "
-                       "auto (XLA's backward-filter convolution, DC before issue 16)")
+                       "auto (XLA's backward-filter convolution, DC's earlier way)")
   args = ap.parse_args()
   peak = common.matmul_flops_per_second()
   dc = DC(build_model('convnet', K, depth=3, width=128, norm='instance', pooling='avg'), SHAPE, K,

@@ -1,4 +1,4 @@
-r"""RDED on Fashion-MNIST next to other sets under the same soft-label protocol (issue 14).
+r"""RDED on Fashion-MNIST next to other sets under the same soft-label protocol.
 
     python benchmarks/rded_accuracy.py --ipc 1 10 50 --methods rded random_subset
     python benchmarks/rded_accuracy.py --ipc 1 10 --methods frepo_isa dm

@@ -1,4 +1,4 @@
-r"""Trajectory unroll (issue 13): peak memory and s/iteration of MTT's meta-gradient against N.
+r"""Trajectory unroll: peak memory and s/iteration of MTT's meta-gradient against N.
 
     python benchmarks/trajectory_unroll.py [--mem-steps 10 20 40 80] [--mem-widths 128 32]
         [--time-steps 10 20 40 80] [--time-width 32] [--rounds 5] [--max-compile-s 180]

@@ -5,7 +5,7 @@ The run builds (or reuses, or resumes) its expert buffer first (`python -m ddjax
 5 networks with the 'tm' protocol (SGD 0.9, wd 5e-4, the learned step size, 1000 epochs, DSA).
 
     python -m ddjax.main --config=configs/mtt.py
-    python -m ddjax.main --config=configs/mtt.py:faithful          # references section 7, IPC 1
+    python -m ddjax.main --config=configs/mtt.py:faithful          # MTT's CIFAR-10 IPC-1 row
     python -m ddjax.main --config=configs/mtt.py:faithful --config.distill.ipc=10 \
         --config.trajectory.syn_steps=30 --config.trajectory.max_start_epoch=20 \
         --config.trajectory.lr_lr=1e-5 --config.trajectory.lr_teacher=0.001    # its IPC-10 row

@@ -1,4 +1,4 @@
-"""ddjax: dataset distillation in JAX/Flax. See README.md and ../shared/DESIGN.md.
+"""ddjax: dataset distillation in JAX/Flax. See README.md and docs/ARCHITECTURE.md.
 
     import ddjax
     cfg = ddjax.method_config('frepo')       # a registered method's defaults (or a config file)

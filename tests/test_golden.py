@@ -20,7 +20,7 @@ GOLDEN = os.path.join(ROOT, 'tests', 'golden')
 # (conftest) moves kip_isa's set by 2.4e-4 on entries of size ~1.8; every other set by < 1e-6.
 ATOL = {'kip_isa': 1e-3}
 # Shipped defaults changed since a golden set was made, pinned to the values it was made with (a
-# config value, not the method: frepo_isa's CPU image lr went from 3e-3 to 1e-2 in issue 15).
+# config value, not the method: frepo_isa's CPU image lr is now 1e-2; its golden set used 3e-3).
 MADE_WITH = {'frepo_isa': {'lr': 3e-3}}
 
 

@@ -498,8 +498,8 @@ def test_a_resnet_observer_is_reused_as_such_and_refused_for_a_convnet(tiny_npz,
 
 
 def test_cifar_presets_are_the_official_scripts():
-  """configs/rded.py:cifar10 / cifar100: the official Conv3 -> Conv3 scripts (references section
-  5.2): factor 1 at 32 px, ConvNet-3 BN width 128 observer and students, AdamW 1e-3 with RDED's
+  """configs/rded.py:cifar10 / cifar100: the official Conv3 -> Conv3 scripts (RDED's argument.py):
+  factor 1 at 32 px, ConvNet-3 BN width 128 observer and students, AdamW 1e-3 with RDED's
   batch rule, except CIFAR-100's special case (2e-3, batch 25)."""
   from conftest import load_shipped_config
   from ddjax import config as config_lib

@@ -235,15 +235,13 @@ def apply_paper_preset(cfg) -> None:
   cfg.log.every = 1000
 
 
-# The CPU default's budget, by IPC (`distill.steps = 0`; `cpu_steps`), under FRePo's evaluation
-# (benchmarks/README.md and results/frepo_search.md, issue 15): at IPC 1, 5000 steps reach 72.2 %
-# over 3 seeds (3000: 71.1 %, 800: 66.5 %), ~9 minutes on 2 idle cores; at IPC 10 (lr 3e-3), 10000
-# steps reach 83.5 % (4 of 5 networks) against 82.8 % for 5000, ~45 minutes of distillation.
+# The CPU default's number of steps, by IPC (used when `distill.steps = 0`; `cpu_steps`): the
+# budget at which FRePo's evaluation stops improving within about an hour on a 2-core CPU. More
+# images per class need more steps (figures: benchmarks/README.md, FRePo + ISA).
 CPU_STEPS = 5000
 CPU_STEPS_IPC10 = 10_000
-# The images' Adam learning rate of the CPU default, by IPC (`distill.lr = 0`; `cpu_lr`), from
-# results/frepo_search.md: at IPC 1, 1e-2 gives 73.4 % over seeds 0-2 (3e-3: 72.2 %); at IPC 10 in
-# 10000 steps, seed 0, 2e-2 gives 84.1 % (1e-2: 83.9 %, 6e-3: 83.6 %).
+# The images' Adam learning rate of the CPU default, by IPC (used when `distill.lr = 0`; `cpu_lr`):
+# the best rate of the CPU search at each IPC (benchmarks/results/frepo_search.md).
 CPU_LR = 1e-2
 CPU_LR_IPC10 = 2e-2
 LARGE_IPC = 10       # from this IPC on, the CPU default uses the *_IPC10 budget and lr

@@ -53,16 +53,13 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   schedule) and the depth mask."""
   datm.configure_datm(cfg, preset)
   cfg.expert.fiex = True
-  # Every preset keeps PAD's own schedule epochs (add until 20, remove after 40 / 60), the CPU
-  # default's 6-epoch buffer included: it is then the first 6 epochs of PAD's buffer, all inside
-  # the add phase, which is what PAD's own IPC-1 students sample (window [0, 4) + M = 2, Table 9).
-  # Scaling the schedule to the short buffer (add until 2, remove after 3 / 4) put the removals
-  # inside the sampled window and cost 9.5 points on Fashion-MNIST IPC 1 (62.1 against 71.6 %,
-  # seed 0; benchmarks/README.md, trajectory matching).
+  # Every preset keeps PAD's own schedule epochs (add until 20, remove after 40 / 60), also for
+  # the CPU default's 6-epoch buffer, which is then the first 6 epochs of PAD's buffer, all inside
+  # the add phase: what PAD's IPC-1 students sample (window [0, 4) + M = 2, Table 9). Scaling the
+  # schedule to the short buffer would put the removals inside the sampled window, which measured
+  # worse (benchmarks/README.md, trajectory matching).
   if preset in ('', 'cpu'):
-    # CPU budget: 1000 iterations (DATM's CPU default is 500). Over seeds 0-2, PAD at IPC 1 gives
-    # 73.4 / 73.7 / 72.8 % at 1000 against 71.6 / 72.7 / 70.8 % at 500, at ~0.7-1.5 s per
-    # iteration (12-25 min; benchmarks/README.md, issue 13).
+    # CPU budget: twice DATM's iterations, where PAD at IPC 1 still gains (benchmarks/README.md).
     cfg.distill.steps = CPU_STEPS
 
 

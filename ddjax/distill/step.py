@@ -1,4 +1,4 @@
-"""The distillation step shared by every distiller (DESIGN: "The functional core").
+"""The distillation step shared by every distiller (docs/ARCHITECTURE.md, "The functional core").
 
     state  <- distiller.before_loss(S, state, batch, step)      (BiLP's selection; else nothing)
     loss(S) = mean(transform(distiller.per_sample(S, state, batch)).loss) + distiller.regularizer(S)
