@@ -134,3 +134,67 @@ def test_no_method_names_are_checked_outside_the_registry():
           if pattern.search(line):
             offenders.append(f'{os.path.relpath(path, ROOT)}:{i}: {line.strip()}')
   assert not offenders, offenders
+
+
+PROTOCOL_CONFIG = '''
+import example_protocol        # the user's module registers its protocol
+from ddjax.config import method_config
+
+
+def get_config(preset=''):
+  cfg = method_config('random_subset', preset)
+  cfg.data.update(name='npz', dir={npz!r})
+  cfg.distill.update(ipc=2)
+  cfg.eval.protocol = 'nearest'
+  cfg.nearest.metric = 'cosine'
+  return cfg
+'''
+
+
+def test_user_protocol_registers_from_outside_and_judges_the_set(tiny_npz, tmp_path):
+  """A protocol from the user's module: the CLI accepts its name and its block, the run calls
+  it on the exported set (its accuracy is 1-NN computed here from distilled.npz), and its own
+  validation refuses a bad value before any compute."""
+  import example_protocol
+  config = tmp_path / 'proto_config.py'
+  config.write_text(PROTOCOL_CONFIG.format(npz=tiny_npz))
+  workdir = tmp_path / 'run'
+  proc = _cli(f'--config={config}', f'--workdir={workdir}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.load(open(workdir / 'results.json'))
+  assert results['plan']['protocol'] == 'nearest' and results['eval']['protocol'] == 'nearest'
+  syn = np.load(workdir / 'distilled.npz')        # the set as the protocol saw it
+  cfg = config_lib.method_config('random_subset')
+  cfg.data.update(name='npz', dir=tiny_npz)
+  data = pipeline.load_data(cfg)
+  expected = np.mean(example_protocol.nearest_predictions(syn['x'], syn['y'], data.x_test,
+                                                          'cosine') == data.y_test)
+  assert results['eval']['acc_mean'] == pytest.approx(expected, abs=1e-9)
+  bad = _cli(f'--config={config}', '--config.nearest.metric=l1', f'--workdir={tmp_path / "b"}')
+  assert bad.returncode != 0 and "nearest.metric='l1' is not one of" in bad.stderr
+  assert not (tmp_path / 'b').exists()
+
+
+def test_a_run_visits_the_registry_once(tiny_npz, tmp_path, monkeypatch):
+  """After `ddjax.run` resolves its plan, nothing below asks the registry again: every lookup
+  function raises from then on, and the run (distill, export, evaluate) still completes."""
+  resolved = []
+  original = registry.resolve
+
+  def resolve_once(cfg, facts):
+    plan = original(cfg, facts)
+    resolved.append(plan)
+
+    def refuse(*args, **kwargs):
+      raise AssertionError('the registry was asked again after the plan was resolved')
+    for name in ('get', 'get_protocol', 'methods', 'protocols', 'names', 'resolve',
+                 'protocol_name', 'blocks', 'config_blocks'):
+      monkeypatch.setattr(registry, name, refuse)
+    return plan
+
+  monkeypatch.setattr(registry, 'resolve', resolve_once)
+  cfg = tiny_config(tiny_npz)          # FRePo: steps, lr and KRR regulariser from its plan
+  results = pipeline.run(cfg, str(tmp_path / 'run'))
+  assert len(resolved) == 1
+  assert results['plan'] == resolved[0].to_dict()
+  assert results['plan']['krr_reg'] == cfg.frepo.reg and results['distill']['steps'] == 6

@@ -4,7 +4,7 @@ settings live in `base`; each protocol (frepo, dc, tm, rded) is one module here,
 imports no protocol module itself)."""
 from ddjax.evaluate.protocols.base import (LOSSES, OPTIMIZERS, SCHEDULES, EvalProtocol,
                                            augment_pixels, get_protocol, make_optimizer,
-                                           make_schedule)
+                                           make_schedule, settings_of)
 
 __all__ = ['LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'EvalProtocol', 'augment_pixels', 'get_protocol',
-           'make_optimizer', 'make_schedule']
+           'make_optimizer', 'make_schedule', 'settings_of']

@@ -79,13 +79,25 @@ class EvalProtocol:
 
 def get_protocol(name: str, num_prototypes: int, num_classes: int | None = None,
                  **overrides: Any) -> EvalProtocol:
-  """The named protocol for a synthetic set of `num_prototypes` images, with field overrides.
+  """The registered protocol `name`'s settings for a set of `num_prototypes` images, with field
+  overrides (`settings_of`). Raises ValueError for an unknown protocol name or field."""
+  from ddjax import registry
+  try:
+    spec = registry.get_protocol(name)
+  except registry.RegistryError as err:
+    raise ValueError(str(err)) from None
+  return settings_of(spec, num_prototypes, num_classes, **overrides)
 
-  The protocol's module gives its settings (`ddjax.registry.Protocol.settings`); derived values
-  follow the overrides unless overridden themselves ('frepo' warm-up from steps; 'dc', 'tm' and
-  'rded' steps from epochs and batch_size; 'rded''s batch rule needs `num_classes`, 10 when not
-  given).
-  Raises ValueError for an unknown protocol name or field.
+
+def settings_of(spec, num_prototypes: int, num_classes: int | None = None,
+                **overrides: Any) -> EvalProtocol:
+  """The `EvalProtocol` of the registered protocol `spec` (a `ddjax.registry.Protocol`) for a set
+  of `num_prototypes` images, with field overrides.
+
+  The protocol's module gives its settings (`Protocol.settings`); derived values follow the
+  overrides unless overridden themselves ('frepo' warm-up from steps; 'dc', 'tm' and 'rded' steps
+  from epochs and batch_size; 'rded''s batch rule needs `num_classes`, 10 when not given).
+  Raises ValueError for an unknown field.
   """
   fields = {f.name for f in dataclasses.fields(EvalProtocol)} - {'name'}
   unknown = sorted(set(overrides) - fields)
@@ -94,14 +106,9 @@ def get_protocol(name: str, num_prototypes: int, num_classes: int | None = None,
   n = int(num_prototypes)
   if n < 1:
     raise ValueError(f'num_prototypes must be >= 1, got {n}')
-  from ddjax import registry
-  try:
-    spec = registry.get_protocol(name)
-  except registry.RegistryError as err:
-    raise ValueError(str(err)) from None
   base = dict(spec.settings(n, num_classes, overrides))
   base.update(overrides)
-  return EvalProtocol(name=name, **base)
+  return EvalProtocol(name=spec.name, **base)
 
 
 def make_schedule(protocol: EvalProtocol) -> optax.Schedule:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ddjax.augment.dsa import strategy_from_config
-from ddjax.evaluate.protocols.base import get_protocol
+from ddjax.evaluate.protocols.base import settings_of
 from ddjax.evaluate.train import evaluate_synthetic
 from ddjax.infra import distributed
 from ddjax.models import from_config
@@ -34,7 +34,7 @@ def train_on_set(cfg: ml_collections.ConfigDict, data, syn: dict, plan, key,
   if strategy:
     settings['dsa_strategy'] = strategy
   settings.update(overrides)
-  protocol = get_protocol(plan.protocol, int(syn['x'].shape[0]), data.num_classes, **settings)
+  protocol = settings_of(plan.evaluator, int(syn['x'].shape[0]), data.num_classes, **settings)
   model = from_config(cfg.eval.model, data.num_classes)
   log(f'protocol {protocol.name}: {protocol.steps} steps, batch {protocol.batch_size}, '
       f'lr {protocol.lr:.4g}, loss {protocol.loss}, {cfg.eval.num_models} models')

@@ -20,7 +20,7 @@ import math
 import ml_collections
 
 from ddjax import registry
-from ddjax.evaluate.protocols.base import get_protocol
+from ddjax.evaluate.protocols.base import settings_of
 from ddjax.evaluate.protocols.common import config_overrides, log
 from ddjax.infra import distributed
 from ddjax.infra.config_checks import choice_errors, int_errors
@@ -83,9 +83,9 @@ def evaluate(cfg, data, syn: dict, plan, key) -> tuple[dict, str]:
   from ddjax.evaluate import observer as observer_lib
   from ddjax.evaluate import soft_labels
   factor = int(plan.patch_factor)
-  protocol = get_protocol('rded', int(syn['x'].shape[0]), data.num_classes,
-                          **config_overrides(cfg, ('batch_size', 'lr')),
-                          epochs=int(cfg.eval.soft_label_epochs), patch_factor=factor)
+  protocol = settings_of(plan.evaluator, int(syn['x'].shape[0]), data.num_classes,
+                         **config_overrides(cfg, ('batch_size', 'lr')),
+                         epochs=int(cfg.eval.soft_label_epochs), patch_factor=factor)
   obs = observer_lib.get_observer(cfg, data)
   reading = soft_labels.observer_agreement(obs, syn['x'], syn['y'], data.num_classes)
   log(f'the observer puts {100 * reading["agreement"]:.1f} % of the set in its labels\' '
