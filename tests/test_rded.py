@@ -294,7 +294,7 @@ def test_clip_pixels_evaluates_the_clipped_set(tiny_npz, tmp_path):
                                atol=1e-4)
     np.testing.assert_array_equal(clipped['y'], syn['y'])
   cfg.eval.protocol = 'dc'                     # 'auto' under a protocol that trains on the floats
-  assert not evaluation.pixel_range(cfg, plan, data, syn)[1]['clipped']
+  assert not evaluation.pixel_range(cfg, pipeline.make_plan(cfg, data), data, syn)[1]['clipped']
 
 
 def test_validation_epochs_are_the_last_fifth():
