@@ -328,7 +328,7 @@ data = load_data(tiny_config(sys.argv[1] + '/tiny.npz'))
 quiet = lambda line: None
 a = experts.get_buffer(_cfg(sys.argv[1] + '/s', num_experts=2, epochs=1), data, quiet, 'vmap')
 b = experts.get_buffer(_cfg(sys.argv[1] + '/l', num_experts=2, epochs=1), data, quiet, 'loop')
-assert experts._shardings(2)[0] is not None
+assert experts.shardings(2)[0] is not None
 np.testing.assert_allclose(a.trajectory(1), b.trajectory(1), rtol=1e-5, atol=1e-5)
 print('OK')
 '''

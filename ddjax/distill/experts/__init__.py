@@ -25,19 +25,19 @@ from ddjax.distill.experts.gsam import (gsam_direction, gsam_gradient, gsam_pert
 from ddjax.distill.experts.record import (FORMAT, RECORD, ExpertMismatch, buffer_dir,
                                           dsa_strategy, model_of, model_record,
                                           record_differences, wanted_record)
-from ddjax.distill.experts.step import (MODES, default_mode, expert_keys, fiex_key,
-                                        make_expert_step, make_optimizer)
+from ddjax.distill.experts.step import (MODES, chunk_step, default_mode, epoch_plan, expert_keys,
+                                        fiex_key, init_fn, make_expert_step, make_optimizer,
+                                        shardings)
 from ddjax.distill.experts.train import get_buffer, train_buffer
 
-# the names benchmarks/expert_buffer.py and the tests have long used
-from ddjax.distill.experts.step import chunk_step as _vmapped_step  # noqa: E402
-from ddjax.distill.experts.step import init_fn as _init_fn  # noqa: E402
-from ddjax.distill.experts.step import shardings as _shardings  # noqa: E402
+# the names benchmarks/expert_buffer.py has long used
+_vmapped_step, _init_fn, _shardings = chunk_step, init_fn, shardings
 
 __all__ = [
     'CARRY', 'INDEX', 'DamagedBuffer', 'ExpertBuffer', 'epoch_path', 'open_buffer',
     'gsam_direction', 'gsam_gradient', 'gsam_perturbation', 'make_gsam_train_step', 'FORMAT',
     'RECORD', 'ExpertMismatch', 'buffer_dir', 'dsa_strategy', 'model_of', 'model_record',
     'record_differences', 'wanted_record', 'MODES', 'default_mode', 'expert_keys', 'fiex_key',
-    'make_expert_step', 'make_optimizer', 'get_buffer', 'train_buffer',
+    'make_expert_step', 'make_optimizer', 'chunk_step', 'epoch_plan', 'init_fn', 'shardings',
+    'get_buffer', 'train_buffer',
 ]

@@ -50,6 +50,25 @@ def _duration(s: float) -> str:
   return f'{s // 3600}h{s % 3600 // 60:02d}m' if s >= 3600 else f'{s // 60}m{s % 60:02d}s'
 
 
+def _initial_state(init: Callable, k_init: np.ndarray, fiex: bool) -> tuple[PyTree, int, dict]:
+  """(stacked carry of every expert at initialisation, epoch 0, empty history)."""
+  carries = [init(jnp.asarray(k)) for k in k_init]
+  carry = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *carries)
+  history = {'train_loss': [], 'seconds': []}
+  if fiex:
+    history['fiex_size'] = []
+  return carry, 0, history
+
+
+def _write_epoch(directory: str, carry: PyTree, epoch: int, history: dict, acc=None) -> None:
+  """The files of a finished epoch, in the order that makes a kill safe: snapshot, training
+  state, then the index (the progress marker)."""
+  buffer_lib.write_snapshot(directory, epoch, _flat_params(carry))
+  buffer_lib.save_carry(directory, carry, epoch, history)
+  num = int(jax.tree_util.tree_leaves(carry[0])[0].shape[0])
+  buffer_lib.write_index(directory, epoch, num, history, acc)
+
+
 def _train_chunk(vstep, carry: PyTree, x_dev, y_dev, idx: np.ndarray, keys, sharded: bool,
                  tell: Callable) -> tuple[PyTree, np.ndarray]:
   """One epoch of a chunk of m experts: `carry` their stacked states (leaves (m, ...)), idx
@@ -118,15 +137,9 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
   if main and (have is None or grown):
     artifacts.write_record(directory, record)    # first: a resumed build checks against it
   if state is None:
-    carries = [init(jnp.asarray(k)) for k in k_init]
-    carry = jax.tree_util.tree_map(lambda *a: np.stack([np.asarray(x) for x in a]), *carries)
-    start, history = 0, {'train_loss': [], 'seconds': []}
-    if e.fiex:
-      history['fiex_size'] = []
+    carry, start, history = _initial_state(init, k_init, bool(e.fiex))
     if main:
-      buffer_lib.write_snapshot(directory, 0, _flat_params(carry))
-      buffer_lib.save_carry(directory, carry, 0, history)
-      buffer_lib.write_index(directory, 0, num, history)
+      _write_epoch(directory, carry, 0, history)
   else:
     carry, start, history = state
   trained = start < target
@@ -185,9 +198,7 @@ def train_buffer(cfg, data, directory: str, progress: Callable[[str], Any] | Non
     done = epoch + 1
     acc = _all_test_accuracies(model, carry, data, own, num) if done == target else None
     if main:
-      buffer_lib.write_snapshot(directory, epoch + 1, _flat_params(carry))
-      buffer_lib.save_carry(directory, carry, epoch + 1, history)
-      buffer_lib.write_index(directory, done, num, history, acc)
+      _write_epoch(directory, carry, done, history, acc)
     rate = (time.perf_counter() - t_run) / (done - start)
     line = (f'epoch {done}/{target}: {num} experts | train loss {mean_loss:.4f} | '
             f'{seconds:.1f} s/epoch | ETA {_duration(rate * (target - done))}')
