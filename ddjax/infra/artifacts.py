@@ -16,7 +16,8 @@ Records are compared flat, keys joined by dots ('model.width'), values as JSON h
 equals the list it is stored as). The rules of a comparison (`differences`):
 
   only        compare these keys (and the keys below them) only
-  may_differ  keys that do not change the artifact (a key, or every key below 'block.')
+  may_differ  keys that do not change the artifact (each with the keys below it: 'eval' or
+              'eval.' is the whole block)
   added       keys introduced after records were written: {key: the value every older record had}
   usable      {key: usable(stored, wanted)}: a stored value that differs but serves (a buffer with
               more experts than asked)
@@ -26,7 +27,9 @@ observer) writes its content first and its record last (`publish`): the record's
 the artifact complete (`is_complete`), and `discard_incomplete` clears what a killed build left
 before building again. A resumable build (an expert buffer) writes its record first, so a resumed
 build is checked against what it was making, and keeps its progress (the epochs done) in an index
-written after each step's content: the index is its completion marker.
+written after each step's content: the index is its completion marker. A single-file artifact
+(a score file) is written atomically with its record inside it, so it is complete or absent
+(`read_npz` names a torn one).
 
 Every file is written atomically (`ddjax.infra.files`). A record that is not readable JSON is
 reported naming the file and what to do (`RecordError`).
