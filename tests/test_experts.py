@@ -150,6 +150,58 @@ def test_a_buffer_of_other_settings_is_refused_naming_the_key(tiny_data, trained
   assert experts.buffer_dir(c, tiny_data) != experts.buffer_dir(_cfg('', lr=0.1), tiny_data)
 
 
+def test_the_default_directory_is_the_one_buffers_were_written_to(tiny_data):
+  """The hash of the record (without expert.epochs) names runs/buffers/<dataset>_<hash>: pinned,
+  so the buffers trained before keep being found."""
+  assert experts.buffer_dir(_cfg(''), tiny_data) == os.path.join('runs', 'buffers',
+                                                                  'npz_cf0d272ba0')
+
+
+def _copy(buf, tmp_path):
+  import shutil
+  return shutil.copytree(buf.path, tmp_path / 'copy')
+
+
+def test_a_truncated_or_damaged_snapshot_is_named_with_what_to_do(tiny_data, trained, tmp_path):
+  _, buf, _ = trained
+  path = _copy(buf, tmp_path)
+  snapshot = experts.epoch_path(path, 1)
+  size = os.path.getsize(snapshot)
+  with open(snapshot, 'r+b') as f:            # a copy cut short
+    f.truncate(size - 100)
+  with pytest.raises(experts.DamagedBuffer) as e:
+    experts.get_buffer(_cfg(path), tiny_data).snapshot(0, 1)
+  assert f'expert snapshot {snapshot} is unreadable' in str(e.value)
+  assert f'delete the buffer directory {path}' in str(e.value)
+  rows = np.load(experts.epoch_path(buf.path, 1))
+  np.save(snapshot, rows[:2])                 # another buffer's file
+  with pytest.raises(experts.DamagedBuffer, match=r'holds float32 \(2, \d+\), not'):
+    experts.get_buffer(_cfg(path), tiny_data).snapshot(0, 1)
+  np.save(snapshot, rows)
+  with open(snapshot, 'r+b') as f:            # bytes overwritten in place: NaNs in expert 1's row
+    f.seek(size - rows.nbytes + rows.shape[1] * 4 + 40)
+    f.write(b'\xff' * 64)
+  opened = experts.get_buffer(_cfg(path), tiny_data)
+  np.testing.assert_array_equal(opened.snapshot(0, 1), rows[0])
+  with pytest.raises(experts.DamagedBuffer) as e:
+    opened.snapshot(1, 1)
+  assert f'expert snapshot {snapshot} holds NaN or inf' in str(e.value)
+  assert 'delete the buffer directory' in str(e.value) and 'diverged' in str(e.value)
+
+
+@pytest.mark.parametrize('name', ['record.json', 'index.json'])
+def test_a_damaged_buffer_record_or_index_names_its_file(tiny_data, trained, tmp_path, name):
+  from ddjax.infra.artifacts import RecordError
+  _, buf, _ = trained
+  path = _copy(buf, tmp_path)
+  text = open(os.path.join(path, name)).read()
+  with open(os.path.join(path, name), 'w') as f:
+    f.write(text[:len(text) // 3])
+  with pytest.raises(RecordError) as e:
+    experts.get_buffer(_cfg(path), tiny_data)
+  assert os.path.join(path, name) in str(e.value) and 'delete the buffer directory' in str(e.value)
+
+
 # -- FIEX ------------------------------------------------------------------------------------------
 SCHEDULE = dict(init_ratio=0.75, add_end_epoch=20, remove_epochs=(40, 60),
                 remove_ratios=(0.1, 0.2))
@@ -276,7 +328,7 @@ data = load_data(tiny_config(sys.argv[1] + '/tiny.npz'))
 quiet = lambda line: None
 a = experts.get_buffer(_cfg(sys.argv[1] + '/s', num_experts=2, epochs=1), data, quiet, 'vmap')
 b = experts.get_buffer(_cfg(sys.argv[1] + '/l', num_experts=2, epochs=1), data, quiet, 'loop')
-assert experts._shardings(2)[0] is not None
+assert experts.shardings(2)[0] is not None
 np.testing.assert_allclose(a.trajectory(1), b.trajectory(1), rtol=1e-5, atol=1e-5)
 print('OK')
 '''

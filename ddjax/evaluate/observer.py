@@ -6,16 +6,20 @@ labels (`ddjax.evaluate.soft_labels`). The official code downloads observers tra
 own with the classifier-training core (`ddjax.models.training`) on the run's own prepared data, so
 labels are in the dataset's order by construction.
 
-An observer directory holds `record.json` and an Orbax checkpoint of the flax variables. The
-record says what the observer was trained on and how (dataset name, train size, image shape,
-preprocessing kind, architecture, seed, epochs, plus its test accuracy, which is not checked):
+An observer directory holds `record.json` and an Orbax checkpoint of the flax variables, a cached
+artifact (`ddjax.infra.artifacts`): the checkpoint is written first and the record last, so the
+record marks a complete observer, and what a killed training left is cleared before training
+again. The record says what the observer was trained on and how (dataset name, train size, image
+shape, preprocessing kind, architecture, seed, epochs, plus its test accuracy, which is not
+checked):
 
     obs = get_observer(cfg, data)        # trains once, then reuses cfg.observer.dir
     logits, _ = obs.model.apply(obs.variables, x, train=False)
 
 A cached observer whose record differs from what the run asks for is refused with the differing
-keys named (`ObserverMismatch`). `observer.checkpoint` names a user's own observer directory
-(any ddjax model, its architecture read from its record): only the data keys are checked then.
+keys named (`ObserverMismatch`; a nested key as 'arch.width'). `observer.checkpoint` names a
+user's own observer directory (any ddjax model, its architecture read from its record): only the
+data keys are checked then.
 
 Architectures (`observer.arch`, `observer_arch`): 'convnet' is ConvNet-`observer.depth` of width
 `observer.width` with batch norm (RDED's conv3 for 28-32 px), 'resnet18' the ResNet-18 with the
@@ -26,7 +30,6 @@ first for images of at most 32 px and the second above. The record's 'arch' entr
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -44,10 +47,10 @@ from ddjax.evaluate.train import accuracy
 from ddjax.models import build_model
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, fresh_carry,
                                    make_train_step)
-from ddjax.infra import files
+from ddjax.infra import artifacts, distributed
 from ddjax.infra.checkpoint import Checkpointer
 
-RECORD = 'record.json'
+RECORD = artifacts.RECORD
 CHECKPOINT = 'checkpoint'
 DATA_KEYS = ('dataset', 'train_size', 'image_shape', 'preprocessing')
 CHECKED_KEYS = DATA_KEYS + ('arch', 'seed', 'epochs')
@@ -57,7 +60,7 @@ IDENTITY_KEYS = ('data_crc32',)     # generic sources only (`ddjax.data.prepared
 KEY_OBSERVER = 5          # the purpose folded into the root key for observer training
 
 
-class ObserverMismatch(ValueError):
+class ObserverMismatch(artifacts.Mismatch):
   """A cached or given observer was made for other data, another architecture or budget."""
 
 
@@ -111,11 +114,9 @@ def wanted_record(cfg: ml_collections.ConfigDict, data) -> dict:
 
 
 def record_differences(have: dict, want: dict, keys=CHECKED_KEYS) -> list[str]:
-  """'key: have -> want' for every checked key that differs."""
-  norm = lambda v: json.loads(json.dumps(v))
-  keys = tuple(keys) + tuple(k for k in IDENTITY_KEYS if k in want or k in have)
-  return [f'{k}: {have.get(k, "<absent>")!r} -> {want.get(k, "<absent>")!r}' for k in keys
-          if norm(have.get(k, '<absent>')) != norm(want.get(k, '<absent>'))]
+  """'key: have -> want' for every checked key (and the data identity's) that differs, nested
+  keys named in full ('arch.width')."""
+  return artifacts.differences(have, want, only=tuple(keys) + IDENTITY_KEYS)
 
 
 def model_of(record: dict, num_classes: int) -> nn.Module:
@@ -123,15 +124,18 @@ def model_of(record: dict, num_classes: int) -> nn.Module:
   return build_model(arch.pop('arch'), num_classes, **arch)
 
 
-def read_record(path: str) -> dict:
-  with open(os.path.join(path, RECORD)) as f:
-    return json.load(f)
+def read_record(path: str) -> dict | None:
+  """The observer's record.json, None when absent (artifacts.RecordError naming a damaged one)."""
+  return artifacts.read_record(path, fix='delete the observer directory to train it again')
 
 
 def load(path: str, num_classes: int, record: dict | None = None) -> tuple[nn.Module, Any, dict]:
   """(model, variables, record) of the observer directory `path` (`record`: its record.json,
   when the caller has read it already)."""
   record = record if record is not None else read_record(path)
+  if record is None:
+    raise ObserverMismatch(f'{path} holds no observer ({RECORD} is missing); give the directory '
+                           'of an observer ddjax trained.')
   model = model_of(record, num_classes)
   # the variables' structure, shapes and dtypes only: no compiled init (4 s for a ResNet-18)
   shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros([1] + list(record['image_shape'])),
@@ -149,13 +153,17 @@ def load(path: str, num_classes: int, record: dict | None = None) -> tuple[nn.Mo
 
 
 def save(path: str, variables: Any, record: dict) -> None:
-  """The checkpoint first, then the record (its presence marks a complete observer)."""
+  """The checkpoint first, then the record (its presence marks a complete observer); what a
+  killed earlier save left is cleared first (by process 0, the others waiting)."""
+  if distributed.is_main():
+    artifacts.discard_incomplete(path, (CHECKPOINT,))
+  distributed.barrier('ddjax observer: cleared')
   ckpt = Checkpointer(os.path.join(path, CHECKPOINT), keep=1)
   try:
     ckpt.save(0, variables)
   finally:
     ckpt.close()
-  files.write_json(os.path.join(path, RECORD), record)
+  artifacts.publish(path, record)
 
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs: int,
@@ -217,12 +225,13 @@ def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
     model, variables, record = load(path, data.num_classes)
     diff = record_differences(record, want, DATA_KEYS)
     if diff:
-      raise ObserverMismatch(f'observer.checkpoint={path} was trained on other data '
-                             f'({"; ".join(diff)}); give an observer of this dataset.')
+      raise ObserverMismatch(artifacts.mismatch_message(
+          f'observer.checkpoint={path} was trained on other data', diff,
+          'give an observer of this dataset'))
     _log(f'user observer {path} (test acc {record.get("test_acc")})')
     return Observer(model, variables, path, record, False)
   path = default_dir(cfg, data)
-  if os.path.exists(os.path.join(path, RECORD)):
+  if artifacts.is_complete(path):
     have = read_record(path)
     diff = record_differences(have, want)
     if diff:
@@ -230,10 +239,10 @@ def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
       cached = cached.get('arch') if isinstance(cached, dict) else cached
       hint = (f' (this one is a {cached!r}; observer.arch picks the architecture: '
               f'{", ".join(OBSERVER_ARCHITECTURES)})'
-              if any(d.startswith('arch:') for d in diff) else '')
-      raise ObserverMismatch(
-          f'the cached observer in {path} was made for another run ({"; ".join(diff)}); set '
-          f'observer.dir to another directory, or delete this one to train again{hint}.')
+              if any(d.startswith('arch') for d in diff) else '')
+      raise ObserverMismatch(artifacts.mismatch_message(
+          f'the cached observer in {path} was made for another run', diff,
+          f'set observer.dir to another directory, or delete this one to train again{hint}'))
     model, variables, record = load(path, data.num_classes, have)
     _log(f'reusing {path} (test acc {record.get("test_acc")})')
     return Observer(model, variables, path, record, False)

@@ -36,7 +36,7 @@ from ddjax.distill import bilp as bilp_lib
 from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
 from ddjax.runtime import evaluation, export, loop
-from ddjax.infra import distributed, files, sharding
+from ddjax.infra import artifacts, distributed, files, sharding
 from ddjax.runtime import summaries as summaries_lib
 from ddjax.runtime.pruning import preemptive_prune
 
@@ -69,31 +69,9 @@ def load_data(cfg: ml_collections.ConfigDict) -> PreparedData:
   return prepare(ds, cfg.data.preprocessing, cfg.data.zca_reg)
 
 
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, prefix + k + '.'))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def config_differences(old: dict, new: dict) -> list[str]:
   """'key: old -> new' for every key that differs and that a resumed run may not change."""
-  a, b = _flat(old), _flat(new)
-  lines = []
-  for key in sorted(set(a) | set(b)):
-    if key.startswith(RESUMABLE_CHANGES):
-      continue
-    va, vb = a.get(key, ADDED_KEYS.get(key, '<absent>')), b.get(key, '<absent>')
-    if isinstance(va, list):
-      va = tuple(va)
-    if isinstance(vb, list):
-      vb = tuple(vb)
-    if va != vb:
-      lines.append(f'{key}: {va!r} -> {vb!r}')
-  return lines
+  return artifacts.differences(old, new, may_differ=RESUMABLE_CHANGES, added=ADDED_KEYS)
 
 
 def check_workdir(cfg: ml_collections.ConfigDict, workdir: str, restart: bool = False) -> None:
@@ -112,18 +90,12 @@ def check_workdir(cfg: ml_collections.ConfigDict, workdir: str, restart: bool = 
           os.remove(path)
     distributed.barrier('ddjax restart')
     return
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    old = json.load(f)
-  new = json.loads(cfg.to_json())
-  diff = config_differences(old, new)
-  if diff:
-    raise WorkdirError(
-        f'{workdir} holds a run made with another config ({"; ".join(diff)}). Use a new '
-        '--workdir, or pass --restart (ddjax.run(..., restart=True)) to delete its checkpoints '
-        'and outputs and start over.')
+  old = artifacts.read_record(workdir, 'config.json', fix='pass --restart to start over')
+  artifacts.check(old, json.loads(cfg.to_json()), error=WorkdirError,
+                  subject=f'{workdir} holds a run made with another config',
+                  fix='use a new --workdir, or pass --restart (ddjax.run(..., restart=True)) to '
+                  'delete its checkpoints and outputs and start over',
+                  may_differ=RESUMABLE_CHANGES, added=ADDED_KEYS)
 
 
 def data_facts(data: PreparedData) -> registry.DataFacts:

@@ -21,12 +21,12 @@ import fractions
 import math
 import os
 import re
-import zipfile
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
+from ddjax.infra import artifacts
 from ddjax.infra.files import write_npz
 
 Array = jax.Array
@@ -224,20 +224,17 @@ def save_scores(directory: str, name: str, **arrays) -> str:
 
 def load_scores(directory: str, name: str) -> dict[str, np.ndarray] | None:
   """The arrays saved under `name`, or None when there is no such file. An unreadable file (torn,
-  corrupt, or written for another setting) raises ValueError naming the file to delete."""
+  corrupt, or written for another setting) raises ValueError naming the file to delete
+  (`ddjax.infra.artifacts`: the file is the artifact, its stored name the record)."""
   path = cache_path(directory, name)
-  if not os.path.exists(path):
+  fix = 'delete it to recompute the scores'
+  arrays = artifacts.read_npz(path, 'score cache', fix)
+  if arrays is None:
     return None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-    raise ValueError(f'score cache {path} is unreadable ({type(e).__name__}: {e}); delete it to '
-                     'recompute the scores.') from e
   stored = arrays.pop('__name__', None)
-  if stored is None or str(stored) != name:
-    raise ValueError(f'score cache {path} was not written for setting {name!r} '
-                     f'(it holds {stored!r}); delete it to recompute the scores.')
+  artifacts.check({'setting': None if stored is None else str(stored)}, {'setting': name},
+                  subject=f'score cache {path} was not written for this setting', fix=fix,
+                  error=artifacts.RecordError)
   return arrays
 
 
