@@ -57,9 +57,9 @@ def _data():
 def _time_width(width: int, num: int, rounds: int, x, y, peak: float) -> dict:
   model = build_model('convnet', K, depth=3, width=width, norm='instance', pooling='avg')
   setting = (0.01, 0.0, 0.0)
-  steps = {'vmap': experts._vmapped_step(model, setting, STRATEGY, None, 'vmap'),
-           'loop': experts._vmapped_step(model, setting, STRATEGY, None, 'loop')}
-  init = experts._init_fn(model, setting, SHAPE)
+  steps = {'vmap': experts.chunk_step(model, setting, STRATEGY, None, 'vmap'),
+           'loop': experts.chunk_step(model, setting, STRATEGY, None, 'loop')}
+  init = experts.init_fn(model, setting, SHAPE)
   k_init, k_data = experts.expert_keys(0, num)
   carries = [init(jnp.asarray(k)) for k in k_init]
   stack = lambda cs: jax.tree_util.tree_map(lambda *a: jnp.stack(a), *cs)

@@ -30,9 +30,6 @@ from ddjax.distill.experts.step import (MODES, chunk_step, default_mode, epoch_p
                                         shardings)
 from ddjax.distill.experts.train import get_buffer, train_buffer
 
-# the names benchmarks/expert_buffer.py has long used
-_vmapped_step, _init_fn, _shardings = chunk_step, init_fn, shardings
-
 __all__ = [
     'CARRY', 'INDEX', 'DamagedBuffer', 'ExpertBuffer', 'epoch_path', 'open_buffer',
     'gsam_direction', 'gsam_gradient', 'gsam_perturbation', 'make_gsam_train_step', 'FORMAT',
