@@ -36,7 +36,7 @@ loss; the run stops naming the step and the value (`problem`), never with silent
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,7 @@ from jax.flatten_util import ravel_pytree
 
 from ddjax import registry
 from ddjax.distill.base import PER_SET, Distiller
+from ddjax.models.order import in_module_order, parameter_order
 from ddjax.transforms.base import PerClass
 
 Array = jax.Array
@@ -203,7 +204,8 @@ def loss_ranked_mask(errors: Array, fraction: float) -> Array:
   return jnp.ones_like(errors).at[order[:cut]].set(0.0)
 
 
-def parameter_mask(template: PyTree, mode: str, fraction: float) -> Array | None:
+def parameter_mask(template: PyTree, mode: str, fraction: float,
+                   order: Sequence[tuple[str, ...]] = ()) -> Array | None:
   """PAD's FIEM mask as a flat (P,) vector in `ravel_pytree(template)` order, or None (match
   everything; also 'loss', whose mask depends on the errors and is built per step).
 
@@ -212,11 +214,17 @@ def parameter_mask(template: PyTree, mode: str, fraction: float) -> Array | None
                (`ddjax.distill.matching.depth_mask`, the same mask DC's layer_fraction uses);
   'per_layer'  the same cut rounded down to a tensor boundary (whole tensors dropped): ddjax's
                variant, not the official code.
+  order: the leaves' paths shallow to deep (`ddjax.models.parameter_order` of the buffer's
+  network; needed by 'depth' / 'per_layer'): `template`'s own key order is not the network's (a
+  buffer's template comes back sorted by name, the norms after the head).
   """
   from ddjax.distill.matching import depth_mask
   if mode in ('none', 'loss') or fraction <= 0:
     return None
-  tree = depth_mask(template, fraction, per_layer=(mode == 'per_layer'))
+  if not order:
+    raise ValueError(f"fiem mask {mode!r} needs the network's parameter order "
+                     '(ddjax.models.parameter_order).')
+  tree = depth_mask(in_module_order(template, order), fraction, per_layer=(mode == 'per_layer'))
   flat, _ = ravel_pytree(tree)
   return flat
 
@@ -261,7 +269,10 @@ class TrajectoryMatching(Distiller):
     self.soft_labels = soft_labels
     self.gradient = gradient
     self.mask_mode, self.mask_fraction = mask_mode, float(mask_fraction)
-    self.mask = parameter_mask(buffer.template, mask_mode, mask_fraction)
+    order = ()
+    if mask_mode in ('depth', 'per_layer') and mask_fraction > 0:
+      order = parameter_order(self.model, buffer.record['image_shape'])
+    self.mask = parameter_mask(buffer.template, mask_mode, mask_fraction, order)
     if dsa_strategy:
       self.augment = lambda key, x: dsa(key, x, dsa_strategy)
     else:
