@@ -398,3 +398,18 @@ def test_pad_presets_keep_pads_fiex_epochs(preset):
   assert all(lo == 0 for lo, _ in kept)          # nothing easy is removed
   sizes = [hi for _, hi in kept]
   assert sizes == sorted(sizes) and sizes[0] == 750 and sizes[-1] < 1000
+
+
+@pytest.mark.parametrize('method', ['mtt', 'datm', 'pad'])
+def test_cifar_presets_whiten_as_mtt_and_fashion_mnist_standardises(method):
+  """The CIFAR presets use MTT's whitening (kornia's ZCA, eps 0.1 on raw pixels, 'zca_mtt'), and
+  validate; the Fashion-MNIST ones keep FRePo's per-dataset choice (standardisation), as MTT's
+  code has no ZCA for 1-channel data."""
+  from ddjax import config as config_lib
+  for preset in ('cifar10', 'paper', 'cifar100'):
+    cfg = config_lib.method_config(method, preset)
+    assert (cfg.data.preprocessing, cfg.data.zca_reg) == ('zca_mtt', 0.1), preset
+    config_lib.validate(cfg)                      # raises ConfigError on a bad value
+  for preset in ('', 'faithful'):
+    cfg = config_lib.method_config(method, preset)
+    assert cfg.data.name == 'fashion_mnist' and cfg.data.preprocessing == 'auto'

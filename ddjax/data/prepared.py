@@ -81,7 +81,8 @@ def cache_identity(data: PreparedData) -> dict:
 def prepare(dataset, preprocessing: str = 'auto', zca_reg: float = 0.1) -> PreparedData:
   """Fit the preprocessor on `dataset`'s training images and apply it to both splits.
 
-  preprocessing: 'auto' (FRePo's choice for the dataset), 'none', 'standard' or 'zca'.
+  preprocessing: 'auto' (FRePo's choice for the dataset), 'none', 'standard', 'zca' (FRePo's) or
+  'zca_mtt' (MTT's kornia whitening; `ddjax.data.preprocess`). zca_reg: the ZCA regulariser.
   """
   kind = default_preprocessing(dataset.name) if preprocessing == 'auto' else preprocessing
   pre = fit_preprocessor(dataset.x_train, kind=kind, zca_reg=zca_reg)
