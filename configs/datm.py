@@ -11,7 +11,7 @@ evaluated by the 'tm' protocol with soft cross-entropy, batch 128.
         --config.trajectory.max_start_epoch=20 --config.trajectory.lr_lr=1e-5 \
         --config.distill.label_lr=2 --config.datm.threshold=1.0 \
         --config.trajectory.batch_syn=100                          # its IPC-10 row
-    python -m ddjax.main --config=configs/datm.py:cifar10         # = :paper
+    python -m ddjax.main --config=configs/datm.py:cifar10         # = :paper (MTT's ZCA, zca_mtt)
     python -m ddjax.main --config=configs/datm.py:cifar100        # C100/IPC1.yaml
 
 Budget knobs of the CPU default that differ from the faithful setting: width 32 (not 128);

@@ -12,6 +12,11 @@ The run builds (or reuses, or resumes) its expert buffer first (`python -m ddjax
     python -m ddjax.main --config=configs/mtt.py:cifar10           # = :paper, CIFAR-10 IPC 1 (ZCA)
     python -m ddjax.main --config=configs/mtt.py:cifar100          # CIFAR-100 IPC 1 (ZCA)
 
+The CIFAR presets whiten as MTT does (`data.preprocessing=zca_mtt`: kornia's ZCA with an absolute
+eps of 0.1 on the raw [0, 1] pixels, the scale MTT's lr_img was tuned on), not with FRePo's 'zca'
+(standardised pixels, regulariser 0.1 x the mean eigenvalue: a stronger whitening, larger pixels).
+Fashion-MNIST keeps per-channel standardisation, as MTT's code for 1-channel data.
+
 Budget knobs of the CPU default that differ from the faithful setting: network width 32 (not
 128) for experts, students and evaluation; 5 experts x 6 epochs (not 100 x 50); 500 iterations
 (not 5000). Unchanged: N 50, M 2, T+ 2, lr_img 1000, lr_lr 1e-7, lr_teacher 0.01, all images per

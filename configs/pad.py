@@ -6,7 +6,7 @@ DATM on experts trained with FIEX's difficulty schedule, matching deep-layer par
     python -m ddjax.main --config=configs/pad.py --config.distill.ipc=10 --config.pad.alpha=0.5
     python -m ddjax.main --config=configs/pad.py --config.pad.fiem=loss   # the HEAD ablation
     python -m ddjax.main --config=configs/pad.py:faithful
-    python -m ddjax.main --config=configs/pad.py:cifar10          # = :paper
+    python -m ddjax.main --config=configs/pad.py:cifar10          # = :paper (MTT's ZCA, zca_mtt)
 
 Budget knobs of the CPU default beyond DATM's: EL2N from 4 models trained 2 epochs (ddjax's
 choice: PAD publishes none). The FIEX schedule keeps PAD's epochs (harder samples added until epoch

@@ -69,8 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.data = ml_collections.ConfigDict()
   cfg.data.name = 'fashion_mnist'
   cfg.data.dir = ''                   # '' -> $DDJAX_DATA, then the Debian path
-  cfg.data.preprocessing = 'auto'     # auto | none | standard | zca (auto: FRePo's per dataset)
-  cfg.data.zca_reg = 0.1
+  cfg.data.preprocessing = 'auto'     # auto | none | standard | zca | zca_mtt (auto: FRePo's)
+  cfg.data.zca_reg = 0.1              # zca: relative to the mean eigenvalue; zca_mtt: absolute eps
   cfg.data.image_size = 0             # image_folder / tfds: square size to resize to (0: own size)
   cfg.data.channels = 0               # image_folder / tfds: 1 grey | 3 RGB (0: the images' own)
   cfg.data.train_split = 'train'      # image_folder: split folders (ImageNette: test_split=val);
@@ -247,7 +247,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   _numbers(errors, cfg)
   errors += choice_errors(cfg, 'method', registry.names())
   errors += choice_errors(cfg, 'data.name', tuple(DATASETS))
-  errors += choice_errors(cfg, 'data.preprocessing', ('auto', 'none', 'standard', 'zca'))
+  errors += choice_errors(cfg, 'data.preprocessing', ('auto', 'none', 'standard', 'zca',
+                                                          'zca_mtt'))
   errors += _data_source_errors(cfg)
   for block in ('model', 'eval.model'):
     errors += choice_errors(cfg, f'{block}.arch', ARCHITECTURES)

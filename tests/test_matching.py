@@ -100,6 +100,29 @@ def test_depth_mask_removes_the_shallow_fraction_in_pytorch_order():
     depth_mask(params, 1.0)
 
 
+@pytest.mark.parametrize('fraction', [0.2, 0.5])
+def test_dc_layer_fraction_cuts_in_module_order_whatever_the_key_order(fraction):
+  """DC's distance with layer_fraction on gradients as JAX returns them (keys sorted by name:
+  the norms after the head) equals the 'mse' distance over PAD's rule written by hand: the
+  PyTorch-order vector (conv0, norm0, conv1, norm1, head; weight then bias; OIHW) with its first
+  int(fraction * P) entries dropped."""
+  dc = DC(_model(), SHAPE, K, outer_loop=1, inner_loop=1, metric='mse', layer_fraction=fraction)
+  params = _model().init(jax.random.PRNGKey(0), jnp.zeros((1,) + SHAPE))['params']
+  rng = np.random.default_rng(0)
+  noise = lambda a: jnp.asarray(rng.normal(size=a.shape).astype(np.float32))
+  gr, gs = jax.tree_util.tree_map(noise, params), jax.tree_util.tree_map(noise, params)
+  assert list(gr) == sorted(gr)
+  torch = lambda a: (np.transpose(a, (3, 2, 0, 1)) if a.ndim == 4 else a.T if a.ndim == 2
+                     else a)
+  vec = lambda g: np.concatenate([torch(np.asarray(g[m][k])).ravel()
+                                  for m in ('conv0', 'norm0', 'conv1', 'norm1', 'head')
+                                  for k in (('scale' if m.startswith('norm') else 'kernel'),
+                                            'bias')])
+  a, b = vec(gr), vec(gs)
+  cut = int(fraction * a.size)
+  np.testing.assert_allclose(dc.distance(gr, gs), np.sum((a[cut:] - b[cut:]) ** 2), rtol=1e-5)
+
+
 def test_group_by_class():
   batch, labels = _batch(1, 4)
   grouped = group_by_class(batch['x'], jnp.asarray(labels), K)

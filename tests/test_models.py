@@ -186,6 +186,31 @@ def test_mlp_shapes():
   assert variables['params']['dense0']['kernel'].shape == (64, 16)
 
 
+def test_parameter_order_is_the_forward_passes_not_the_keys():
+  """Shallow to deep as the network calls its modules (weight before bias), for both ConvNet
+  norm placements and MLPs with 10+ layers (where name order puts dense10 before dense2);
+  `in_module_order` re-keys a name-sorted tree in that order without touching the leaves."""
+  from ddjax.models import in_module_order, parameter_order
+  dc = parameter_order(build_model('convnet', 10, depth=2, width=4, norm='instance'), (8, 8, 1))
+  assert ['.'.join(p) for p in dc] == [
+      'conv0.kernel', 'conv0.bias', 'norm0.scale', 'norm0.bias', 'conv1.kernel', 'conv1.bias',
+      'norm1.scale', 'norm1.bias', 'head.kernel', 'head.bias']
+  frepo = parameter_order(build_model('convnet', 10, depth=2, width=4, norm='instance',
+                                      norm_placement='frepo'), (1, 8, 8, 1))
+  assert [p[0] for p in frepo[::2]] == ['conv0', 'norm1', 'conv1', 'head']
+  mlp = build_model('mlp', 10, widths=tuple([3] * 11))
+  assert [p[0] for p in parameter_order(mlp, (1, 4))[::2]] == [
+      f'dense{i}' for i in range(11)] + ['head']
+  params = mlp.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)))['params']
+  sorted_params = jax.tree_util.tree_map(lambda a: a, params)
+  assert list(sorted_params)[:3] == ['dense0', 'dense1', 'dense10']
+  again = in_module_order(sorted_params, parameter_order(mlp, (1, 4)))
+  assert list(again) == [f'dense{i}' for i in range(11)] + ['head']
+  assert again['dense3']['kernel'] is sorted_params['dense3']['kernel']
+  with pytest.raises(ValueError, match='same model'):
+    in_module_order({'head': params['head']}, parameter_order(mlp, (1, 4)))
+
+
 def test_init_model_deterministic_per_key():
   model = build_model('mlp', 2, widths=(4,))
   a = init_model(model, jax.random.PRNGKey(1), (1, 3))

@@ -47,7 +47,7 @@ def npy_dir(tmp_path):
   return data.write_npy(str(tmp_path / 'npy'), ds)
 
 
-@pytest.mark.parametrize('kind', ['standard', 'zca'])
+@pytest.mark.parametrize('kind', ['standard', 'zca', 'zca_mtt'])
 def test_streamed_run_data_equal_in_memory(npy_dir, kind):
   original = make_tiny_arrays()[0]
   loaded = data.load_dataset('npy', npy_dir)
@@ -74,6 +74,26 @@ def test_streamed_run_data_equal_in_memory(npy_dir, kind):
   np.testing.assert_allclose(syn[1], syn[0], atol=1e-4)
   kept = np.array([5, 80, 3])
   np.testing.assert_allclose(streamed.subset(kept).x_train[:], mem.x_train[kept], atol=1e-4)
+
+
+@pytest.mark.parametrize('streaming', [False, True])
+def test_subset_prunes_every_view_of_the_training_rows(npy_dir, streaming):
+  """After `PreparedData.subset` (BiLP's preemptive pruning) the loaded dataset's pixels and
+  labels are the kept rows too, row for row with x_train / y_train / targets_train; the test set
+  and the preprocessor stay."""
+  full = prepare(data.load_dataset('npy', npy_dir, streaming=streaming), 'standard')
+  kept = np.array([7, 0, 55, 3, 119])
+  sub = full.subset(kept)
+  ds = sub.dataset
+  assert len(ds.y_train) == len(ds.x_train) == len(sub.y_train) == len(sub.x_train) == 5
+  np.testing.assert_array_equal(ds.y_train, np.asarray(full.dataset.y_train)[kept])
+  np.testing.assert_array_equal(sub.y_train, ds.y_train)
+  np.testing.assert_array_equal(np.asarray(sub.targets_train[:]).argmax(-1), ds.y_train)
+  np.testing.assert_allclose(ds.x_train[:], np.asarray(full.dataset.x_train[kept]))
+  np.testing.assert_allclose(data.apply_preprocessor(sub.pre, ds.x_train[:]), sub.x_train[:],
+                             atol=1e-6)
+  assert sub.pre is full.pre and sub.x_test is full.x_test
+  assert ds.x_test is full.dataset.x_test and ds.class_names == full.dataset.class_names
 
 
 def _big_npy(path, n=60000, shape=(28, 28, 1), test=500):

@@ -2,6 +2,8 @@
 and PAD's masks, DATM's window, initialisation and gate, the run loop's guards."""
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,11 +146,12 @@ def test_normalized_distance_and_loss_ranked_mask_against_numpy():
   assert m.sum() == 30 and errors[m == 0].max() <= errors[m == 1].min()
 
 
-def _torch_positions(template):
-  """A params tree whose entries are their positions in PyTorch's flattened vector: modules in
-  creation order (conv0, norm0, conv1, norm1, head), weight before bias, kernels as OIHW / (out,
-  in), built by hand (independently of ddjax.distill.matching)."""
-  order = ['conv0', 'norm0', 'conv1', 'norm1', 'head']
+def _torch_positions(template, depth=2):
+  """A params tree whose entries are their positions in PyTorch's flattened vector (PAD's rule):
+  modules in registration order (conv0, norm0, conv1, norm1, ..., head), weight before bias,
+  kernels as OIHW / (out, in), built by hand (independently of ddjax.distill.matching and
+  ddjax.models.order)."""
+  order = [n for i in range(depth) for n in (f'conv{i}', f'norm{i}')] + ['head']
   out, pos = {}, 0
   for name in order:
     out[name] = {}
@@ -171,21 +174,69 @@ def _torch_positions(template):
   return out, pos
 
 
-@pytest.mark.parametrize('fraction', [0.0, 0.25, 0.5, 0.75])
-def test_depth_mask_matches_a_pytorch_order_vector(buffer, fraction):
-  positions, total = _torch_positions(buffer.template)
+def _keyed(tree, how):
+  """The same params with the dicts' keys in another order: 'init' as `model.init` gives them
+  (module order), 'sorted' as JAX returns any tree it rebuilt (a buffer's template, a gradient),
+  'reversed' for good measure."""
+  if how == 'sorted':
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+  if how == 'reversed':
+    return {k: _keyed(v, how) if hasattr(v, 'items') else v for k, v in reversed(tree.items())}
+  return tree
+
+
+def _check_pad_rule(template, order, fraction, depth):
+  """mtt.parameter_mask against PAD's rule: 0 exactly on the first int(fraction * P) entries of
+  the PyTorch-order vector, in the buffer's flat (`ravel_pytree`) order."""
+  positions, total = _torch_positions(template, depth)
   flat_pos = np.asarray(ravel_pytree(jax.tree_util.tree_map(jnp.asarray, positions))[0])
   cut = int(fraction * total)
-  mask = mtt.parameter_mask(buffer.template, 'depth', fraction)
+  mask = mtt.parameter_mask(template, 'depth', fraction, order)
   if fraction == 0:
     assert mask is None
     return
   np.testing.assert_array_equal(np.asarray(mask), (flat_pos >= cut).astype(np.float32))
-  per_layer = np.asarray(mtt.parameter_mask(buffer.template, 'per_layer', fraction))
+  per_layer = np.asarray(mtt.parameter_mask(template, 'per_layer', fraction, order))
   # whole tensors: the cut moves down to the start of the tensor it falls in
   starts = sorted({int(v.min()) for v in jax.tree_util.tree_leaves(positions)})
   layer_cut = max(s for s in starts if s <= cut)
   np.testing.assert_array_equal(per_layer, (flat_pos >= layer_cut).astype(np.float32))
+
+
+@pytest.mark.parametrize('keys', ['init', 'sorted', 'reversed'])
+@pytest.mark.parametrize('fraction', [0.0, 0.25, 0.5, 0.75])
+def test_depth_mask_matches_a_pytorch_order_vector(buffer, fraction, keys):
+  from ddjax.models import parameter_order
+  order = parameter_order(buffer.model, (HW, HW, 1))
+  _check_pad_rule(_keyed(buffer.template, keys), order, fraction, depth=2)
+
+
+@pytest.mark.parametrize('fraction', [0.25, 0.5, 0.75])
+def test_pad_mask_on_a_real_buffer_template_follows_pads_rule(tmp_path, fraction):
+  """A buffer reopened from disk (its template sorted by name: norms after the head) on the
+  trajectory family's ConvNet-3 (width 128, instance norm, 28 x 28 x 1): the distiller's mask is
+  PAD's rule (the norms of the shallow blocks dropped, the head kept)."""
+  import json
+
+  from ddjax.config import method_config
+  from ddjax.distill import experts
+  cfg = method_config('pad', 'faithful')
+  os.makedirs(tmp_path / 'buf')
+  record = {'model': experts.model_record(cfg.model), 'num_classes': 10,
+            'image_shape': [28, 28, 1], 'expert': {'num_experts': 1}}
+  json.dump(record, open(tmp_path / 'buf' / experts.RECORD, 'w'))
+  json.dump({'finished_epochs': 0}, open(tmp_path / 'buf' / experts.INDEX, 'w'))
+  buf = experts.open_buffer(str(tmp_path / 'buf'))
+  assert list(buf.template) == sorted(buf.template)        # what the defect came from
+  tm = pad.PAD(buf, x_train=np.zeros((10, 28, 28, 1), np.float32), y_train=np.arange(10),
+               num_classes=10, current_max=2, expansion_end=10, sequential=True, threshold=1.0,
+               syn_steps=1, expert_epochs=1, max_start=1, mask_mode='depth',
+               mask_fraction=fraction)
+  positions, total = _torch_positions(buf.template, depth=3)
+  assert total == 317706 == buf.dim                        # MTT's count for 1 x 28 x 28
+  flat_pos = np.asarray(ravel_pytree(jax.tree_util.tree_map(jnp.asarray, positions))[0])
+  np.testing.assert_array_equal(np.asarray(tm.mask),
+                                (flat_pos >= int(fraction * total)).astype(np.float32))
 
 
 def test_pad_alpha_follows_the_paper_table():
@@ -347,3 +398,18 @@ def test_pad_presets_keep_pads_fiex_epochs(preset):
   assert all(lo == 0 for lo, _ in kept)          # nothing easy is removed
   sizes = [hi for _, hi in kept]
   assert sizes == sorted(sizes) and sizes[0] == 750 and sizes[-1] < 1000
+
+
+@pytest.mark.parametrize('method', ['mtt', 'datm', 'pad'])
+def test_cifar_presets_whiten_as_mtt_and_fashion_mnist_standardises(method):
+  """The CIFAR presets use MTT's whitening (kornia's ZCA, eps 0.1 on raw pixels, 'zca_mtt'), and
+  validate; the Fashion-MNIST ones keep FRePo's per-dataset choice (standardisation), as MTT's
+  code has no ZCA for 1-channel data."""
+  from ddjax import config as config_lib
+  for preset in ('cifar10', 'paper', 'cifar100'):
+    cfg = config_lib.method_config(method, preset)
+    assert (cfg.data.preprocessing, cfg.data.zca_reg) == ('zca_mtt', 0.1), preset
+    config_lib.validate(cfg)                      # raises ConfigError on a bad value
+  for preset in ('', 'faithful'):
+    cfg = config_lib.method_config(method, preset)
+    assert cfg.data.name == 'fashion_mnist' and cfg.data.preprocessing == 'auto'

@@ -47,10 +47,17 @@ class PreparedData:
     return self.dataset.class_names
 
   def subset(self, indices: np.ndarray) -> 'PreparedData':
-    """The same data with only the training examples at `indices` (the test set unchanged)."""
+    """The same data with only the training examples at `indices` (K,) int, in every view of the
+    training rows: x_train, y_train, targets_train and the loaded `dataset`'s x_train / y_train
+    (the raw pixels a method may read), row i of each being original row indices[i]. The test
+    set and the preprocessor (fitted on the whole training set) are unchanged."""
+    indices = np.asarray(indices)
     take = lambda a: a.subset(indices) if is_streamed(a) else a[indices]
-    return dataclasses.replace(self, x_train=take(self.x_train), y_train=self.y_train[indices],
-                               targets_train=take(self.targets_train))
+    ds = self.dataset
+    if dataclasses.is_dataclass(ds):
+      ds = dataclasses.replace(ds, x_train=take(ds.x_train), y_train=take(ds.y_train))
+    return dataclasses.replace(self, dataset=ds, x_train=take(self.x_train),
+                               y_train=take(self.y_train), targets_train=take(self.targets_train))
 
 
 FINGERPRINT_ROWS = 16
@@ -81,7 +88,8 @@ def cache_identity(data: PreparedData) -> dict:
 def prepare(dataset, preprocessing: str = 'auto', zca_reg: float = 0.1) -> PreparedData:
   """Fit the preprocessor on `dataset`'s training images and apply it to both splits.
 
-  preprocessing: 'auto' (FRePo's choice for the dataset), 'none', 'standard' or 'zca'.
+  preprocessing: 'auto' (FRePo's choice for the dataset), 'none', 'standard', 'zca' (FRePo's) or
+  'zca_mtt' (MTT's kornia whitening; `ddjax.data.preprocess`). zca_reg: the ZCA regulariser.
   """
   kind = default_preprocessing(dataset.name) if preprocessing == 'auto' else preprocessing
   pre = fit_preprocessor(dataset.x_train, kind=kind, zca_reg=zca_reg)

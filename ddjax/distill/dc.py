@@ -40,6 +40,7 @@ from ddjax.augment.dsa import DSAParams, dsa
 from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller
 from ddjax.distill.matching import depth_mask, gradient_distance, group_by_class, matching_defaults
 from ddjax.models import per_example_model
+from ddjax.models.order import in_module_order, parameter_order
 from ddjax.models.training import (carry_variables, cross_entropy, epoch_batches, init_carry,
                                    make_train_step)
 from ddjax.scoring.ite import PerSampleFn, Separable
@@ -206,7 +207,10 @@ class DC(Distiller):
     return jax.tree_util.tree_map(lambda a: a / x.shape[0], g)
 
   def distance(self, g_real: PyTree, g_syn: PyTree) -> Array:
-    mask = depth_mask(g_real, self.layer_fraction) if self.layer_fraction > 0 else None
+    mask = None
+    if self.layer_fraction > 0:   # counted in the network's module order, not g_real's key order
+      order = parameter_order(self.model, self.image_shape)
+      mask = depth_mask(in_module_order(g_real, order), self.layer_fraction)
     return gradient_distance(g_real, g_syn, self.metric, mask)
 
   def per_sample(self, syn: PyTree, state: DCState, batch: dict[str, Array],

@@ -82,6 +82,8 @@ def gradient_distance(g_real: PyTree, g_syn: PyTree, metric: str = 'ours',
   leaves_s = jax.tree_util.tree_leaves(g_syn)
   if len(leaves_r) != len(leaves_s):
     raise ValueError('real and synthetic gradients come from different networks.')
+  if not leaves_r:
+    return jnp.zeros((), jnp.float32)
   masks = (jax.tree_util.tree_leaves(mask) if mask is not None else [None] * len(leaves_r))
   if metric == 'ours':
     total = jnp.zeros((), jnp.float32)
@@ -146,7 +148,9 @@ def depth_mask(params: PyTree, fraction: float, per_layer: bool = False) -> PyTr
   (PAD masks the flattened parameter vector of the PyTorch network: the cut falls mid-tensor,
   conv kernels counted in OIHW order). fraction 0 keeps everything. per_layer: round the cut
   down to the start of the tensor it falls in (whole tensors dropped; ddjax's variant).
-  Serves DC's layer_fraction and trajectory matching's FIEM (`ddjax.distill.mtt`).
+  Serves DC's layer_fraction and trajectory matching's FIEM (`ddjax.distill.mtt`). Shallow to
+  deep is `params`' dict insertion order: pass `ddjax.models.in_module_order(tree, order)` (a tree
+  that went through JAX lists its keys sorted by name, the norms after the head).
   """
   if not 0.0 <= fraction < 1.0:
     raise ValueError(f'matching.layer_fraction={fraction} must lie in [0, 1).')

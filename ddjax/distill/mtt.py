@@ -36,7 +36,7 @@ loss; the run stops naming the step and the value (`problem`), never with silent
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,7 @@ from jax.flatten_util import ravel_pytree
 
 from ddjax import registry
 from ddjax.distill.base import PER_SET, Distiller
+from ddjax.models.order import in_module_order, parameter_order
 from ddjax.transforms.base import PerClass
 
 Array = jax.Array
@@ -203,7 +204,8 @@ def loss_ranked_mask(errors: Array, fraction: float) -> Array:
   return jnp.ones_like(errors).at[order[:cut]].set(0.0)
 
 
-def parameter_mask(template: PyTree, mode: str, fraction: float) -> Array | None:
+def parameter_mask(template: PyTree, mode: str, fraction: float,
+                   order: Sequence[tuple[str, ...]] = ()) -> Array | None:
   """PAD's FIEM mask as a flat (P,) vector in `ravel_pytree(template)` order, or None (match
   everything; also 'loss', whose mask depends on the errors and is built per step).
 
@@ -212,11 +214,17 @@ def parameter_mask(template: PyTree, mode: str, fraction: float) -> Array | None
                (`ddjax.distill.matching.depth_mask`, the same mask DC's layer_fraction uses);
   'per_layer'  the same cut rounded down to a tensor boundary (whole tensors dropped): ddjax's
                variant, not the official code.
+  order: the leaves' paths shallow to deep (`ddjax.models.parameter_order` of the buffer's
+  network; needed by 'depth' / 'per_layer'): `template`'s own key order is not the network's (a
+  buffer's template comes back sorted by name, the norms after the head).
   """
   from ddjax.distill.matching import depth_mask
   if mode in ('none', 'loss') or fraction <= 0:
     return None
-  tree = depth_mask(template, fraction, per_layer=(mode == 'per_layer'))
+  if not order:
+    raise ValueError(f"fiem mask {mode!r} needs the network's parameter order "
+                     '(ddjax.models.parameter_order).')
+  tree = depth_mask(in_module_order(template, order), fraction, per_layer=(mode == 'per_layer'))
   flat, _ = ravel_pytree(tree)
   return flat
 
@@ -261,7 +269,10 @@ class TrajectoryMatching(Distiller):
     self.soft_labels = soft_labels
     self.gradient = gradient
     self.mask_mode, self.mask_fraction = mask_mode, float(mask_fraction)
-    self.mask = parameter_mask(buffer.template, mask_mode, mask_fraction)
+    order = ()
+    if mask_mode in ('depth', 'per_layer') and mask_fraction > 0:
+      order = parameter_order(self.model, buffer.record['image_shape'])
+    self.mask = parameter_mask(buffer.template, mask_mode, mask_fraction, order)
     if dsa_strategy:
       self.augment = lambda key, x: dsa(key, x, dsa_strategy)
     else:
@@ -487,7 +498,8 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   the faithful IPC-1 schedule otherwise (N 50, M 2, T+ 2, lr_img 1000, lr_lr 1e-7,
   lr_teacher 0.01) for distill.steps iterations. 'faithful': reference section 7 (width 128,
   100 experts x 50 epochs, 5000 iterations). 'paper' / 'cifar10' / 'cifar100': MTT's CIFAR IPC-1
-  rows (references section 1.3)."""
+  rows (references section 1.3) with MTT's ZCA ('zca_mtt': kornia's, eps 0.1 on raw pixels;
+  Fashion-MNIST presets keep per-channel standardisation, as MTT's code for 1-channel data)."""
   configure_family(cfg)
   cfg.trajectory.update(syn_steps=50, expert_epochs=2, max_start_epoch=2, lr_teacher=0.01,
                         lr_lr=1e-7)
@@ -501,10 +513,10 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
     cfg.checkpoint.every, cfg.log.every = 100, 10
   elif preset in ('paper', 'cifar10'):
     cfg.data.name = 'cifar10'
-    cfg.data.preprocessing = 'zca'
+    cfg.data.update(preprocessing='zca_mtt', zca_reg=0.1)   # MTT's: kornia, eps 0.1, raw pixels
     cfg.distill.lr = 100.0
   elif preset == 'cifar100':      # MTT's CIFAR-100 IPC-1 row (ZCA)
-    cfg.data.update(name='cifar100', preprocessing='zca')
+    cfg.data.update(name='cifar100', preprocessing='zca_mtt', zca_reg=0.1)
     cfg.trajectory.update(syn_steps=20, expert_epochs=3, max_start_epoch=20, lr_lr=1e-5)
 
 

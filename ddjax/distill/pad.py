@@ -5,7 +5,8 @@
         75 % first, harder samples added until epoch 20, the easiest 10 % / 20 % dropped after
         epochs 40 / 60; `ddjax.scoring.fiex`), so PAD's runs read their own buffer.
   FIEM  the trajectory distance ignores the shallowest parameters: only the entries after the
-        first alpha fraction of the flattened parameter vector (PyTorch order, shallow to deep,
+        first alpha fraction of the flattened parameter vector (PyTorch order, shallow to deep:
+        the network's module order, `ddjax.models.parameter_order`, not the buffer's key order;
         cut mid-tensor) are matched, in numerator and denominator (pad txt Eq. 4;
         `ddjax.distill.mtt.parameter_mask`). alpha by IPC from the paper's Table 9: 0 / 0.25 /
         0.25 / 0.5 / 0.75 at IPC 1 / 10 / 50 / 500 / 1000 (`pad.alpha=-1`); the official YAML's

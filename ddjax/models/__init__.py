@@ -8,6 +8,9 @@ train with `mutable=['batch_stats']` and carry the returned statistics; infer wi
 Mixed precision: a model block's `dtype` ('float32' or 'bfloat16', `COMPUTE_DTYPES`) is the
 networks' compute dtype; parameters stay float32 and outputs come back float32 (see
 `ddjax.models.convnet`), so everything downstream (losses, KRR, optimizers) is unchanged.
+
+Parameter order: JAX lists a params dict by sorted key; `parameter_order` gives the network's own
+order, shallow to deep (`ddjax.models.order`), for anything that counts parameters by depth.
 """
 from __future__ import annotations
 
@@ -20,14 +23,15 @@ import jax.numpy as jnp
 
 from ddjax.models.convnet import NORM_PLACEMENTS, NORMS, POOLINGS, ConvNet, check_choice
 from ddjax.models.mlp import MLP
+from ddjax.models.order import in_module_order, parameter_order
 from ddjax.models.resnet import ResNet18
 
 ARCHITECTURES = ('convnet', 'mlp', 'resnet18')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 __all__ = ['ARCHITECTURES', 'COMPUTE_DTYPES', 'NORM_PLACEMENTS', 'NORMS', 'POOLINGS', 'ConvNet',
-           'MLP', 'ResNet18', 'build_model', 'compute_dtype', 'from_config', 'init_model',
-           'per_example_model']
+           'MLP', 'ResNet18', 'build_model', 'compute_dtype', 'from_config', 'in_module_order',
+           'init_model', 'parameter_order', 'per_example_model']
 
 
 def compute_dtype(name: str):
