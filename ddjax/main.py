@@ -140,12 +140,15 @@ def _put_beside_on_path(path: str) -> None:
     sys.path.insert(0, directory)
 
 
+class CommandLineError(ValueError):
+  """A config file or flag that cannot be read: the message says which and what to do."""
+
+
 def parse_flags(argv):
-  from ddjax.config import ConfigError
   path = config_path(argv)
   problem = config_file_error(path or DEFAULT_CONFIG)
   if problem:
-    fail(ConfigError(problem))
+    fail(CommandLineError(problem))
   if path:
     _put_beside_on_path(path)
   absl_logger = logging.get_absl_logger()
@@ -154,12 +157,13 @@ def parse_flags(argv):
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - absl wraps config-file errors in many types
+    from ddjax.config import ConfigError
     chain = _chain(e)
     if any(isinstance(x, ConfigError) for x in chain):
       fail(e)
     unknown = override_errors(argv)
     if unknown:
-      fail(ConfigError('; '.join(unknown)))
+      fail(CommandLineError('; '.join(unknown)))
     if isinstance(e, flags.Error) and not any(_WRAPPERS[0] in str(x) for x in chain):
       fail(e, 'bad command line: ')
     inner = chain[-1]                            # raised by the config file's own code
@@ -168,7 +172,7 @@ def parse_flags(argv):
     absl_logger.setLevel(level)
   problem = config_value_error(flags.FLAGS.config, path or DEFAULT_CONFIG)
   if problem:
-    fail(ConfigError(problem))
+    fail(CommandLineError(problem))
   return rest
 
 
