@@ -345,7 +345,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
   """Raise ConfigError listing what the loaded data rules out in `cfg`, before anything is
   written to the workdir: fewer than 2 classes, a ConvNet (model, eval.model) deeper than the
-  images allow. data: a `ddjax.data.PreparedData` (image_shape, num_classes, dataset.source).
+  images allow, a real batch larger than the training set.
+  data: a `ddjax.data.PreparedData` (image_shape, num_classes, x_train, dataset.source).
   (The IPC against the smallest class: ddjax.data.check_ipc.)"""
   from ddjax.models.convnet import depth_error
   errors = []
@@ -358,6 +359,16 @@ def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
     if _get(cfg, f'{block}.arch') == 'convnet':
       errors.append(depth_error(_get(cfg, f'{block}.depth'), tuple(data.image_shape),
                                 _get(cfg, f'{block}.pooling'), key=f'{block}.depth'))
+  count = int(data.x_train.shape[0])
+  batch = real_batch_size(cfg, max(data.num_classes, 1))
+  if batch > count and registry.get(cfg.method).steps(cfg) > 0:
+    if cfg.distill.batch_per_class:
+      errors.append(f'distill.batch_per_class={cfg.distill.batch_per_class} x '
+                    f'{data.num_classes} classes = {batch} exceeds the {count} training '
+                    f'examples; set distill.batch_per_class <= {count // data.num_classes}.')
+    else:
+      errors.append(f'distill.batch_size={batch} exceeds the {count} training examples; set '
+                    f'distill.batch_size <= {count}.')
   raise_errors([e for e in errors if e])
 
 

@@ -153,7 +153,7 @@ def parse_flags(argv):
     _put_beside_on_path(path)
   absl_logger = logging.get_absl_logger()
   level = absl_logger.level
-  absl_logger.setLevel(std_logging.ERROR)      # ml_collections' warning of a None config: ours below
+  absl_logger.setLevel(std_logging.ERROR)   # ml_collections' warning of a None config: ours below
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - absl wraps config-file errors in many types

@@ -171,6 +171,23 @@ def test_a_dataset_with_one_class_is_refused_before_compute(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+def test_a_real_batch_larger_than_the_training_set_is_refused_before_anything_is_written(
+    tiny_npz, tmp_path):
+  cfg = tiny_config(tiny_npz, batch_size=1000)       # the tiny set has 120 training images
+  with pytest.raises(config_lib.ConfigError, match='distill.batch_size=1000 exceeds the 120 '
+                     'training examples; set distill.batch_size <= 120'):
+    pipeline.run(cfg, str(tmp_path / 'w'))
+  cfg = tiny_config(tiny_npz, batch_per_class=50)
+  with pytest.raises(config_lib.ConfigError, match=r'distill.batch_per_class=50 x 3 classes = '
+                     r'150 exceeds .* set distill.batch_per_class <= 40'):
+    pipeline.run(cfg, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()
+  steps_free = tiny_config(tiny_npz, batch_size=1000)
+  steps_free.method = 'random_subset'                # no distillation steps: no real batches
+  steps_free.eval.num_models, steps_free.eval.krr = 0, False
+  config_lib.validate_data(steps_free, pipeline.load_data(steps_free))
+
+
 # --- data integrity: every message names the file --------------------------------------------
 
 def _load_error(*args, **kwargs) -> str:
