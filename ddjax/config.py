@@ -355,8 +355,9 @@ def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
     classes = f'{data.num_classes} class' + ('' if data.num_classes == 1 else 'es')
     errors.append(f'the dataset {source} has {classes}; distilling a classification set '
                   'needs at least 2 classes: check its labels (data.dir).')
-  for block in ('model', 'eval.model'):
-    if _get(cfg, f'{block}.arch') == 'convnet':
+  for block in ('model', 'eval.model'):     # eval.model: when evaluation networks are trained
+    used = block == 'model' or (_get(cfg, 'eval.num_models') or 0) > 0
+    if used and _get(cfg, f'{block}.arch') == 'convnet':
       errors.append(depth_error(_get(cfg, f'{block}.depth'), tuple(data.image_shape),
                                 _get(cfg, f'{block}.pooling'), key=f'{block}.depth'))
   count = int(data.x_train.shape[0])
@@ -365,7 +366,7 @@ def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
     if cfg.distill.batch_per_class:
       errors.append(f'distill.batch_per_class={cfg.distill.batch_per_class} x '
                     f'{data.num_classes} classes = {batch} exceeds the {count} training '
-                    f'examples; set distill.batch_per_class <= {count // data.num_classes}.')
+                    f'examples; set distill.batch_per_class <= {count // max(data.num_classes, 1)}.')
     else:
       errors.append(f'distill.batch_size={batch} exceeds the {count} training examples; set '
                     f'distill.batch_size <= {count}.')
