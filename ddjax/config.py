@@ -364,9 +364,10 @@ def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
   batch = real_batch_size(cfg, max(data.num_classes, 1))
   if batch > count and registry.get(cfg.method).steps(cfg) > 0:
     if cfg.distill.batch_per_class:
+      most = count // max(data.num_classes, 1)
       errors.append(f'distill.batch_per_class={cfg.distill.batch_per_class} x '
                     f'{data.num_classes} classes = {batch} exceeds the {count} training '
-                    f'examples; set distill.batch_per_class <= {count // max(data.num_classes, 1)}.')
+                    f'examples; set distill.batch_per_class <= {most}.')
     else:
       errors.append(f'distill.batch_size={batch} exceeds the {count} training examples; set '
                     f'distill.batch_size <= {count}.')
