@@ -54,9 +54,9 @@ def _text(e: BaseException) -> str:
 
 
 def _message(e: BaseException) -> str:
-  """One line: the outermost message of a chain of wrapped exceptions (ddjax's own context: the
-  file, the key, what to do), followed by each wrapped message it does not already contain
-  (the underlying cause). Wrappers that hold only a traceback are skipped."""
+  """The outermost message of a chain of wrapped exceptions (ddjax's own context: the file, the
+  key, what to do), followed by each wrapped message it does not already contain (the
+  underlying cause), in parentheses. Wrappers that hold only a traceback are skipped."""
   texts = []
   for x in _chain(e):
     text = _text(x)
