@@ -267,9 +267,9 @@ def test_unreachable_coordinator_is_one_error_naming_address_and_timeout():
 
 def test_a_peer_that_never_joins_ends_in_one_line_not_a_cpp_abort():
   address = f'127.0.0.1:{_closed_port()}'
+  block = _dist(address, 0, 1).to_dict()
   script = ('import ml_collections\nfrom ddjax.infra import distributed\n'
-            f'distributed.initialize(ml_collections.ConfigDict({_dist(address, 0, 1).to_dict()!r}))'
-            '\nprint("joined")\n')
+            f'distributed.initialize(ml_collections.ConfigDict({block!r}))\nprint("joined")\n')
   env = {**os.environ, 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu'}
   proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, env=env,
                         cwd=ROOT, timeout=120)

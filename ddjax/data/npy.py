@@ -46,7 +46,8 @@ def read_class_names(path: str) -> tuple[str, ...]:
       names = json.load(f)
   except (ValueError, UnicodeDecodeError) as e:
     raise ValueError(f'file {path} is not valid JSON ({e}); write it as a JSON list of class '
-                     'names, e.g. ["cat", "dog"], or delete it (the labels then name them).') from e
+                     'names, e.g. ["cat", "dog"], or delete it (the labels then name '
+                     'them).') from e
   if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
     raise ValueError(f'file {path} must hold a JSON list of class names, e.g. ["cat", "dog"], '
                      f'got {type(names).__name__}; fix or delete it.')

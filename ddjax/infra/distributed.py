@@ -197,10 +197,11 @@ def initialize(dist) -> bool:
     jax.config.update('jax_cpu_collectives_implementation', dist.cpu_collectives)
   who = f'process {process}' if process is not None else 'this process'
   count = kwargs.get('num_processes')
+  peers = f'all {count} processes' if count else 'every process'
   late = (f'{who} waited distributed.timeout={timeout:g} s at the coordinator '
-          f'{address or "(detected)"} for {f"all {count} processes" if count else "every process"} '
-          'to join, and not all did; start every process with the same coordinator_address and '
-          'num_processes (each with its own process_id), or raise distributed.timeout.')
+          f'{address or "(detected)"} for {peers} to join, and not all did; start every '
+          'process with the same coordinator_address and num_processes (each with its own '
+          'process_id), or raise distributed.timeout.')
   try:
     with _exit_after(left, late):
       jax.distributed.initialize(**kwargs)

@@ -1,5 +1,5 @@
-"""Atomic file writes: a crash or kill leaves either the old file or the new one, never half of one.
-Output directories are checked (`check_writable_dir`) before any compute and made (`make_dirs`)
+"""Atomic file writes: a crash or kill leaves either the old file or the new one, never half of
+one. Output directories are checked (`check_writable_dir`) before any compute and made (`make_dirs`)
 with a one-line error naming the path and what to do."""
 from __future__ import annotations
 
