@@ -179,7 +179,8 @@ def test_truncated_cifar_tarball_names_the_file(tmp_path):
   tar_path.write_bytes(buf.getvalue()[:len(buf.getvalue()) * 2 // 3])
   with pytest.raises(ValueError) as e:
     data.load_dataset('cifar10', tar_path, env={}, system_dirs=[])
-  assert _message(e.value).startswith(f'file {tar_path} is a damaged tar archive'), _message(e.value)
+  text = _message(e.value)
+  assert text.startswith(f'file {tar_path} is a damaged tar archive'), text
 
 
 def test_cifar100_directory(tmp_path):
