@@ -240,10 +240,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 
   errors = []
   known = _keys(base_config())
-  for key in sorted(_keys(cfg) - known):
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    hint = f' Did you mean {close[0]!r}?' if close else ''
-    errors.append(f'unknown config key {key!r}.{hint}')
+  errors += [_unknown_key(key, known) for key in sorted(_keys(cfg) - known)]
   _numbers(errors, cfg)
   errors += choice_errors(cfg, 'method', registry.names())
   errors += choice_errors(cfg, 'data.name', tuple(DATASETS))
@@ -306,8 +303,62 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.get('method') in registry.names():
     errors += _capability_errors(cfg, registry.get(cfg.method))
     errors += registry.get(cfg.method).validate(cfg)
+  raise_errors(errors)
+
+
+def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
+  """Raise ConfigError listing what the loaded data rules out in `cfg`, before anything is
+  written to the workdir: fewer than 2 classes, a ConvNet (model, eval.model) deeper than the
+  images allow, a real batch larger than the training set.
+  data: a `ddjax.data.PreparedData` (image_shape, num_classes, x_train, dataset.source).
+  (The IPC against the smallest class: ddjax.data.check_ipc.)"""
+  from ddjax.models.convnet import depth_error
+  errors = []
+  if data.num_classes < 2:
+    source = getattr(data.dataset, 'source', '') or _get(cfg, 'data.name')
+    classes = f'{data.num_classes} class' + ('' if data.num_classes == 1 else 'es')
+    errors.append(f'the dataset {source} has {classes}; distilling a classification set '
+                  'needs at least 2 classes: check its labels (data.dir).')
+  for block in ('model', 'eval.model'):     # eval.model: when evaluation networks are trained
+    used = block == 'model' or (_get(cfg, 'eval.num_models') or 0) > 0
+    if used and _get(cfg, f'{block}.arch') == 'convnet':
+      errors.append(depth_error(_get(cfg, f'{block}.depth'), tuple(data.image_shape),
+                                _get(cfg, f'{block}.pooling'), key=f'{block}.depth'))
+  count = int(data.x_train.shape[0])
+  batch = real_batch_size(cfg, max(data.num_classes, 1))
+  if batch > count and registry.get(cfg.method).steps(cfg) > 0:
+    if cfg.distill.batch_per_class:
+      most = count // max(data.num_classes, 1)
+      errors.append(f'distill.batch_per_class={cfg.distill.batch_per_class} x '
+                    f'{data.num_classes} classes = {batch} exceeds the {count} training '
+                    f'examples; set distill.batch_per_class <= {most}.')
+    else:
+      errors.append(f'distill.batch_size={batch} exceeds the {count} training examples; set '
+                    f'distill.batch_size <= {count}.')
+  raise_errors([e for e in errors if e])
+
+
+def raise_errors(errors: list[str]) -> None:
+  """ConfigError with every problem (one line for one problem, a list for several)."""
+  if len(errors) == 1:
+    raise ConfigError(f'invalid config: {errors[0]}')
   if errors:
     raise ConfigError('invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def unknown_key_error(key: str, known: set[str] | None = None) -> str:
+  """'unknown config key K. Did you mean C?' when the schema (`known`, default the base config's
+  keys) lacks the dotted `key`; '' when it has it (or holds it as a block)."""
+  known = _keys(base_config()) if known is None else known
+  if key in known or any(k.startswith(key + '.') for k in known):
+    return ''
+  return _unknown_key(key, known)
+
+
+def _unknown_key(key: str, known: set[str]) -> str:
+  close = difflib.get_close_matches(key, sorted(known), n=1)
+  hint = f' Did you mean {close[0]!r}?' if close else ''
+  return f'unknown config key {key!r}.{hint}'
 
 
 def _data_source_errors(cfg: ml_collections.ConfigDict) -> list[str]:

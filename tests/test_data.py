@@ -166,6 +166,23 @@ def test_cifar10_directory_and_tarball(tmp_path):
   assert sorted(os.listdir(tar_path.parent)) == ['cifar-10-python.tar.gz']
 
 
+def test_truncated_cifar_tarball_names_the_file(tmp_path):
+  from ddjax.main import _message
+  files, *_ = _cifar10_files(np.random.default_rng(4))
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w:gz') as tar:
+    for name, content in files.items():
+      info = tarfile.TarInfo(f'cifar-10-batches-py/{name}')
+      info.size = len(content)
+      tar.addfile(info, io.BytesIO(content))
+  tar_path = tmp_path / 'cifar-10-python.tar.gz'
+  tar_path.write_bytes(buf.getvalue()[:len(buf.getvalue()) * 2 // 3])
+  with pytest.raises(ValueError) as e:
+    data.load_dataset('cifar10', tar_path, env={}, system_dirs=[])
+  text = _message(e.value)
+  assert text.startswith(f'file {tar_path} is a damaged tar archive'), text
+
+
 def test_cifar100_directory(tmp_path):
   rng = np.random.default_rng(3)
   d = tmp_path / 'cifar-100-python'

@@ -10,6 +10,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -143,12 +144,24 @@ def load_cifar_tar(path: str, layout: str) -> Dataset:
     tar = tarfile.open(path, 'r:*')
   except (tarfile.TarError, OSError) as e:
     raise ValueError(f'file {path} is not a readable tar archive: {e}') from e
+  damaged = (tarfile.TarError, EOFError, zlib.error, OSError)   # a truncated or corrupt archive
+
+  def fail(e):
+    return ValueError(f'file {path} is a damaged tar archive ({type(e).__name__}: {e}); '
+                      'download it again.')
+
   with tar:
-    members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+    try:
+      members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+    except damaged as e:
+      raise fail(e) from e
 
     def read(fname):
       if fname not in members:
         raise FileNotFoundError(f'{path} has no member {fname}')
-      return tar.extractfile(members[fname]).read()
+      try:
+        return tar.extractfile(members[fname]).read()
+      except damaged as e:
+        raise fail(e) from e
 
     return _load_cifar(read, layout, path, _default_class_names(layout))

@@ -51,9 +51,13 @@ def to_unit_float(x: np.ndarray, what: str) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255.0)
   if np.issubdtype(x.dtype, np.floating):
     x = x.astype(np.float32)
-    if x.size and (np.nanmin(x) < 0.0 or np.nanmax(x) > 1.0 or not np.all(np.isfinite(x))):
+    bad = x.size - int(np.isfinite(x).sum())
+    if bad:
+      raise ValueError(f'{what}: {bad} pixel values are NaN or infinite; replace them with '
+                       'values in [0, 1] or drop those images.')
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
       raise ValueError(f'{what}: float images must lie in [0, 1], found range '
-                       f'[{np.nanmin(x)}, {np.nanmax(x)}]')
+                       f'[{x.min()}, {x.max()}]')
     return x
   raise ValueError(f'{what}: images must be uint8 (0-255) or float in [0, 1], got {x.dtype}')
 

@@ -37,7 +37,8 @@ def _read_maybe_gzip(path: str) -> bytes:
     try:
       return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-      raise ValueError(f'file {path} is not a valid IDX file: corrupt gzip stream ({e})') from e
+      raise ValueError(f'file {path} is not a valid IDX file: corrupt gzip stream ({e}); '
+                       'replace it (download it again).') from e
   return raw
 
 
@@ -50,7 +51,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
   data = _read_maybe_gzip(path)
 
   def bad(why):
-    return ValueError(f'file {path} is not a valid IDX file: {why}')
+    return ValueError(f'file {path} is not a valid IDX file: {why}; replace it (download it '
+                      'again).')
 
   if len(data) < 4:
     raise bad(f'only {len(data)} bytes, shorter than the 4-byte magic number')

@@ -34,8 +34,24 @@ def _open(path: str, name: str, mmap: bool) -> np.ndarray:
   file = os.path.join(path, name)
   try:
     return np.load(file, mmap_mode='r' if mmap else None, allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f'file {file} is not a readable .npy array: {e}') from e
+  except (ValueError, OSError, EOFError) as e:   # a truncated or damaged file
+    raise ValueError(f'file {file} is not a readable .npy array ({e}); write it again '
+                     '(numpy.save or ddjax.data.write_npy).') from e
+
+
+def read_class_names(path: str) -> tuple[str, ...]:
+  """The JSON list of class names in `path`; ValueError naming the file when it is not one."""
+  try:
+    with open(path) as f:
+      names = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f'file {path} is not valid JSON ({e}); write it as a JSON list of class '
+                     'names, e.g. ["cat", "dog"], or delete it (the labels then name '
+                     'them).') from e
+  if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+    raise ValueError(f'file {path} must hold a JSON list of class names, e.g. ["cat", "dog"], '
+                     f'got {type(names).__name__}; fix or delete it.')
+  return tuple(str(n) for n in names)
 
 
 def _unit_rows(what: str):
@@ -48,10 +64,7 @@ def load_npy_dir(path: str | os.PathLike, name: str = 'npy', streaming: bool = F
   """Load an .npy directory; with `streaming`, x_train is a memory-mapped `Rows` view."""
   path = os.fspath(path)
   names_file = os.path.join(path, 'class_names.json')
-  names = ()
-  if os.path.isfile(names_file):
-    with open(names_file) as f:
-      names = tuple(str(n) for n in json.load(f))
+  names = read_class_names(names_file) if os.path.isfile(names_file) else ()
   xs, ys = [], []
   for split in ('train', 'test'):
     what = os.path.join(path, f'x_{split}.npy')

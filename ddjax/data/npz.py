@@ -5,6 +5,8 @@ Images uint8 0-255 or float in [0, 1], (N, H, W) or (N, H, W, C); labels integer
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from typing import Optional
 
 import numpy as np
@@ -28,12 +30,18 @@ def find_npz(path: str) -> tuple[Optional[str], str]:
 def load_npz(path: str | os.PathLike, name: str = 'npz') -> Dataset:
   """Load x_train, y_train, x_test, y_test (and optional class_names) from a .npz file."""
   path = os.fspath(path)
-  with np.load(path, allow_pickle=False) as f:
-    missing = [k for k in ('x_train', 'y_train', 'x_test', 'y_test') if k not in f.files]
-    if missing:
-      raise ValueError(f'file {path} lacks arrays {missing} (has {sorted(f.files)})')
-    arrays = {k: f[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
-    names = tuple(str(n) for n in f['class_names']) if 'class_names' in f.files else ()
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in ('x_train', 'y_train', 'x_test', 'y_test') if k not in f.files]
+      if missing:
+        raise ValueError(f'file {path} lacks arrays {missing} (has {sorted(f.files)})')
+      arrays = {k: f[k] for k in ('x_train', 'y_train', 'x_test', 'y_test')}
+      names = tuple(str(n) for n in f['class_names']) if 'class_names' in f.files else ()
+  except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as e:
+    if str(e).startswith(f'file {path}'):
+      raise
+    raise ValueError(f'file {path} is not a readable .npz archive ({e}); write it again '
+                     '(numpy.savez).') from e
   xs, ys = [], []
   for split in ('train', 'test'):
     x = to_unit_float(to_nhwc(arrays[f'x_{split}'], f'{path}:x_{split}'), f'{path}:x_{split}')

@@ -3,7 +3,9 @@
 Orbax writes each step into a temporary directory and renames it when complete (the
 `commit_success` marker), so a kill during a save never leaves a broken *latest* checkpoint: the
 manager only lists finished steps. A checkpoint that is present but unreadable (disk corruption, a
-different config) is reported with what to do; older checkpoints are tried before giving up.
+different config) is reported with what to do; older checkpoints are tried before giving up, and
+when one of them restores, the unreadable newer ones are deleted (the run writes those steps
+again) so that the next resume does not skip them again.
 With several processes every process saves and restores together, as Orbax does for multi-host:
 arrays over the global mesh are written once (their replicas by process 0), and a process's own
 arrays (an observer's, trained identically on every process) as numpy arrays by process 0.
@@ -76,16 +78,23 @@ class Checkpointer:
     if not steps:
       return None
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _global_or_host(template))
-    problems = []
+    problems, damaged = [], []
     for step in steps:
       try:
         state = _like(template, self._mngr.restore(step, args=ocp.args.StandardRestore(abstract)))
-        if problems:
-          log.warning('restored step %d after skipping unreadable checkpoints: %s', step,
-                      '; '.join(problems))
-        return step, state
       except Exception as e:  # noqa: BLE001 - any failure means "this checkpoint is unusable"
         problems.append(f'step {step}: {type(e).__name__}: {str(e)[:300]}')
+        damaged.append(step)
+        continue
+      if damaged:   # an older one fits the template: the newer ones are damaged, not another
+        for bad in damaged:     # config's; delete them so the run saves those steps again
+          try:
+            self._mngr.delete(bad)
+          except Exception as e:  # noqa: BLE001 - then the warning repeats on the next resume
+            problems.append(f'step {bad} could not be deleted ({e}): delete it by hand')
+        log.warning('restored step %d after skipping unreadable checkpoints, now deleted: %s',
+                    step, '; '.join(problems))
+      return step, state
     raise CheckpointError(
         f'no checkpoint in {self.directory} could be restored ({"; ".join(problems)}). '
         'If the config changed since they were written, use a fresh --workdir; if they are '

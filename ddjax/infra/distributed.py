@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import sys
+import threading
+import time
 from typing import Iterator, Mapping
 
 import jax
@@ -109,19 +113,98 @@ def _initialized() -> bool:
   return jax_distributed.global_state.client is not None
 
 
+def _host_port(address: str) -> tuple[str, int]:
+  """'host:port' or '[v6 address]:port' -> (host, port); DistributedSetupError when malformed."""
+  host, _, port = address.rpartition(':')
+  try:
+    return host.strip('[]'), int(port)
+  except ValueError:
+    raise DistributedSetupError(f'distributed.coordinator_address={address!r} must be host:port '
+                                "(process 0's host and a free port).") from None
+
+
+def wait_for_coordinator(address: str, timeout: float, process_id: int) -> None:
+  """Wait until the coordinator's TCP port `address` accepts connections, retrying for at most
+  `timeout` seconds; DistributedSetupError naming the address and the timeout when it never does
+  (JAX's own client would abort the process in C++ instead)."""
+  host, port = _host_port(address)
+  deadline = time.monotonic() + timeout
+  while True:
+    left = deadline - time.monotonic()
+    try:
+      with socket.create_connection((host, port), timeout=max(0.05, min(2.0, left))):
+        return
+    except OSError as e:
+      error = e
+    left = deadline - time.monotonic()
+    if left <= 0:
+      break
+    time.sleep(min(0.25, left))
+  raise DistributedSetupError(
+      f'process {process_id} could not reach the coordinator {address} within '
+      f'distributed.timeout={timeout:g} s ({error}); start process 0 first (it serves the '
+      'address), check distributed.coordinator_address (host:port of process 0) and that the '
+      'port is open, or raise distributed.timeout.')
+
+
+# Seconds JAX's own deadline is given beyond distributed.timeout, so that `_exit_after` reports
+# a peer that never joins before JAX's client aborts the process in C++.
+_JAX_GRACE = 10
+
+
+@contextlib.contextmanager
+def _exit_after(seconds: float, message: str) -> Iterator[None]:
+  """Inside the block: when it has not finished after `seconds`, print `error: message` on
+  stderr and end the process with status 1 (a process whose distributed start failed cannot
+  go on; JAX would abort it with a C++ stack trace)."""
+  done = threading.Event()
+
+  def watch():
+    if not done.wait(seconds):
+      sys.stderr.write(f'error: {message}\n')
+      sys.stderr.flush()
+      os._exit(1)
+  threading.Thread(target=watch, name='ddjax-distributed-timeout', daemon=True).start()
+  try:
+    yield
+  finally:
+    done.set()
+
+
 def initialize(dist) -> bool:
   """Start JAX's distributed runtime when `init_kwargs(dist)` asks for it (once per Python
   process; must run before any JAX computation). Returns whether this run is multi-process-aware
-  (initialised now or before)."""
+  (initialised now or before).
+
+  Within distributed.timeout seconds: a process other than 0 first waits for the coordinator's
+  port (`wait_for_coordinator`: DistributedSetupError when unreachable); then every process has
+  the rest of the timeout to join, after which it prints one line naming the coordinator and the
+  timeout and exits with status 1 (a peer that never joined)."""
   if _initialized():
     return True
   kwargs = init_kwargs(dist)
   if kwargs is None:
     return False
+  timeout = float(dist.timeout)
+  start = time.monotonic()
+  address = kwargs.get('coordinator_address', os.environ.get('JAX_COORDINATOR_ADDRESS', ''))
+  process = kwargs.get('process_id')
+  if address and process is not None and process > 0:
+    wait_for_coordinator(address, timeout, process)
+  left = max(1.0, timeout - (time.monotonic() - start))
+  kwargs['initialization_timeout'] = int(left) + _JAX_GRACE
   if dist.cpu_collectives != 'none':
     jax.config.update('jax_cpu_collectives_implementation', dist.cpu_collectives)
+  who = f'process {process}' if process is not None else 'this process'
+  count = kwargs.get('num_processes')
+  peers = f'all {count} processes' if count else 'every process'
+  late = (f'{who} waited distributed.timeout={timeout:g} s at the coordinator '
+          f'{address or "(detected)"} for {peers} to join, and not all did; start every '
+          'process with the same coordinator_address and num_processes (each with its own '
+          'process_id), or raise distributed.timeout.')
   try:
-    jax.distributed.initialize(**kwargs)
+    with _exit_after(left, late):
+      jax.distributed.initialize(**kwargs)
   except (RuntimeError, ValueError, TypeError) as e:
     raise DistributedSetupError(
         f'jax.distributed.initialize({kwargs}) failed: {e}. Set distributed.coordinator_address, '

@@ -1,4 +1,6 @@
-"""Atomic file writes: a crash or kill leaves either the old file or the new one, never half of one."""
+"""Atomic file writes: a crash or kill leaves either the old file or the new one, never half of
+one. Output directories are checked (`check_writable_dir`) before any compute and made (`make_dirs`)
+with a one-line error naming the path and what to do."""
 from __future__ import annotations
 
 import io
@@ -8,6 +10,37 @@ import tempfile
 from typing import Any, Callable
 
 import numpy as np
+
+
+class DirectoryError(ValueError):
+  """A directory that cannot be made or written: the message names it and what to do."""
+
+
+def check_writable_dir(path: str, what: str) -> None:
+  """Raise DirectoryError when `path` (named `what` in the message, e.g. '--workdir') could not
+  be made or written: it or a parent is a file, or the nearest existing directory above it is not
+  writable. Writes nothing."""
+  path = os.path.abspath(path)
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    where = 'is a file' if probe == path else f'lies below the file {probe}'
+    raise DirectoryError(f'{what}={path} {where}, not a directory; name a directory (it is '
+                         'created when missing).')
+  if not os.access(probe, os.W_OK | os.X_OK):
+    verb = 'write in' if probe == path else f'create it in {probe}'
+    raise DirectoryError(f'{what}={path}: no permission to {verb}; choose a directory you can '
+                         'write, or change its permissions.')
+
+
+def make_dirs(path: str, what: str) -> None:
+  """os.makedirs(path, exist_ok=True), with a DirectoryError naming `what` when it fails."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise DirectoryError(f'{what}={os.path.abspath(path)}: cannot create the directory ({e}); '
+                         'choose a directory you can write.') from e
 
 
 def write_atomic(path: str, write: Callable[[io.BufferedWriter], None]) -> None:

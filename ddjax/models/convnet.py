@@ -47,7 +47,7 @@ inputs (the synthetic set) are float32.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -266,6 +266,30 @@ def check_choice(kind: str, value: str, allowed: tuple[str, ...]) -> None:
     raise ValueError(f'unknown {kind} {value!r}; allowed: {", ".join(allowed)}')
 
 
+def max_depth(image_shape: Sequence[int], pooling: str = 'avg', pad_1ch_28: bool = True) -> int:
+  """The deepest ConvNet whose 2 x 2 poolings leave at least 1 x 1 pixels of an (H, W, C) image:
+  floor(log2(min(H', W'))) with H' = H (32 for a 28 x 28 x 1 image padded by `pad_1ch_28`);
+  unlimited (a large number) without pooling."""
+  if pooling == 'none':
+    return 2 ** 31 - 1
+  h, w = int(image_shape[0]), int(image_shape[1])
+  if pad_1ch_28 and tuple(image_shape) == (28, 28, 1):
+    h = w = 32
+  return max(0, min(h, w).bit_length() - 1)
+
+
+def depth_error(depth: int, image_shape: Sequence[int], pooling: str = 'avg',
+                pad_1ch_28: bool = True, key: str = 'depth') -> str:
+  """'' when a ConvNet of `depth` fits (H, W, C) images, else what to set `key` to."""
+  most = max_depth(image_shape, pooling, pad_1ch_28)
+  if depth <= most:
+    return ''
+  h, w = int(image_shape[0]), int(image_shape[1])
+  return (f'{key}={depth}: a ConvNet halves the image at each of its {depth} blocks (2 x 2 '
+          f'pooling), and {h} x {w} images allow at most {most} blocks; set {key} <= {most} '
+          "(or pooling='none').")
+
+
 class ConvNet(nn.Module):
   """ConvNet returning (logits (N, num_classes), features (N, D)) for NHWC input (N, H, W, C).
 
@@ -295,6 +319,10 @@ class ConvNet(nn.Module):
     frepo = self.norm_placement == 'frepo'
     if x.ndim != 4:
       raise ValueError(f'ConvNet expects NHWC input, got shape {x.shape}')
+    too_deep = depth_error(self.depth, x.shape[1:], self.pooling, self.pad_1ch_28,
+                           key='ConvNet depth')
+    if too_deep:
+      raise ValueError(too_deep)
     k = self.kernel_size
     for i in range(self.depth):
       pad = k // 2

@@ -228,9 +228,11 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   main = distributed.is_main()
   workdir = workdir or default_workdir(cfg)
   check_workdir(cfg, workdir, restart)
+  files.check_writable_dir(workdir, '--workdir')       # below a file, no permission: fail now
   logger = summaries_lib.from_config(cfg, workdir)     # log.tensorboard: process 0, tensorboardX
   data = data or load_data(cfg)
-  os.makedirs(workdir, exist_ok=True)
+  config_lib.validate_data(cfg, data)
+  files.make_dirs(workdir, '--workdir')     # config.json only once the data passed its checks
   if main:
     files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
   print(f'[data] {data.dataset!r}, preprocessing {data.pre.kind}', flush=True)
