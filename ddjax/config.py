@@ -306,11 +306,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   raise_errors(errors)
 
 
-def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
+def validate_data(cfg: ml_collections.ConfigDict, plan, data) -> None:
   """Raise ConfigError listing what the loaded data rules out in `cfg`, before anything is
   written to the workdir: fewer than 2 classes, a ConvNet (model, eval.model) deeper than the
   images allow, a real batch larger than the training set.
-  data: a `ddjax.data.PreparedData` (image_shape, num_classes, x_train, dataset.source).
+  plan: the run's `ddjax.registry.Plan` (a batch matters only when it takes steps); data: a
+  `ddjax.data.PreparedData` (image_shape, num_classes, x_train, dataset.source).
   (The IPC against the smallest class: ddjax.data.check_ipc.)"""
   from ddjax.models.convnet import depth_error
   errors = []
@@ -326,7 +327,7 @@ def validate_data(cfg: ml_collections.ConfigDict, data) -> None:
                                 _get(cfg, f'{block}.pooling'), key=f'{block}.depth'))
   count = int(data.x_train.shape[0])
   batch = real_batch_size(cfg, max(data.num_classes, 1))
-  if batch > count and registry.get(cfg.method).steps(cfg) > 0:
+  if batch > count and plan.steps > 0:
     if cfg.distill.batch_per_class:
       most = count // max(data.num_classes, 1)
       errors.append(f'distill.batch_per_class={cfg.distill.batch_per_class} x '

@@ -185,7 +185,8 @@ def test_a_real_batch_larger_than_the_training_set_is_refused_before_anything_is
   steps_free = tiny_config(tiny_npz, batch_size=1000)
   steps_free.method = 'random_subset'                # no distillation steps: no real batches
   steps_free.eval.num_models, steps_free.eval.krr = 0, False
-  config_lib.validate_data(steps_free, pipeline.load_data(steps_free))
+  data = pipeline.load_data(steps_free)
+  config_lib.validate_data(steps_free, pipeline.make_plan(steps_free, data), data)
 
 
 # --- data integrity: every message names the file --------------------------------------------

@@ -231,12 +231,12 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
   files.check_writable_dir(workdir, '--workdir')       # below a file, no permission: fail now
   logger = summaries_lib.from_config(cfg, workdir)     # log.tensorboard: process 0, tensorboardX
   data = data or load_data(cfg)
-  config_lib.validate_data(cfg, data)
+  plan = make_plan(cfg, data)        # the one visit to the registry of a run
+  config_lib.validate_data(cfg, plan, data)
   files.make_dirs(workdir, '--workdir')     # config.json only once the data passed its checks
   if main:
     files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
   print(f'[data] {data.dataset!r}, preprocessing {data.pre.kind}', flush=True)
-  plan = make_plan(cfg, data)        # the one visit to the registry of a run
   print(f'[plan] {plan.to_dict()}', flush=True)
   pruning = None
   if cfg.bilp.prune_fraction > 0:
