@@ -21,6 +21,7 @@ _LAZY = {
     'register': ('ddjax.registry', 'register'),
     'Method': ('ddjax.registry', 'Method'),
     'Distiller': ('ddjax.distill.base', 'Distiller'),
+    'SetBuilder': ('ddjax.distill.base', 'SetBuilder'),
 }
 
 

@@ -36,7 +36,7 @@ class PixelMeans(ddjax.Distiller):
   def __init__(self, num_classes: int):
     self.num_classes = num_classes
 
-  def per_sample(self, syn, state, batch, key):
+  def per_class(self, syn, state, batch, key):
     k = self.num_classes
     real = group_by_class(batch['x'], jnp.argmax(batch['y'], -1), k).mean(axis=1)
     fake = syn['x'].reshape((k, -1) + syn['x'].shape[1:]).mean(axis=1)

@@ -161,7 +161,8 @@ class Distiller:
 
 class Wrapper(Distiller):
   """A distiller around another (`self.wrapped`): forwards the core, the capabilities and the
-  hooks; a subclass replaces what it changes (BiLP: the record's weights and the hooks)."""
+  hooks. A subclass that changes `update` (or has a `before_loss`) exposes hooks whose `update_at`
+  (`before_loss_at`) does the same, or host-phased programs skip it (tests/test_host_step.py)."""
 
   def __init__(self, wrapped: Distiller):
     self.wrapped = wrapped
