@@ -64,6 +64,9 @@ def has_ite_form(distiller) -> bool:
 def loss_record(distiller) -> Callable:
   """The distiller's meta-loss record function, (syn, state, batch, key) -> record: `per_sample`
   when it declares `record = PER_SAMPLE`, else `per_class`."""
+  if distiller.kind != DISTILLER:
+    raise TypeError(f'{distiller.name} is a {distiller.kind}: it builds its set once (`build`) '
+                    'and takes no distillation steps.')
   method = 'per_sample' if distiller.record == PER_SAMPLE else 'per_class'
   fn = getattr(distiller, method, None)
   if fn is None:

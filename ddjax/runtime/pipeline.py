@@ -33,9 +33,9 @@ from ddjax import registry
 from ddjax import transforms as transforms_lib
 from ddjax.data.prepared import PreparedData, prepare
 from ddjax.distill import bilp as bilp_lib
-from ddjax.distill.base import DISTILLER, NO_HOOKS, SET_BUILDER, SetParameterisation
 from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
+from ddjax.distill.base import DISTILLER, NO_HOOKS, SET_BUILDER, SetParameterisation
 from ddjax.runtime import evaluation, export, loop
 from ddjax.infra import distributed, files, sharding
 from ddjax.runtime import summaries as summaries_lib
