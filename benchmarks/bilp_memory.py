@@ -47,10 +47,10 @@ opt = step_lib.make_syn_optimizer('sgd', 0.1, 0.0, 100, learn_label=False, momen
 state = step_lib.init_state(bilp, T.identity(), opt, syn, jax.random.PRNGKey(0))
 parts = step_lib.make_host_step(bilp, T.identity(), opt, jnp.repeat(jnp.arange(K), ipc))
 key = jax.random.PRNGKey(1)
-programs = {'reselection (ITE)': functools.partial(parts.prepare, phase=bilp.host_phase(0)),
+programs = {'reselection (ITE)': functools.partial(parts.prepare, phase=parts.phase(0)),
             'image update': parts.image}
 if outer > 1:
-  programs['network training'] = functools.partial(parts.finish, phase=bilp.host_phase(1))
+  programs['network training'] = functools.partial(parts.finish, phase=parts.phase(1))
 out = {}
 for name, fn in programs.items():
   t = time.perf_counter()

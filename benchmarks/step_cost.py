@@ -36,9 +36,10 @@ def build(cfg, prep, with_isa: bool):
   distiller = pipeline.build_distiller(cfg, plan, prep, cfg.distill.batch_size)
   optimizer = pipeline.make_optimizer(cfg, plan)
   transform = T.chain(T.drop_easiest(0.2), T.isa(1.0)) if with_isa else T.identity()
-  syn, classes = pipeline.initial_synthetic(cfg, plan, prep, distiller)
-  state = step_lib.init_state(distiller, transform, optimizer, syn, jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes)))
+  param = pipeline.set_parameterisation(cfg)
+  syn, classes = pipeline.initial_synthetic(cfg, plan, prep, distiller, param)
+  state = step_lib.init_state(distiller, transform, optimizer, syn, jax.random.PRNGKey(0), param)
+  step = jax.jit(step_lib.make_step(distiller, transform, optimizer, jnp.asarray(classes), param))
   return step, state
 
 

@@ -24,6 +24,7 @@ _LAZY = {
     'Protocol': ('ddjax.registry', 'Protocol'),
     'register_protocol': ('ddjax.registry', 'register_protocol'),
     'Distiller': ('ddjax.distill.base', 'Distiller'),
+    'SetBuilder': ('ddjax.distill.base', 'SetBuilder'),
 }
 
 

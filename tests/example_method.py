@@ -6,9 +6,15 @@ cfg.linear_krr.
 
 `pixel_means`: match every class's mean real image to its mean synthetic image. Its record is per
 class and it declares no additive form, so BiLP's ITE and row transforms must be refused.
+
+`class_means`: a set builder (no meta-loss, no steps): every stored image is the mean of a random
+half of its class's real images. Its registration leaves `steps` at the config's: the pipeline
+takes no steps because of the built object's kind.
 """
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 import ddjax
 from ddjax.distill.base import PER_CLASS
@@ -36,11 +42,31 @@ class PixelMeans(ddjax.Distiller):
   def __init__(self, num_classes: int):
     self.num_classes = num_classes
 
-  def per_sample(self, syn, state, batch, key):
+  def per_class(self, syn, state, batch, key):
     k = self.num_classes
     real = group_by_class(batch['x'], jnp.argmax(batch['y'], -1), k).mean(axis=1)
     fake = syn['x'].reshape((k, -1) + syn['x'].shape[1:]).mean(axis=1)
     return PerClass(loss=jnp.sum(jnp.square(real - fake).reshape(k, -1), axis=1))
+
+
+class ClassMeans(ddjax.SetBuilder):
+
+  def __init__(self, x_train, y_train, num_classes: int):
+    self.x, self.y, self.num_classes = np.asarray(x_train), np.asarray(y_train), num_classes
+
+  def build(self, syn_init, key):
+    """syn_init {'x': (K * ipc, ...), 'y': (K * ipc, K)}, class-grouped -> the same shapes."""
+    ipc = syn_init['x'].shape[0] // self.num_classes
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2 ** 31 - 1)))
+    x = []
+    for c in range(self.num_classes):
+      members = np.flatnonzero(self.y == c)
+      x += [self.x[rng.choice(members, len(members) // 2, replace=False)].mean(0)
+            for _ in range(ipc)]
+    return {**syn_init, 'x': jnp.asarray(np.stack(x), jnp.float32)}
+
+  def report(self):
+    return {'images_averaged': int(len(self.y) // 2)}
 
 
 def linear_krr_block():
@@ -67,3 +93,8 @@ ddjax.register(ddjax.Method(
     build=lambda cfg, data: PixelMeans(data.num_classes),
     configure=lambda cfg, preset: cfg.distill.update(batch_per_class=8, learn_label=False),
     protocol='dc'), replace=True)
+
+ddjax.register(ddjax.Method(
+    name='class_means', distiller_class=ClassMeans,
+    build=lambda cfg, data: ClassMeans(data.x_train, data.y_train, data.num_classes)),
+    replace=True)

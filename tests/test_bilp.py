@@ -17,6 +17,7 @@ from ddjax.distill import step as step_lib
 from ddjax.distill.bilp import AdaptivePruning
 from ddjax.distill.dc import DC
 from ddjax.distill.dm import DM
+from ddjax.distill.base import IDENTITY
 from ddjax.distill.idc import MultiFormation
 from ddjax.models import build_model
 from ddjax.runtime import loop
@@ -60,10 +61,10 @@ def test_weighted_real_statistic_equals_the_kept_subset(which):
   syn = _syn(1, 2)
   state = base.init(syn, jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(3)
-  per_sample = jax.jit(base.per_sample)     # eager dispatch of the matching graph is slow
-  weighted = per_sample(syn, state, {**batch, 'weight': jnp.asarray(keep, jnp.float32)}, key)
-  subset = per_sample(syn, state, {'x': batch['x'][keep], 'y': batch['y'][keep]}, key)
-  full = per_sample(syn, state, batch, key)
+  per_class = jax.jit(base.per_class)     # eager dispatch of the matching graph is slow
+  weighted = per_class(syn, state, {**batch, 'weight': jnp.asarray(keep, jnp.float32)}, key)
+  subset = per_class(syn, state, {'x': batch['x'][keep], 'y': batch['y'][keep]}, key)
+  full = per_class(syn, state, batch, key)
   np.testing.assert_allclose(weighted.loss, subset.loss, rtol=2e-4, atol=1e-5)
   assert np.abs(np.asarray(weighted.loss) - np.asarray(full.loss)).max() > 1e-4
 
@@ -103,13 +104,13 @@ def test_bilp_steps_run_jitted_and_lower_the_meta_loss(which, factor):
   base = _distillers()[which]
   batch, _ = _batch(4, 16)
   distiller = AdaptivePruning(base, K * 16, beta=0.3, every=2)
-  if factor > 1:
-    distiller = MultiFormation(distiller, factor)
+  param = MultiFormation(factor) if factor > 1 else IDENTITY    # IDC outside BiLP
   syn = _syn(5, 1)
   opt = step_lib.make_syn_optimizer('sgd', 0.1, 0.0, 20, learn_label=False,
                                     schedule='constant', momentum=0.5)
-  state = step_lib.init_state(distiller, T.identity(), opt, syn, jax.random.PRNGKey(0))
-  step = jax.jit(step_lib.make_step(distiller, T.identity(), opt, jnp.repeat(jnp.arange(K), 1)))
+  state = step_lib.init_state(distiller, T.identity(), opt, syn, jax.random.PRNGKey(0), param)
+  step = jax.jit(step_lib.make_step(distiller, T.identity(), opt, jnp.repeat(jnp.arange(K), 1),
+                                    param))
   key = jax.random.PRNGKey(7)      # one key: DM's network and DSA draw stay fixed
   losses, masks = [], []
   for _ in range(10):
@@ -330,16 +331,24 @@ def test_run_frepo_isa_with_adaptive_pruning(tiny_npz, tmp_path):
   assert kept and all(0 < k < 26 for k in kept), kept
 
 
-def test_multiformation_exposes_the_additive_form_of_the_decoded_set():
+def test_bilp_under_multiformation_scores_the_decoded_set():
+  # IDC's parameterisation sits outside BiLP: the step hands the wrapper the decoded set, so its
+  # reselection is the one BiLP makes on that set (4 decoded images per class from 1 stored).
   dm = _distillers()[1]
-  mf = MultiFormation(dm, 2)
+  mf = MultiFormation(2)
   batch, _ = _batch(0, 4)
   syn = _syn(1, 1)
+  bilp = AdaptivePruning(dm, K * 4, beta=0.5, every=1)
+  opt = step_lib.make_syn_optimizer('sgd', 0.1, 0.0, 4, learn_label=False)
+  state = step_lib.init_state(bilp, T.identity(), opt, syn, jax.random.PRNGKey(0), mf)
+  parts = step_lib.make_host_step(bilp, T.identity(), opt, jnp.arange(K), mf)
   key = jax.random.PRNGKey(2)
-  outer = mf.additive_form(syn, (), batch, key)
-  inner = dm.additive_form(mf.decoded(syn), (), batch, key)
-  assert outer.args[1].shape[:2] == (K, 4)                # 1 stored -> 4 decoded per class
-  for a, b in zip(outer.args, inner.args):
-    np.testing.assert_allclose(a, b, rtol=1e-6)
-  from ddjax.distill.base import Distiller
-  assert MultiFormation(Distiller(), 2).additive_form is None
+  got = parts.prepare(state, batch, key, phase=(True, None)).distiller_state.selection
+  k_loss = jax.random.split(key, 3)[0]          # the step's meta-loss key
+  want = bilp.before_loss_at((True, None), mf.decode(syn), state.distiller_state, batch,
+                             state.step, k_loss).selection
+  np.testing.assert_array_equal(got.mask, want.mask)
+  np.testing.assert_allclose(got.mean, want.mean, rtol=1e-6)
+  stored = bilp.before_loss_at((True, None), syn, state.distiller_state, batch, state.step,
+                               k_loss).selection
+  assert not np.allclose(got.mean, stored.mean)             # the stored set scores otherwise

@@ -1,6 +1,7 @@
 """Host-phased steps (`ddjax.distill.step.make_host_step`): DC's network update chosen on the host
 gives the same states as the fused step with its `lax.cond`, also under BiLP and IDC; a resumed
-DC run equals an uninterrupted one; wrappers keep their phase hooks consistent."""
+DC run equals an uninterrupted one; wrappers keep their phase hooks consistent (IDC's
+multi-formation is the step's set parameterisation, outside BiLP)."""
 import inspect
 
 import jax
@@ -28,16 +29,17 @@ def _batch(seed, per_class):
 
 
 def _distiller(kind, outer_loop=3):
+  """(distiller, the stored set's parameterisation)."""
   model = build_model('convnet', K, depth=2, width=8, norm='instance')
   if kind == 'bilp-dm':
     from ddjax.distill.dm import DM
-    return AdaptivePruning(DM(model, SHAPE, K), K * 8, every=2)
+    return AdaptivePruning(DM(model, SHAPE, K), K * 8, every=2), base_lib.IDENTITY
   dc = DC(model, SHAPE, K, outer_loop=outer_loop, inner_loop=2, inner_batch=4)
   if kind == 'bilp':
-    return AdaptivePruning(dc, K * 8, every=2)
+    return AdaptivePruning(dc, K * 8, every=2), base_lib.IDENTITY
   if kind == 'idc-bilp':
-    return MultiFormation(AdaptivePruning(dc, K * 8, every=2), 2)
-  return dc
+    return AdaptivePruning(dc, K * 8, every=2), MultiFormation(2)
+  return dc, base_lib.IDENTITY
 
 
 @pytest.mark.parametrize('kind', ['dc', 'idc-bilp', 'bilp-dm'])   # idc-bilp holds bilp on dc
@@ -45,21 +47,21 @@ def test_host_phased_steps_equal_the_fused_step(kind):
   """IPC 10-like schedule at tiny size: outer_loop 3 (train, train, new network), 7 steps, so
   both phases run, twice; BiLP reselects every 2 steps in a program of its own. Every state and
   metric equals the fused step's, whose `lax.cond`s make the same choices on the device."""
-  d = _distiller(kind)
+  d, param = _distiller(kind)
   dc_phases = ['train', 'train', 'fresh'] * 2
   want = {'dc': dc_phases,
           'idc-bilp': [(s % 2 == 0, p) for s, p in enumerate(dc_phases)],
           'bilp-dm': [(s % 2 == 0, None) for s in range(6)]}[kind]
-  assert [d.host_phase(s) for s in range(6)] == want   # schedules reach through the wrappers
+  assert [d.hooks.host_phase(s) for s in range(6)] == want   # schedules reach through wrappers
   rng = np.random.default_rng(1)
   syn = {'x': jnp.asarray(rng.normal(size=(2 * K,) + SHAPE), jnp.float32),
          'y': jnp.asarray(np.eye(K, dtype=np.float32).repeat(2, 0))}
   opt = step_lib.make_syn_optimizer('sgd', 0.1, 0.0, 20, learn_label=False,
                                     schedule='constant', momentum=0.5)
   classes = jnp.repeat(jnp.arange(K), 2)
-  state0 = step_lib.init_state(d, T.identity(), opt, syn, jax.random.PRNGKey(0))
-  fused = jax.jit(step_lib.make_step(d, T.identity(), opt, classes))
-  parts = step_lib.make_host_step(d, T.identity(), opt, classes)
+  state0 = step_lib.init_state(d, T.identity(), opt, syn, jax.random.PRNGKey(0), param)
+  fused = jax.jit(step_lib.make_step(d, T.identity(), opt, classes, param))
+  parts = step_lib.make_host_step(d, T.identity(), opt, classes, param)
   assert parts.prepare is not None and parts.finish is not None
   split = step_lib.host_driver(parts)
   a = b = state0
@@ -84,7 +86,7 @@ def test_host_phased_steps_equal_the_fused_step(kind):
 def test_dc_phases_are_the_branches_of_update():
   """update_at(FRESH) is `update` after the last outer loop, bit for bit (a new network from the
   same key); update_at(TRAIN) is `update` before it."""
-  d = _distiller('dc')
+  d, _ = _distiller('dc')
   syn = {'x': jnp.asarray(np.random.default_rng(2).normal(size=(2 * K,) + SHAPE), jnp.float32)}
   state = d.init(syn, jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(3)
@@ -100,26 +102,32 @@ def test_dc_phases_are_the_branches_of_update():
 def test_distillers_without_a_schedule_keep_the_fused_step():
   from ddjax.distill.dm import DM
   dm = DM(build_model('convnet', K, depth=2, width=8, norm='instance'), SHAPE, K)
-  assert dm.host_phase is None
+  assert dm.hooks is None
   opt = step_lib.make_syn_optimizer('sgd', 1.0, 0.0, 20, learn_label=False)
   parts = step_lib.make_host_step(dm, T.identity(), opt, jnp.repeat(jnp.arange(K), 1))
   assert parts.prepare is None and parts.finish is None and parts.phase is None
   with pytest.raises(ValueError, match='phase'):
-    _distiller('dc').update_at('other', None, None, jax.random.PRNGKey(0))
+    _distiller('dc')[0].update_at('other', None, None, jax.random.PRNGKey(0))
 
 
 def test_wrappers_override_the_phase_hooks_with_the_plain_ones():
   """A wrapper that changes `before_loss` / `update` must change `before_loss_at` / `update_at`
-  alike, or the host-phased programs would skip it (base.Wrapper's rule)."""
+  alike, in the hooks it exposes, or the host-phased programs would skip it (base.Wrapper's
+  rule)."""
   import pkgutil, importlib
   for info in pkgutil.iter_modules(ddjax.distill.__path__):
     importlib.import_module(f'ddjax.distill.{info.name}')
   wrappers = [c for c in _subclasses(base_lib.Wrapper)]
-  assert {'AdaptivePruning', 'MultiFormation'} <= {c.__name__ for c in wrappers}
+  assert 'AdaptivePruning' in {c.__name__ for c in wrappers}
   for cls in wrappers:
     for plain, phased in (('before_loss', 'before_loss_at'), ('update', 'update_at')):
       if _defines(cls, plain):
         assert _defines(cls, phased), f'{cls.__name__} overrides {plain} but not {phased}'
+        assert _defines(cls, 'hooks'), f'{cls.__name__} overrides {plain} but not its hooks'
+  d, _ = _distiller('bilp')
+  hooks = d.hooks
+  for name in ('before_loss', 'before_loss_at', 'update_at', 'host_phase'):
+    assert getattr(hooks, name).__self__ is d, name     # the wrapper's own, not DC's
 
 
 def _subclasses(cls):

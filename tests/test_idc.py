@@ -1,11 +1,15 @@
 """IDC multi-formation (ddjax.distill.idc): shapes, PyTorch-equivalent bilinear decoding, grid
-order, encode/decode round trip, gradients through decode, and the MultiFormation wrapper."""
+order, encode/decode round trip, gradients through decode, and the MultiFormation
+parameterisation of the step."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ddjax import transforms as T
 from ddjax.distill import idc
+from ddjax.distill import step as step_lib
+from ddjax.distill.base import Distiller
 from ddjax.transforms.base import PerSample, per_sample_mse
 
 
@@ -154,7 +158,7 @@ def test_every_stored_pixel_receives_gradient(shape):
   assert np.all(np.abs(g) > 0)
 
 
-class _RecordingBase:
+class _RecordingBase(Distiller):
   """A fake distiller: pred = mean pixel of each decoded image times its label; records what it
   was called with (when called eagerly)."""
 
@@ -184,51 +188,73 @@ def _syn():
   return {'x': x, 'y': jnp.eye(3), 'log_temp': jnp.asarray(0.25)}
 
 
-def test_multiformation_feeds_the_decoded_set_to_the_base():
+def _step_parts(base, mf, syn, classes):
+  opt = step_lib.make_syn_optimizer('sgd', 1e-2, 1e-2, 4, extra_lrs={'log_temp': 1e-2})
+  state = step_lib.init_state(base, T.identity(), opt, syn, jax.random.PRNGKey(0), mf)
+  return state, step_lib.make_step(base, T.identity(), opt, classes, mf)
+
+
+def test_the_step_feeds_the_decoded_set_to_the_distiller():
   base = _RecordingBase()
-  mf = idc.MultiFormation(base, 2)
+  mf = idc.MultiFormation(2)
+  assert mf.images_per_stored == 4
   syn = _syn()
-  assert mf.init(syn, jax.random.PRNGKey(0)) == 12
-  assert mf.update(syn, None, jax.random.PRNGKey(1)) == 12
-  for name in ('init', 'update', 'per_sample'):
-    if name == 'per_sample':
-      ps = mf.per_sample(syn, None, None, jax.random.PRNGKey(2))
+  classes = jnp.asarray([0, 1, 2])
+  state, step = _step_parts(base, mf, syn, classes)
+  assert state.distiller_state == 12 and state.syn['x'].shape == (3, 8, 8, 2)   # stored set kept
+  new, metrics = step(state, {}, jax.random.PRNGKey(2))
+  assert new.distiller_state == 12 and new.syn['x'].shape == (3, 8, 8, 2)
+  for name in ('init', 'per_sample', 'update'):    # per_sample's are tracers (differentiated)
     seen = base.seen[name]
     assert seen['x'].shape == (12, 8, 8, 2) and seen['y'].shape == (12, 3)
-    np.testing.assert_array_equal(seen['log_temp'], syn['log_temp'])      # other keys unchanged
+    assert seen['log_temp'].shape == ()
+  np.testing.assert_array_equal(base.seen['init']['log_temp'], syn['log_temp'])  # other keys
+  np.testing.assert_array_equal(base.seen['update']['log_temp'], new.syn['log_temp'])  # as is
+  np.testing.assert_allclose(base.seen['update']['x'], idc.decode(new.syn['x'], 2), atol=1e-6)
+  ps = base.per_sample(mf.decode(syn), None, None, None)
   assert isinstance(ps, PerSample) and ps.pred.shape == (12, 3) and ps.loss.shape == (12,)
   np.testing.assert_array_equal(ps.target, np.repeat(np.eye(3), 4, axis=0))
   tile_means = np.asarray(idc.decode(syn['x'], 2)).mean(axis=(1, 2, 3))
   np.testing.assert_allclose(ps.pred.max(axis=1) + ps.pred.min(axis=1),   # the one non-zero
                              tile_means * np.exp(0.25), atol=1e-5)
-  reg = mf.regularizer(syn, jnp.asarray([0, 1, 2]))
-  _, classes = base.seen['regularizer']
-  np.testing.assert_array_equal(classes, np.repeat([0, 1, 2], 4))
-  np.testing.assert_allclose(reg, np.sum(tile_means * np.repeat([0, 1, 2], 4)), rtol=1e-5)
+  _, seen_classes = base.seen['regularizer']
+  np.testing.assert_array_equal(seen_classes, np.repeat([0, 1, 2], 4))
+  reg = np.sum(tile_means * np.repeat([0, 1, 2], 4))
+  np.testing.assert_allclose(metrics['loss'], ps.loss.mean() + reg, rtol=1e-5)
+  np.testing.assert_allclose(metrics['meta_loss'], ps.loss.mean(), rtol=1e-5)
 
 
 def test_multiformation_is_jittable_and_differentiable_wrt_stored_images():
-  mf = idc.MultiFormation(_RecordingBase(), 2)
+  mf = idc.MultiFormation(2)
+  base = _RecordingBase()
   syn = _syn()
   classes = jnp.asarray([0, 1, 2])
 
   @jax.jit
   def loss(syn):
-    ps = mf.per_sample(syn, None, None, jax.random.PRNGKey(0))
-    return ps.loss.mean() + 0.1 * mf.regularizer(syn, classes)
+    ps = base.per_sample(mf.decode(syn), None, None, jax.random.PRNGKey(0))
+    return ps.loss.mean() + 0.1 * base.regularizer(mf.decode(syn), mf.decode_classes(classes))
 
   g = jax.grad(loss)(syn)
   assert g['x'].shape == syn['x'].shape
   assert np.all(np.isfinite(g['x'])) and np.all(np.abs(np.asarray(g['x'])) > 0)
   assert np.abs(np.asarray(g['y'])).sum() > 0 and np.isfinite(g['log_temp'])
   # the same gradient as differentiating the base on an explicitly decoded set
-  base = _RecordingBase()
   direct = jax.grad(lambda x: (base.per_sample({**syn, 'x': idc.decode(x, 2),
                                                 'y': idc.decode_labels(syn['y'], 2)},
                                                None, None, None).loss.mean()
                                + 0.1 * base.regularizer({'x': idc.decode(x, 2)},
                                                         idc.decoded_classes(classes, 2))))
   np.testing.assert_allclose(g['x'], direct(syn['x']), rtol=1e-4, atol=1e-7)
+  # the step's image gradient is that one: one SGD step at lr 1e-2 without regularizer weight
+  state, step = _step_parts(base, mf, syn, classes)
+  new, _ = jax.jit(step)(state, {}, jax.random.PRNGKey(2))
+  full = jax.grad(lambda x: (base.per_sample({**syn, 'x': idc.decode(x, 2),
+                                              'y': idc.decode_labels(syn['y'], 2)},
+                                             None, None, None).loss.mean()
+                             + base.regularizer({'x': idc.decode(x, 2)},
+                                                idc.decoded_classes(classes, 2))))(syn['x'])
+  np.testing.assert_allclose(new.syn['x'], syn['x'] - 1e-2 * full, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_inputs_raise_value_errors_that_say_what_to_do():
@@ -239,7 +265,7 @@ def test_bad_inputs_raise_value_errors_that_say_what_to_do():
   with pytest.raises(ValueError, match='integer >= 1'):
     idc.decode_labels(jnp.eye(2), True)
   with pytest.raises(ValueError, match='integer >= 1'):
-    idc.MultiFormation(_RecordingBase(), 0)
+    idc.MultiFormation(0)
   with pytest.raises(ValueError, match='NHWC'):
     idc.decode(jnp.ones((4, 4, 1)), 2)
   with pytest.raises(ValueError, match='NHWC'):
@@ -247,7 +273,6 @@ def test_bad_inputs_raise_value_errors_that_say_what_to_do():
   with pytest.raises(ValueError, match=r'multiple of 4 images.*got 5'):
     idc.encode(jnp.ones((5, 4, 4, 1)), 2)
   with pytest.raises(ValueError, match='must match'):
-    idc.MultiFormation(_RecordingBase(), 2).decoded({'x': jnp.ones((2, 4, 4, 1)),
-                                                     'y': jnp.eye(3)})
+    idc.MultiFormation(2).decode({'x': jnp.ones((2, 4, 4, 1)), 'y': jnp.eye(3)})
   # numpy integers are valid factors
   assert idc.decode(jnp.ones((1, 4, 4, 1)), np.int64(2)).shape == (4, 4, 4, 1)

@@ -155,7 +155,7 @@ def test_dc_meta_loss_is_the_class_sum_of_distances():
   state = dc.init(None, jax.random.PRNGKey(3))
   batch, labels = _batch(4, 6)
   syn = _syn(5, 2)
-  ps = dc.per_sample(syn, state, batch, jax.random.PRNGKey(0))
+  ps = dc.per_class(syn, state, batch, jax.random.PRNGKey(0))
   want = 0.0
   params = state.variables['params']
   grad = jax.jit(jax.grad(dc.classifier_loss))
@@ -179,7 +179,7 @@ def test_dc_class_batching_unroll_equals_vmap():
             class_batching=mode)
     assert dc.class_batching == mode
     state = dc.init(None, jax.random.PRNGKey(3))
-    loss = lambda s: dc.per_sample(s, state, batch, jax.random.PRNGKey(0)).loss
+    loss = lambda s: dc.per_class(s, state, batch, jax.random.PRNGKey(0)).loss
     out[mode] = (loss(syn), jax.grad(lambda s: loss(s).sum())(syn)['x'])
   np.testing.assert_allclose(out['unroll'][0], out['vmap'][0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(out['unroll'][1], out['vmap'][1], rtol=1e-4, atol=1e-6)
@@ -198,7 +198,7 @@ def test_dm_loss_equals_the_mean_embedding_distance():
   batch, labels = _batch(6, 5)
   syn = _syn(7, 2)
   key = jax.random.PRNGKey(8)
-  ps = dm.per_sample(syn, (), batch, key)
+  ps = dm.per_class(syn, (), batch, key)
   variables = dm.fresh_network(jax.random.split(key)[0])
   _, fr = model.apply(variables, batch['x'])
   _, fs = model.apply(variables, syn['x'])
@@ -233,7 +233,7 @@ def test_matching_steps_lower_the_meta_loss(method):
   fixed = state.distiller_state
 
   def meta(syn):
-    return float(distiller.per_sample(syn, fixed, batch, probe).loss.mean())
+    return float(distiller.per_class(syn, fixed, batch, probe).loss.mean())
 
   before = meta(state.syn)
   for i in range(25):
@@ -273,7 +273,7 @@ def test_dc_with_batch_norm_sets_statistics_from_real_images():
   dc = DC(_model('batch'), SHAPE, K, outer_loop=2, inner_loop=1, bn_size=3)
   state = dc.init(None, jax.random.PRNGKey(0))
   batch, _ = _batch(12, 6)
-  ps = dc.per_sample(_syn(13, 2), state, batch, jax.random.PRNGKey(1))
+  ps = dc.per_class(_syn(13, 2), state, batch, jax.random.PRNGKey(1))
   assert np.isfinite(float(ps.loss.mean()))
   grouped = group_by_class(batch['x'], jnp.argmax(batch['y'], -1), K)
   upd = dc.with_bn_stats(state.variables, grouped)

@@ -107,6 +107,27 @@ def test_per_class_user_method_distils_in_process(tiny_npz, tmp_path):
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_user_set_builder_builds_its_set_without_steps(tiny_npz, tmp_path):
+  """A set builder is its own kind: the pipeline calls `build` once, takes no steps although the
+  config asks for some, and keeps its `report` in results.json."""
+  cfg = tiny_config(tiny_npz)
+  cfg.method = 'class_means'
+  cfg.eval.num_models = 0
+  assert cfg.distill.steps > 0
+  results = pipeline.run(cfg, str(tmp_path / 'cm'))
+  data = pipeline.load_data(cfg)
+  assert results['distill']['steps'] == 0
+  assert results['build'] == {'images_averaged': len(data.y_train) // 2}
+  assert not (tmp_path / 'cm' / 'metrics.jsonl').exists()
+  with np.load(tmp_path / 'cm' / 'distilled.npz') as f:
+    x, classes = f['x'], f['classes']
+  for c in range(data.num_classes):         # a mean of real images of its class, nearer to that
+    own = data.x_train[data.y_train == c].mean(0)            # class's mean than to the others'
+    others = [data.x_train[data.y_train == o].mean(0) for o in range(data.num_classes) if o != c]
+    for xi in x[classes == c]:
+      assert np.abs(xi - own).mean() < min(np.abs(xi - m).mean() for m in others)
+
+
 def test_registry_errors_name_what_exists():
   with pytest.raises(registry.RegistryError, match="method='nope' is not registered; choose one "
                                                    "of \\('datm', 'dc', 'dm', 'frepo', 'kip', "

@@ -184,7 +184,7 @@ def test_adapters_match_the_distillers_meta_loss_with_dsa():
   dc = DC(model, SHAPE, K, outer_loop=1, inner_loop=1, dsa_strategy='scale')
   state = dc.init(None, jax.random.PRNGKey(5))
   keys = jax.random.split(key, K)
-  ps_loss = jax.jit(dc.per_sample)(syn, state, batch, key).loss
+  ps_loss = jax.jit(dc.per_class)(syn, state, batch, key).loss
 
   @jax.jit
   def dc_class(k):
@@ -199,7 +199,7 @@ def test_adapters_match_the_distillers_meta_loss_with_dsa():
   k_net, k_aug = jax.random.split(key)
   variables = dm.fresh_network(k_net)
   keys = jax.random.split(k_aug, K)
-  ps_loss = jax.jit(dm.per_sample)(syn, (), batch, key).loss
+  ps_loss = jax.jit(dm.per_class)(syn, (), batch, key).loss
 
   @jax.jit
   def dm_class(k):

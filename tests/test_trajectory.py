@@ -263,7 +263,7 @@ def _datm(buffer, **kw):
 def test_datm_initial_images_are_classified_correctly_by_some_expert(buffer):
   d = _datm(buffer)
   syn = {'x': jnp.zeros((2 * K, HW, HW, 1)), 'y': jnp.zeros((2 * K, K)), 'syn_lr': 0.01}
-  out = d.initial_set(syn, jax.random.PRNGKey(0))
+  out = d.hooks.initial_set(syn, jax.random.PRNGKey(0))
   classes = np.repeat(np.arange(K), 2)
   right_by_some = np.zeros(len(classes), bool)
   for e in range(buffer.num_experts):
@@ -278,7 +278,7 @@ def test_datm_initial_images_are_classified_correctly_by_some_expert(buffer):
 
 def test_datm_sampler_reads_pairs_inside_the_window(buffer):
   d = _datm(buffer)
-  sample = d.batch_sampler(seed=0)
+  sample = d.hooks.batch_sampler(0)
   for step in (0, 20):
     b = sample(step)
     assert 0 <= int(b['epoch']) < d.start_window(step)[1]
@@ -291,7 +291,7 @@ def test_datm_sampler_reads_pairs_inside_the_window(buffer):
 
 def test_datm_gate_refuses_steps_above_the_threshold(buffer):
   syn = {'x': jnp.asarray(buffer.x[:K * 2]), 'y': jnp.zeros((2 * K, K)), 'syn_lr': jnp.array(0.1)}
-  batch = jax.tree_util.tree_map(jnp.asarray, _datm(buffer).batch_sampler(0)(0))
+  batch = jax.tree_util.tree_map(jnp.asarray, _datm(buffer).hooks.batch_sampler(0)(0))
   for threshold, moved in ((1e-9, False), (1e9, True)):
     d = _datm(buffer, threshold=threshold)
     opt = step_lib.make_syn_optimizer('sgd', 10.0, 1.0, 10, momentum=0.5, label_momentum=0.9,
@@ -317,7 +317,7 @@ def test_a_negative_step_size_stops_the_run_naming_the_step(tmp_path, buffer):
   with pytest.raises(loop.DivergedError, match=r'step 3 \(.*syn_lr = -0\.001.*step 2'):
     loop.run(step_fn, {'s': jnp.int32(0)}, lambda s: {'x': np.zeros((1,))}, num_steps=4,
              key=jax.random.PRNGKey(0), workdir=str(tmp_path), checkpoint_every=2, log_every=4,
-             problem=d.problem)
+             problem=d.hooks.problem)
 
 
 def test_tm_protocol_reads_the_learned_step_size_and_soft_labels():

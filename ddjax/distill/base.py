@@ -1,62 +1,53 @@
-"""The distiller interface: one class every method and every wrapper follows.
+"""The distiller interface: a small core, and optional pieces that compose with it.
 
 A distiller is a bundle of pure functions over the synthetic set `syn` (a pytree, at least
 {'x': (n, H, W, C), 'y': (n, K)}) and its own state (`state`: FRePo's model pool, DC's network,
 nothing for KIP). Argument order is the same everywhere: the synthetic set, the distiller's state,
-the real batch, then the PRNG key last.
+the real batch, then the PRNG key last. The core, driven by `ddjax.distill.step.make_step`:
 
     state  = d.init(syn, key)
-    state  = d.before_loss(syn, state, batch, step, key)        # hook, e.g. BiLP's selection
-    record = d.per_sample(syn, state, batch, key)               # PerSample or PerClass
-    loss   = mean_loss(transform(record)) + d.regularizer(syn, classes)
-    state  = d.update(syn, state, key)                          # the method's inner loop
+    record = d.per_sample(syn, state, batch, key)   # -> PerSample, when d.record == PER_SAMPLE
+    record = d.per_class(syn, state, batch, key)    # -> PerClass, when PER_CLASS or PER_SET
+    loss   = mean_loss(transform(record)) [+ d.regularizer(syn, classes), when declared]
+    state  = d.update(syn, state, key)              # the method's inner loop
 
-`ddjax.distill.step.make_step` drives these; subclasses override what they need and inherit the
-no-ops. Declared capabilities (class attributes, read by wrappers and `make_step`, never found by
-`isinstance`):
+Declared capabilities (class attributes, read by wrappers, the config and the step, never found
+by `isinstance`):
 
-- `record`: `PER_SAMPLE` when `per_sample` returns one `PerSample` row per real example whose mean
-  is the meta-loss (the KRR family; loss transforms such as ISA and BiLP's row weights apply), or
-  `PER_CLASS` when it returns a `PerClass` record (matching methods: one row per class), or
-  `PER_SET` for a single-row `PerClass` (trajectory matching), or `NO_META_LOSS` for a method that
-  takes no distillation steps.
+- `record`: `PER_SAMPLE` (one `PerSample` row per real example whose mean is the meta-loss: the
+  KRR family; row transforms such as ISA and BiLP's row weights apply), `PER_CLASS` (a `PerClass`
+  record, one row per class: the matching methods) or `PER_SET` (a one-row `PerClass`: trajectory
+  matching's distance between parameter vectors). `loss_record(d)` is the method it names.
 - `additive_form`: implemented (not None) when the meta-loss is additive-separable over real
   samples, L(G, S) with G = sum_i g(x_i) (DC, DM): BiLP's ITE works on it
   (`ddjax.scoring.ite.additive_ite_scores`).
-- `batch_sampler(seed)`: None (the run draws real batches), or the method's own host-side
-  sampler(step) -> batch (trajectory matching: a pair of expert snapshots); such a batch is
-  replicated on every device, not split.
-- `extra_metrics(syn, state, batch)`: further scalars logged with the step's metrics;
-  `problem(metrics)`: a host-side check of one step's metrics that stops the run with a message
-  (MTT's step size going negative); `update_gate(loss)`: None, or a boolean scalar that lets
-  the step's update through (DATM skips steps whose loss exceeds a threshold).
-- `decode` / `decode_classes` / `encode` / `images_per_stored`: how a stored set maps to the set
-  the method trains on (identity; IDC's multi-formation overrides them); `initial_set`: the set at
-  step 0 (where an optimisation-free method builds its set); `build_report()`: host-side facts
-  about how the set was built, kept in results.json under 'build' (RDED's selection time).
-- `host_phase(step)`: None (the default: one fused program per step, `update` traced), or, when
-  implemented, a host-side schedule: the hashable phase of outer step `step` (the step that takes
-  `state.step` from `step` to `step + 1`), a pure function of the step counter, so a resumed run
-  takes the same phases as an uninterrupted one. The run then compiles the step as separate
-  programs chosen on the host (`ddjax.distill.step.make_host_step`): `before_loss_at(phase, ...)`,
-  the image update, and `update_at(phase, ...)` once per phase, with no device-side branch
-  between phases (DC trains its network or draws a new one; a `lax.cond` would hold both).
+- `regularizer(syn, classes) -> ()`: None, or a scalar on the set added to the meta-loss outside
+  the record (FRePo's label margin; `classes` (n,) the class of each image). It stays out of the
+  record so that row transforms (ISA, drop-easiest, BiLP's weights) never see it.
+- `hooks`: None, or a `RunHooks` of the run-loop's optional pieces (BiLP's selection, DC's
+  host-side phases, MTT's expert batches and metrics, DATM's gate and initial set).
+
+Two further kinds of piece sit beside the core. A `SetParameterisation` maps the stored set (what
+the optimizer updates) to the set the distiller trains on and exports (identity by default; IDC's
+multi-formation), and is passed to the step. A `SetBuilder` (RDED, the random subset) is a method
+of its own kind, `kind = SET_BUILDER`: it builds the set once, with no meta-loss and no steps.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Hashable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 Array = jax.Array
 PyTree = Any
 
 PER_SAMPLE = 'per_sample'
 PER_CLASS = 'per_class'
-NO_META_LOSS = 'none'      # a method that takes no steps (the random-subset baseline)
+NO_META_LOSS = 'none'      # a set builder: no meta-loss, no steps
 PER_SET = 'per_set'        # one meta-loss for the whole set, not additive over real examples
                            # (trajectory matching: a distance between parameter vectors)
+DISTILLER = 'distiller'    # `kind`: a method that optimises its set against a meta-loss
+SET_BUILDER = 'set_builder'  # `kind`: a method that builds its set once (`SetBuilder`)
 
 
 def accepts_row_transforms(distiller) -> bool:
@@ -68,6 +59,20 @@ def accepts_row_transforms(distiller) -> bool:
 def has_ite_form(distiller) -> bool:
   """Whether BiLP's ITE applies: per-sample meta-losses or a declared additive form."""
   return accepts_row_transforms(distiller) or distiller.additive_form is not None
+
+
+def loss_record(distiller) -> Callable:
+  """The distiller's meta-loss record function, (syn, state, batch, key) -> record: `per_sample`
+  when it declares `record = PER_SAMPLE`, else `per_class`."""
+  if distiller.kind != DISTILLER:
+    raise TypeError(f'{distiller.name} is a {distiller.kind}: it builds its set once (`build`) '
+                    'and takes no distillation steps.')
+  method = 'per_sample' if distiller.record == PER_SAMPLE else 'per_class'
+  fn = getattr(distiller, method, None)
+  if fn is None:
+    raise TypeError(f'{distiller.name} declares record {distiller.record!r} but defines no '
+                    f'{method}(syn, state, batch, key); define it or change `record`.')
+  return fn
 
 
 class AdditiveForm(NamedTuple):
@@ -84,14 +89,63 @@ class AdditiveForm(NamedTuple):
   keys: Array
 
 
-class Distiller:
-  """Base class of every distiller: the interface with default no-ops (module docstring)."""
+class RunHooks(NamedTuple):
+  """Optional pieces of a run that only some methods have; None: the default (in brackets).
 
+  before_loss(syn, state, batch, step, key) -> state: runs first in every step, with the meta-loss
+    key (BiLP's adaptive selection) [state unchanged].
+  host_phase(step) -> hashable: a host-side schedule, a pure function of the outer step counter
+    (the step that takes `state.step` from `step` to `step + 1`), so a resumed run takes the same
+    phases. The run then compiles the step as separate programs chosen on the host
+    (`ddjax.distill.step.make_host_step`), with no device-side branch between phases (DC trains
+    its network or draws a new one) [one fused program per step].
+  before_loss_at(phase, syn, state, batch, step, key) -> state, update_at(phase, syn, state, key)
+    -> state: `before_loss` and the core's `update` at a step of the static `phase` [those two].
+  batch_sampler(seed) -> sampler(step) -> host batch: the method's own batches, a pure function of
+    (seed, step), replicated on every device (MTT's expert snapshots) [the run's real batches].
+  extra_metrics(syn, state, batch) -> {name: ()}: scalars logged with the step's [none].
+  problem(metrics) -> message or None: a host-side check of one step's metrics (floats) that stops
+    the run (MTT's step size going negative) [none].
+  update_gate(loss) -> () bool: False keeps the set and its optimizer state (DATM) [always True].
+  initial_set(syn, key) -> syn: the step-0 set from the default draw (class-balanced real or noise
+    images and their labels; DATM's expert-checked images and soft labels) [the draw].
+  """
+  before_loss: Callable | None = None
+  host_phase: Callable[[int], Hashable] | None = None
+  before_loss_at: Callable | None = None
+  update_at: Callable | None = None
+  batch_sampler: Callable[[int], Callable[[int], dict]] | None = None
+  extra_metrics: Callable | None = None
+  problem: Callable[[dict], str | None] | None = None
+  update_gate: Callable | None = None
+  initial_set: Callable | None = None
+
+
+NO_HOOKS = RunHooks()
+
+
+def filled_hooks(distiller) -> RunHooks:
+  """The distiller's hooks with `before_loss`, `before_loss_at`, `update_at` and `extra_metrics`
+  filled in by their defaults (the other entries stay None when absent)."""
+  hooks = distiller.hooks or NO_HOOKS
+  before = hooks.before_loss or (lambda syn, state, batch, step, key: state)
+  return hooks._replace(
+      before_loss=before,
+      before_loss_at=hooks.before_loss_at or (lambda phase, *args: before(*args)),
+      update_at=hooks.update_at or (lambda phase, *args: distiller.update(*args)),
+      extra_metrics=hooks.extra_metrics or (lambda syn, state, batch: {}))
+
+
+class Distiller:
+  """Base class of every distiller (module docstring): `init`, the meta-loss record named by
+  `record` (`per_sample` or `per_class`, defined by the subclass), `update`."""
+
+  kind: ClassVar[str] = DISTILLER
   record: ClassVar[str] = PER_SAMPLE
   additive_form: Callable[..., AdditiveForm] | None = None
   # additive_form(syn, state, batch, key, chunk_size) -> AdditiveForm, when implemented.
-  host_phase: Callable[[int], Hashable] | None = None
-  # host_phase(step) -> phase, when implemented (module docstring; `before_loss_at`, `update_at`).
+  regularizer: Callable[[PyTree, Array], Array] | None = None
+  hooks: RunHooks | None = None
 
   @property
   def name(self) -> str:
@@ -102,109 +156,24 @@ class Distiller:
     del syn, key
     return ()
 
-  def before_loss(self, syn: PyTree, state: PyTree, batch: dict[str, Array], step: Array,
-                  key: Array) -> PyTree:
-    """Runs first in every step with `per_sample`'s key (BiLP's adaptive selection)."""
-    del syn, batch, step, key
-    return state
-
-  def per_sample(self, syn: PyTree, state: PyTree, batch: dict[str, Array], key: Array):
-    """The meta-loss record of the real batch {'x': (B, H, W, C), 'y': (B, K)}, differentiable
-    in `syn`: a `PerSample` (B rows) or a `PerClass` (K rows), as `record` declares."""
-    raise NotImplementedError(f'{self.name} does not define per_sample.')
-
-  def regularizer(self, syn: PyTree, classes: Array) -> Array:
-    """A scalar added to the meta-loss; classes (n,) the class of each stored prototype."""
-    del syn, classes
-    return jnp.zeros((), jnp.float32)
-
   def update(self, syn: PyTree, state: PyTree, key: Array) -> PyTree:
     """The method's inner loop after the synthetic set moved (FRePo's pool, DC's network)."""
     del syn, key
     return state
 
-  # -- host-chosen phases (`host_phase`) ----------------------------------------------------------
-  def before_loss_at(self, phase: Hashable, syn: PyTree, state: PyTree, batch: dict[str, Array],
-                     step: Array, key: Array) -> PyTree:
-    """`before_loss` at a step of the host-chosen `phase` (static); by default `before_loss`."""
-    del phase
-    return self.before_loss(syn, state, batch, step, key)
-
-  def update_at(self, phase: Hashable, syn: PyTree, state: PyTree, key: Array) -> PyTree:
-    """`update` at a step of the host-chosen `phase` (static): the branch `update` would take
-    there, without the device-side choice. By default `update`."""
-    del phase
-    return self.update(syn, state, key)
-
-  # -- batches, metrics and guards of the run loop -------------------------------------------------
-  def batch_sampler(self, seed: int) -> Callable[[int], dict] | None:
-    """None: the run samples real batches. Else sampler(step) -> host batch, a pure function of
-    (seed, step) (a resumed run replays it), replicated on every device."""
-    del seed
-    return None
-
-  def extra_metrics(self, syn: PyTree, state: PyTree, batch: dict[str, Array]) -> dict:
-    """Further () scalars to log with the step's metrics (jittable)."""
-    del syn, state, batch
-    return {}
-
-  def problem(self, metrics: dict[str, float]) -> str | None:
-    """A host-side check of one step's metrics (floats): a message stops the run."""
-    del metrics
-    return None
-
-  def update_gate(self, loss: Array) -> Array | None:
-    """None (every step updates), or a () bool: False keeps the set and its optimizer state."""
-    del loss
-    return None
-
-  # -- the stored set and the set the method trains on --------------------------------------------
-  images_per_stored: ClassVar[int] = 1
-
-  def encode(self, syn: PyTree) -> PyTree:
-    """Initial stored set from `images_per_stored` real images per stored image."""
-    return syn
-
-  def initial_set(self, syn: PyTree, key: Array) -> PyTree:
-    """The stored set at step 0 from the default draw `syn` (class-balanced real or noise images,
-    IPC x `images_per_stored` per class, and their labels): `encode(syn)` for the optimised
-    methods; an optimisation-free method builds its whole set here from what `build` gave it."""
-    del key
-    return self.encode(syn)
-
-  def decode(self, syn: PyTree) -> PyTree:
-    """The set the method trains on and exports, from the stored one."""
-    return syn
-
-  def decode_classes(self, classes: Array) -> Array:
-    return classes
-
-  def build_report(self) -> dict:
-    """JSON-able facts about how the set was built, for results.json's 'build' entry ({}: none;
-    RDED: its selection's seconds and milliseconds per stored image)."""
-    return {}
-
 
 class Wrapper(Distiller):
-  """A distiller around another (`self.wrapped`): forwards everything and the capabilities.
-
-  A subclass that overrides `before_loss` or `update` overrides `before_loss_at` or `update_at`
-  the same way (the host-phased programs call those; tests/test_host_step.py checks it)."""
+  """A distiller around another (`self.wrapped`): forwards the core, the capabilities and the
+  hooks. A subclass that changes `update` (or has a `before_loss`) exposes hooks whose `update_at`
+  (`before_loss_at`) does the same, or host-phased programs skip it (tests/test_host_step.py)."""
 
   def __init__(self, wrapped: Distiller):
     self.wrapped = wrapped
 
-  @property
-  def record(self) -> str:            # type: ignore[override]
-    return self.wrapped.record
-
-  @property
-  def additive_form(self):            # type: ignore[override]
-    return self.wrapped.additive_form
-
-  @property
-  def host_phase(self):               # type: ignore[override]
-    return self.wrapped.host_phase
+  record = property(lambda self: self.wrapped.record)                # type: ignore[assignment]
+  additive_form = property(lambda self: self.wrapped.additive_form)  # type: ignore[assignment]
+  regularizer = property(lambda self: self.wrapped.regularizer)      # type: ignore[assignment]
+  hooks = property(lambda self: self.wrapped.hooks)                  # type: ignore[assignment]
 
   @property
   def name(self) -> str:
@@ -213,51 +182,58 @@ class Wrapper(Distiller):
   def init(self, syn, key):
     return self.wrapped.init(syn, key)
 
-  def before_loss(self, syn, state, batch, step, key):
-    return self.wrapped.before_loss(syn, state, batch, step, key)
-
   def per_sample(self, syn, state, batch, key):
     return self.wrapped.per_sample(syn, state, batch, key)
 
-  def regularizer(self, syn, classes):
-    return self.wrapped.regularizer(syn, classes)
+  def per_class(self, syn, state, batch, key):
+    return self.wrapped.per_class(syn, state, batch, key)
 
   def update(self, syn, state, key):
     return self.wrapped.update(syn, state, key)
 
-  def before_loss_at(self, phase, syn, state, batch, step, key):
-    return self.wrapped.before_loss_at(phase, syn, state, batch, step, key)
 
-  def update_at(self, phase, syn, state, key):
-    return self.wrapped.update_at(phase, syn, state, key)
+class SetParameterisation:
+  """How the stored set (what the optimizer updates) maps to the set the distiller trains on and
+  the run exports: the identity. IDC's multi-formation (`ddjax.distill.idc.MultiFormation`) stores
+  `images_per_stored` images in each stored one."""
 
-  def batch_sampler(self, seed):
-    return self.wrapped.batch_sampler(seed)
+  images_per_stored: int = 1
 
-  def extra_metrics(self, syn, state, batch):
-    return self.wrapped.extra_metrics(syn, state, batch)
+  def encode(self, syn: PyTree) -> PyTree:
+    """The initial stored set from `images_per_stored` real images per stored image."""
+    return syn
 
-  def problem(self, metrics):
-    return self.wrapped.problem(metrics)
+  def decode(self, syn: PyTree) -> PyTree:
+    """The set the distiller trains on and the run exports, from the stored one."""
+    return syn
 
-  def update_gate(self, loss):
-    return self.wrapped.update_gate(loss)
+  def decode_classes(self, classes: Array) -> Array:
+    """Class (n,) of every stored image -> that of every decoded image."""
+    return classes
+
+
+IDENTITY = SetParameterisation()
+
+
+class SetBuilder:
+  """A method that builds its set once, with no meta-loss and no steps (RDED, the random subset;
+  any selection or generative method): `kind = SET_BUILDER`. It declares no meta-loss (`record`,
+  `additive_form`), so the config refuses the transforms and wrappers that need one."""
+
+  kind: ClassVar[str] = SET_BUILDER
+  record: ClassVar[str] = NO_META_LOSS
+  additive_form: ClassVar[None] = None
 
   @property
-  def images_per_stored(self) -> int:  # type: ignore[override]
-    return self.wrapped.images_per_stored
+  def name(self) -> str:
+    return type(self).__name__
 
-  def encode(self, syn):
-    return self.wrapped.encode(syn)
+  def build(self, syn_init: PyTree, key: Array) -> PyTree:
+    """The stored set from the default draw `syn_init` (IPC class-balanced real or noise images
+    per class and their labels)."""
+    raise NotImplementedError(f'{self.name} does not define build(syn_init, key).')
 
-  def initial_set(self, syn, key):
-    return self.wrapped.initial_set(syn, key)
-
-  def decode(self, syn):
-    return self.wrapped.decode(syn)
-
-  def decode_classes(self, classes):
-    return self.wrapped.decode_classes(classes)
-
-  def build_report(self):
-    return self.wrapped.build_report()
+  def report(self) -> dict:
+    """JSON-able facts about how the set was built, kept in results.json under 'build' ({}:
+    none; RDED: its selection's seconds and milliseconds per stored image)."""
+    return {}

@@ -11,10 +11,10 @@ modes for BiLP Table 5). The keep mask reaches the base distiller as `batch['wei
 statistic G is the mean over the kept samples only. The run loop holds each real batch for `every`
 steps (`ddjax.runtime.loop.make_sampler(hold=every)`), so a mask always refers to the batch it was
 computed on: BiLP "updates the data every 10 iterations". The schedule is the wrapper's
-`host_phase` (`ddjax.distill.base`): the run compiles the reselection (the ITE scores) as a
-program of its own that runs on reselection steps only, and the step's image update without it
-(a `lax.cond` would hold the ITE in every step's program, where XLA:CPU runs its convolution
-gradients far slower); `before_loss` keeps the traced form for a single-program step.
+`host_phase` hook (`ddjax.distill.base.RunHooks`): the run compiles the reselection (the ITE
+scores) as a program of its own that runs on reselection steps only, and the step's image update
+without it (a `lax.cond` would hold the ITE in every step's program, where XLA:CPU runs its
+convolution gradients far slower); `before_loss` keeps the traced form for a single-program step.
 
 Which distillers it wraps is decided by their declared capabilities (`ddjax.distill.base`), never
 by their type:
@@ -28,8 +28,8 @@ by their type:
   reaches the loss as the record's row weights (`PerSample.weight`): the meta-loss is the mean over
   the kept rows. ISA's transforms still see every row (they rank by loss and carry the weights),
   so drop_easiest and the mask compose.
-IDC's `MultiFormation` goes outside: `MultiFormation(AdaptivePruning(DC(...)), f)` hands it the
-decoded set.
+IDC's `MultiFormation` is the step's set parameterisation, outside the wrapper: the step hands
+`AdaptivePruning(DC(...))` the decoded set.
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ddjax.distill.base import Distiller, Wrapper, accepts_row_transforms, has_ite_form
+from ddjax.distill.base import (NO_HOOKS, Distiller, RunHooks, Wrapper, accepts_row_transforms,
+                                filled_hooks, has_ite_form)
 from ddjax.scoring import ite as ite_lib
 from ddjax.scoring import selection as selection_lib
 
@@ -62,7 +63,7 @@ class BiLPState:
 
 
 class AdaptivePruning(Wrapper):
-  """BiLP's adaptive (ITE) pruning around a distiller; its `before_loss` reselects the batch.
+  """BiLP's adaptive (ITE) pruning around a distiller; its `before_loss` hook reselects the batch.
 
   Args:
     wrapped: a distiller with per-sample records or an `additive_form` (module docstring).
@@ -95,6 +96,14 @@ class AdaptivePruning(Wrapper):
     self.chunk_size = chunk_size
     self.sketch_dim = int(sketch_dim)
 
+  @property
+  def hooks(self) -> RunHooks:
+    """The wrapped distiller's hooks, with the reselection before its `before_loss` and the
+    reselection schedule folded into its `host_phase`."""
+    inner = self.wrapped.hooks or NO_HOOKS
+    return inner._replace(before_loss=self.before_loss, host_phase=self.host_phase,
+                          before_loss_at=self.before_loss_at, update_at=self.update_at)
+
   def init(self, syn: PyTree, key: Array) -> BiLPState:
     return BiLPState(wrapped_state=self.wrapped.init(syn, key),
                      selection=self.selector.init(self.batch_size))
@@ -102,7 +111,7 @@ class AdaptivePruning(Wrapper):
   def ite_scores(self, syn: PyTree, wrapped_state: PyTree, batch: dict[str, Array],
                  key: Array) -> Array:
     """||ITE||_2 of every real sample of `batch`, (B,) in batch order, for the meta-loss that
-    `wrapped.per_sample(syn, wrapped_state, batch, key)` computes."""
+    the wrapped distiller's record (`per_sample` or `per_class`) computes."""
     frozen = jax.lax.stop_gradient(syn)
     if accepts_row_transforms(self.wrapped):
       losses = lambda x: self.wrapped.per_sample({**frozen, 'x': x}, wrapped_state, batch,
@@ -123,7 +132,7 @@ class AdaptivePruning(Wrapper):
     """Reselect (scores, running statistics, window) when step % every == 0; else keep the mask
     (a `lax.cond` in the step's program; the run uses the host-phased `before_loss_at`)."""
     self._check_batch(batch)
-    inner = self.wrapped.before_loss(syn, state.wrapped_state, batch, step, key)
+    inner = filled_hooks(self.wrapped).before_loss(syn, state.wrapped_state, batch, step, key)
     selection = self.selector.update(
         state.selection, lambda: self.ite_scores(syn, inner, batch, key), step)
     return state.replace(wrapped_state=inner, selection=selection)
@@ -134,14 +143,15 @@ class AdaptivePruning(Wrapper):
     """(reselect at this step, the wrapped distiller's phase or None). Reselection steps are
     step % every == 0, as `before_loss`'s (whose `count == 0` test only matters for a run that
     does not start at step 0)."""
-    inner = self.wrapped.host_phase
+    inner = (self.wrapped.hooks or NO_HOOKS).host_phase
     return self.selector.due(step), None if inner is None else inner(step)
 
   def before_loss_at(self, phase: tuple[bool, Any], syn: PyTree, state: BiLPState,
                      batch: dict[str, Array], step: Array, key: Array) -> BiLPState:
     self._check_batch(batch)
     reselect, inner_phase = phase
-    inner = self.wrapped.before_loss_at(inner_phase, syn, state.wrapped_state, batch, step, key)
+    inner = filled_hooks(self.wrapped).before_loss_at(inner_phase, syn, state.wrapped_state,
+                                                      batch, step, key)
     selection = state.selection
     if reselect:
       selection = self.selector.reselect(selection, self.ite_scores(syn, inner, batch, key))
@@ -153,18 +163,23 @@ class AdaptivePruning(Wrapper):
                        f'{batch["x"].shape[0]}.')
 
   def per_sample(self, syn: PyTree, state: BiLPState, batch: dict[str, Array], key: Array):
+    """The wrapped per-sample record with the keep mask as its row weights: the meta-loss is the
+    mean over the kept rows (`PerSample.weight`)."""
     weight = state.selection.mask.astype(jnp.float32)
-    if accepts_row_transforms(self.wrapped):    # the mean over the kept rows (PerSample.weight)
-      return self.wrapped.per_sample(syn, state.wrapped_state, batch, key).replace(weight=weight)
-    return self.wrapped.per_sample(syn, state.wrapped_state, {**batch, 'weight': weight}, key)
+    return self.wrapped.per_sample(syn, state.wrapped_state, batch, key).replace(weight=weight)
+
+  def per_class(self, syn: PyTree, state: BiLPState, batch: dict[str, Array], key: Array):
+    """The wrapped per-class record on the batch with the keep mask as batch['weight']."""
+    weight = state.selection.mask.astype(jnp.float32)
+    return self.wrapped.per_class(syn, state.wrapped_state, {**batch, 'weight': weight}, key)
 
   def update(self, syn: PyTree, state: BiLPState, key: Array) -> BiLPState:
     return state.replace(wrapped_state=self.wrapped.update(syn, state.wrapped_state, key))
 
   def update_at(self, phase: tuple[bool, Any], syn: PyTree, state: BiLPState,
                 key: Array) -> BiLPState:
-    return state.replace(wrapped_state=self.wrapped.update_at(phase[1], syn,
-                                                              state.wrapped_state, key))
+    inner = filled_hooks(self.wrapped).update_at(phase[1], syn, state.wrapped_state, key)
+    return state.replace(wrapped_state=inner)
 
 
 def from_config(distiller: Distiller, cfg: ml_collections.ConfigDict,

@@ -69,6 +69,11 @@ class DATM(mtt.TrajectoryMatching):
     return self.min_start, window_upper(iteration, self.min_start, self.current_max,
                                         self.max_start, self.expansion_end, self.sequential)
 
+  @property
+  def hooks(self) -> mtt.RunHooks:
+    """Trajectory matching's hooks, with DATM's update gate and initial set."""
+    return super().hooks._replace(update_gate=self.update_gate, initial_set=self.initial_set)
+
   def update_gate(self, loss):
     return loss <= self.threshold
 

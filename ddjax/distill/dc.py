@@ -19,8 +19,8 @@ Batch norm is handled as DC does: before matching, the network runs once in trai
 
 The real gradient is the batch mean of per-sample gradients, G_c = sum_i g(x_i) with
 g(x_i) = grad l(theta; x_i) / |B_c|; `per_sample_gradients` returns them (vmapped) for BiLP's ITE,
-`per_sample` uses the cheaper batch gradient; `additive_form` is that form per class (what BiLP's
-ITE needs). `per_sample` reports a `PerClass` record (loss = K * class distance, so its mean is
+`per_class` uses the cheaper batch gradient; `additive_form` is that form per class (what BiLP's
+ITE needs). `per_class` reports a `PerClass` record (loss = K * class distance, so its mean is
 DC's sum over classes); row transforms (ISA, drop-easiest) do not apply.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import optax
 
 from ddjax import registry
 from ddjax.augment.dsa import DSAParams, dsa
-from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller
+from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller, RunHooks
 from ddjax.distill.matching import depth_mask, gradient_distance, group_by_class, matching_defaults
 from ddjax.models import per_example_model
 from ddjax.models.order import in_module_order, parameter_order
@@ -213,8 +213,8 @@ class DC(Distiller):
       mask = depth_mask(in_module_order(g_real, order), self.layer_fraction)
     return gradient_distance(g_real, g_syn, self.metric, mask)
 
-  def per_sample(self, syn: PyTree, state: DCState, batch: dict[str, Array],
-                 key: Array) -> PerSample:
+  def per_class(self, syn: PyTree, state: DCState, batch: dict[str, Array],
+                key: Array) -> PerClass:
     """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows).
 
     An optional batch['weight'] (B,) weights the real samples in their class gradient (BiLP's
@@ -236,9 +236,9 @@ class DC(Distiller):
                       chunk_size: int | None = None) -> Separable:
     """One class of gradient matching as L(G, S) = distance(G, grad_theta l(theta; A(S))), with
     g_i = grad_theta l(theta; A(x_i)) / B and G = sum_i g_i, the real class gradient
-    `per_sample` matches; A is the class's DSA draw from `key` on both sides (`per_sample` uses
+    `per_class` matches; A is the class's DSA draw from `key` on both sides (`per_class` uses
     keys = split(key, K), pass keys[c]). L's S-gradient is that of DC's meta-loss (the other
-    classes do not depend on S_c; `per_sample` scales by K only so that its mean is the class sum).
+    classes do not depend on S_c; `per_class` scales by K only so that its mean is the class sum).
 
     G is the batch gradient (one backward pass); the g_i come as a `PerSampleFn` on the augmented
     images, computed chunk by chunk where the ITE uses them (`ddjax.scoring.ite`), never stored
@@ -277,7 +277,7 @@ class DC(Distiller):
 
   def additive_form(self, syn: PyTree, state: DCState, batch: dict[str, Array], key: Array,
                     chunk_size: int | None = None) -> AdditiveForm:
-    """The additive form of `per_sample(syn, state, batch, key)`'s meta-loss, class by class,
+    """The additive form of `per_class(syn, state, batch, key)`'s meta-loss, class by class,
     with the same network, batch-norm statistics and DSA draws."""
     labels = jnp.argmax(batch['y'], -1)
     xr = group_by_class(batch['x'], labels, self.num_classes)
@@ -312,9 +312,15 @@ class DC(Distiller):
     return carry_variables(carry)
 
   # The inner update: a new network after the last outer loop, else inner_loop epochs on S. The
-  # phase is a host-side function of the step counter (`host_phase`), so the run compiles the
-  # image update and each branch as separate programs; `update` is the same choice traced.
+  # phase is a host-side function of the step counter (the `host_phase` hook), so the run
+  # compiles the image update and each branch as separate programs; `update` is the same choice
+  # traced.
   TRAIN, FRESH = 'train', 'fresh'
+
+  @property
+  def hooks(self) -> RunHooks:
+    """The host-side schedule of the inner update (`host_phase`, `update_at`)."""
+    return RunHooks(host_phase=self.host_phase, update_at=self.update_at)
 
   def host_phase(self, step: int) -> str:
     """The inner update after outer step `step` (0-based, counted over the whole run; one DC

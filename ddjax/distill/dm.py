@@ -8,7 +8,7 @@ parameters on both sides) and matches the class means:
 
 The real side is additive over samples: G_c = sum_i g(x_i) with g(x_i) = psi(A(x_i)) / |B_c|
 (`real_statistic` returns the g(x_i); `loss_from_statistic` takes G), the form BiLP's ITE needs.
-`additive_form` is that form per class (BiLP's ITE). `per_sample` reports a `PerClass` record
+`additive_form` is that form per class (BiLP's ITE). `per_class` reports a `PerClass` record
 (pred = synthetic mean embedding, target = real mean, loss = K * class distance so that its mean is
 DM's sum over classes); row transforms (ISA, drop-easiest) do not apply to it.
 """
@@ -62,7 +62,7 @@ class DM(Distiller):
     return self.model.init(key, jnp.zeros((1,) + self.image_shape, jnp.float32), train=False)
 
   def network_and_keys(self, key: Array) -> tuple[PyTree, Array]:
-    """The fresh network and the K per-class DSA keys that `per_sample(..., key)` uses."""
+    """The fresh network and the K per-class DSA keys that `per_class(..., key)` uses."""
     k_net, k_aug = jax.random.split(key)
     return self.fresh_network(k_net), jax.random.split(k_aug, self.num_classes)
 
@@ -109,8 +109,8 @@ class DM(Distiller):
     """Per-class DM distances (K,) from the real class means g_sum (K, D) and syn_x (K, ipc, ...)."""
     return self.distance(g_sum, self.syn_statistic(variables, syn_x, keys))
 
-  def per_sample(self, syn: PyTree, state: tuple, batch: dict[str, Array],
-                 key: Array) -> PerSample:
+  def per_class(self, syn: PyTree, state: tuple, batch: dict[str, Array],
+                key: Array) -> PerClass:
     """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows).
 
     An optional batch['weight'] (B,) weights the real samples in their class mean (BiLP's
@@ -133,7 +133,7 @@ class DM(Distiller):
                       key: Array) -> Separable:
     """One class of DM: g_i = psi(A(x_i)) / B (`real_statistic`), G = sum_i g_i (the real mean
     embedding), L(G, S) = ||G - mean_s psi(A(s))||^2, A the class's DSA draw from `key` on both
-    sides (`per_sample` uses keys = split(k_aug, K); pass keys[c]). L is quadratic in G, so the
+    sides (`per_class` uses keys = split(k_aug, K); pass keys[c]). L is quadratic in G, so the
     first-order ITE is exact here. x_real (B, H, W, C); x_syn (ipc, H, W, C)."""
     g = jax.lax.stop_gradient(self.real_statistic(variables, x_real[None], key[None])[0])
     features = lambda S: self.syn_statistic(variables, S[None], key[None])[0]
@@ -147,7 +147,7 @@ class DM(Distiller):
 
   def additive_form(self, syn: PyTree, state: tuple, batch: dict[str, Array], key: Array,
                     chunk_size: int | None = None) -> AdditiveForm:
-    """The additive form of `per_sample(syn, state, batch, key)`'s meta-loss, class by class,
+    """The additive form of `per_class(syn, state, batch, key)`'s meta-loss, class by class,
     with the same fresh network and DSA draws. (DM embeds whole classes; chunk_size unused.)"""
     del state, chunk_size
     variables, keys = self.network_and_keys(key)

@@ -9,7 +9,8 @@ and upsamples every tile back to (H, W) bilinearly, like PyTorch's
 `nn.Upsample(size=(H, W), mode='bilinear')` (align_corners=False: half-pixel centres, source
 coordinate (dst + 0.5) * in / out - 0.5 clamped at the borders), which `jax.image.resize(...,
 'bilinear')` reproduces when upsampling. Decoding is linear in the stored pixels, hence
-differentiable, so any distiller's meta-loss can be taken through it (`MultiFormation`).
+differentiable, so any distiller's meta-loss can be taken through it (`MultiFormation`, the
+stored set's parameterisation that the step decodes).
 
 Order: the f^2 tiles of stored image i are rows i * f^2 ... (i + 1) * f^2 - 1 of the decoded set,
 row-major over the grid (tile t sits at grid row t // f, column t % f), so a class-grouped stored
@@ -31,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ddjax.distill.base import Distiller, Wrapper
+from ddjax.distill.base import IDENTITY, SetParameterisation
 
 Array = jax.Array
 PyTree = Any
@@ -133,81 +134,43 @@ def encode(x_real: Array, factor: int) -> Array:
   return grid[:, :h, :w]
 
 
-class MultiFormation(Wrapper):
-  """Any distiller on IDC's parameterization.
+class MultiFormation(SetParameterisation):
+  """IDC's parameterization of the stored set, for any distiller (`ddjax.distill.step` takes it
+  as the step's `param`).
 
-  The stored set {'x': (n, H, W, C), 'y': (n, K), ...} is what the optimizer updates; every method
+  The stored set {'x': (n, H, W, C), 'y': (n, K), ...} is what the optimizer updates; the step
   decodes it to {'x': (n * f^2, H, W, C), 'y': (n * f^2, K), other keys unchanged} before calling
-  the wrapped distiller, so its meta-loss is differentiated through `decode` onto the stored
-  pixels. The initial stored set is encoded from f^2 real images per stored image (`encode`), and
-  the exported / evaluated set is the decoded one.
+  the distiller, so its meta-loss is differentiated through `decode` onto the stored pixels. The
+  initial stored set is encoded from f^2 real images per stored image (`encode`), and the
+  exported / evaluated set is the decoded one. BiLP's adaptive pruning composes: it wraps the
+  distiller, so it sees the decoded set.
   """
 
-  def __init__(self, wrapped: Distiller, factor: int):
-    super().__init__(wrapped)
+  def __init__(self, factor: int):
     self.factor = _check_factor(factor)
 
-  def decoded(self, syn: PyTree) -> PyTree:
-    """The synthetic set the wrapped distiller sees: x and y decoded, other keys unchanged."""
+  @property
+  def images_per_stored(self) -> int:
+    return self.factor * self.factor
+
+  def decode(self, syn: PyTree) -> PyTree:
+    """The synthetic set the distiller sees: x and y decoded, other keys unchanged."""
     if syn['y'].shape[0] != syn['x'].shape[0]:
       raise ValueError(f"syn['y'] has {syn['y'].shape[0]} rows but syn['x'] holds "
                        f"{syn['x'].shape[0]} stored images; they must match.")
     return {**syn, 'x': decode(syn['x'], self.factor),
             'y': decode_labels(syn['y'], self.factor)}
 
-  def init(self, syn: PyTree, key: Array) -> Any:
-    return self.wrapped.init(self.decoded(syn), key)
-
-  def before_loss(self, syn: PyTree, state: Any, batch: dict, step: Array, key: Array) -> Any:
-    return self.wrapped.before_loss(self.decoded(syn), state, batch, step, key)
-
-  def per_sample(self, syn: PyTree, state: Any, batch: dict[str, Array], key: Array):
-    return self.wrapped.per_sample(self.decoded(syn), state, batch, key)
-
-  def regularizer(self, syn: PyTree, classes: Array) -> Array:
-    """classes: int (n,) class of each stored image; the wrapped distiller gets those of the
-    decoded set."""
-    return self.wrapped.regularizer(self.decoded(syn), decoded_classes(classes, self.factor))
-
-  def update(self, syn: PyTree, state: Any, key: Array) -> Any:
-    return self.wrapped.update(self.decoded(syn), state, key)
-
-  def before_loss_at(self, phase, syn: PyTree, state: Any, batch: dict, step: Array,
-                     key: Array) -> Any:
-    return self.wrapped.before_loss_at(phase, self.decoded(syn), state, batch, step, key)
-
-  def update_at(self, phase, syn: PyTree, state: Any, key: Array) -> Any:
-    return self.wrapped.update_at(phase, self.decoded(syn), state, key)
-
-  @property
-  def additive_form(self):
-    """The wrapped distiller's additive form, taken on the decoded set (None when it has none)."""
-    form = self.wrapped.additive_form
-    if form is None:
-      return None
-    return lambda syn, state, batch, key, chunk_size=None: form(self.decoded(syn), state, batch,
-                                                                 key, chunk_size)
-
-  @property
-  def images_per_stored(self) -> int:
-    return self.factor * self.factor * self.wrapped.images_per_stored
+  def decode_classes(self, classes: Array) -> Array:
+    """classes: int (n,) class of each stored image -> those of the decoded set."""
+    return decoded_classes(classes, self.factor)
 
   def encode(self, syn: PyTree) -> PyTree:
     """Stored images from f^2 real images each (`encode`), with the first image's label."""
     f2 = self.factor * self.factor
     return {**syn, 'x': encode(syn['x'], self.factor), 'y': syn['y'][::f2]}
 
-  def initial_set(self, syn: PyTree, key: Array) -> PyTree:
-    del key
-    return self.encode(syn)
 
-  def decode(self, syn: PyTree) -> PyTree:
-    return self.wrapped.decode(self.decoded(syn))
-
-  def decode_classes(self, classes: Array) -> Array:
-    return self.wrapped.decode_classes(decoded_classes(classes, self.factor))
-
-
-def from_config(distiller: Distiller, cfg) -> Distiller:
-  """`distiller` on IDC's multi-formation when idc.factor > 1."""
-  return MultiFormation(distiller, cfg.idc.factor) if cfg.idc.factor > 1 else distiller
+def from_config(cfg) -> SetParameterisation:
+  """IDC's multi-formation when idc.factor > 1, else the identity parameterisation."""
+  return MultiFormation(cfg.idc.factor) if cfg.idc.factor > 1 else IDENTITY

@@ -47,7 +47,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ddjax import registry
-from ddjax.distill.base import PER_SET, Distiller
+from ddjax.distill.base import PER_SET, Distiller, RunHooks
 from ddjax.models.order import in_module_order, parameter_order
 from ddjax.transforms.base import PerClass
 
@@ -234,7 +234,8 @@ class TrajectoryMatching(Distiller):
   """MTT's meta-loss on a buffer of expert trajectories (module docstring).
 
   The real "batch" of a step is a pair of expert snapshots {'start': (P,), 'target': (P,),
-  'epoch': ()} drawn on the host by `batch_sampler` (so a resumed run replays the same pairs);
+  'epoch': ()} drawn on the host by the `batch_sampler` hook (so a resumed run replays the same
+  pairs);
   the synthetic set is {'x': (n, H, W, C), 'y': (n, K), 'syn_lr': ()}.
 
   Args:
@@ -284,6 +285,13 @@ class TrajectoryMatching(Distiller):
     else:
       self._unroll = lambda *a: unroll(self.grad_fn, *a, remat=remat, loop=loop)
 
+  @property
+  def hooks(self) -> RunHooks:
+    """The run's pieces of trajectory matching: expert-snapshot batches, the learned step size
+    and start epoch as metrics, the step-size check."""
+    return RunHooks(batch_sampler=self.batch_sampler, extra_metrics=self.extra_metrics,
+                    problem=self.problem)
+
   # -- sampling expert snapshots on the host -------------------------------------------------------
   def start_window(self, iteration: int) -> tuple[int, int]:
     """[low, high) of the start epoch at `iteration` (MTT: fixed; DATM overrides)."""
@@ -321,7 +329,8 @@ class TrajectoryMatching(Distiller):
       mask = loss_ranked_mask(jnp.square(theta - target), self.mask_fraction)
     return normalized_distance(theta, start, target, mask)
 
-  def per_sample(self, syn, state, batch, key):
+  def per_class(self, syn: PyTree, state: Any, batch: dict[str, Array], key: Array) -> PerClass:
+    """The matching loss of one expert pair as a one-row record (`record = PER_SET`)."""
     del state
     start = jax.lax.stop_gradient(batch['start'])
     target = jax.lax.stop_gradient(batch['target'])

@@ -5,17 +5,15 @@ protocol of the distilled sets, so it is the floor every method must beat.
 from __future__ import annotations
 
 from ddjax import registry
-from ddjax.distill.base import NO_META_LOSS, Distiller
+from ddjax.distill.base import SetBuilder
 
 
-class RandomSubset(Distiller):
-  """No meta-loss: the run takes zero steps, the initial (real) set is the result."""
+class RandomSubset(SetBuilder):
+  """A set builder whose set is the default draw: the class-balanced real subset."""
 
-  record = NO_META_LOSS
-
-  def per_sample(self, syn, state, batch, key):
-    raise NotImplementedError('random_subset takes no distillation steps (its set is the initial '
-                              'real subset); distill.steps has no effect on it.')
+  def build(self, syn_init, key):
+    del key
+    return syn_init
 
 
 def _configure(cfg, preset: str) -> None:
@@ -28,5 +26,5 @@ def _configure(cfg, preset: str) -> None:
 
 registry.register(registry.Method(
     name='random_subset', distiller_class=RandomSubset, build=lambda cfg, data: RandomSubset(),
-    configure=_configure, plan=lambda cfg, facts: {'steps': 0}, protocol='frepo',
+    configure=_configure, protocol='frepo',
     description='baseline: a random class-balanced real subset, no distillation'))

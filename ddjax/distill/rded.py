@@ -11,8 +11,9 @@ For every class c (rded txt:290; the official synthesize/utils.py, references se
   5. factor x factor patches are stitched into one image, patch k of a group into cell k in
      row-major order (factor 2 at >= 64 px, 1 below, as the paper; any channel count).
 
-The stored set is class-sorted, IPC per class, labels one-hot in the dataset's class order. No
-steps are taken (`record = NO_META_LOSS`); the whole set is built in `initial_set`. Its evaluation
+The stored set is class-sorted, IPC per class, labels one-hot in the dataset's class order. RDED
+is a set builder (`ddjax.distill.base.SetBuilder`): no meta-loss, no steps; `build` makes the whole
+set. Its evaluation
 is the 'rded' protocol (`ddjax.evaluate.soft_labels`: online soft labels of the observer), whose
 students see ShufflePatches and RandomResizedCrop(scale (1 / factor, 1)) at factor > 1
 (`ddjax.augment.patches`; the method's `patch_factor` hands the factor to the protocol). The
@@ -30,7 +31,7 @@ import optax
 
 from ddjax import registry
 from ddjax.augment.patches import crop_resize
-from ddjax.distill.base import NO_META_LOSS, Distiller
+from ddjax.distill.base import SetBuilder
 from ddjax.evaluate.protocols.rded import OBSERVER_BLOCK
 
 Array = jax.Array
@@ -155,10 +156,8 @@ def factor_of(cfg: ml_collections.ConfigDict, image_shape) -> int:
 
 
 # -- the method ------------------------------------------------------------------------------------
-class RDED(Distiller):
-  """No meta-loss: the stored set is built once from the observer's best patches."""
-
-  record = NO_META_LOSS
+class RDED(SetBuilder):
+  """A set builder: the stored set is built once from the observer's best patches."""
 
   def __init__(self, observer, x_train: np.ndarray, y_train: np.ndarray, num_classes: int,
                ipc: int, factor: int = 1, pool_per_class: int = 300, crops_per_image: int = 5,
@@ -169,10 +168,6 @@ class RDED(Distiller):
     self.pool_per_class, self.crops_per_image, self.chunk = pool_per_class, crops_per_image, chunk
     self.progress = progress
     self.selection = {}
-
-  def per_sample(self, syn, state, batch, key):
-    raise NotImplementedError('rded takes no distillation steps: its set is built in '
-                              'initial_set from the observer-selected patches.')
 
   def build_set(self, key: Array) -> dict:
     """{'x': (K * IPC, H, W, C), 'y': one-hot (K * IPC, K)}, class-sorted, plus `self.selection`
@@ -197,11 +192,12 @@ class RDED(Distiller):
                     f'({self.selection["ms_per_image"]:.1f} ms per image, compilation included)')
     return {'x': jnp.asarray(x), 'y': jax.nn.one_hot(classes, self.num_classes)}
 
-  def initial_set(self, syn, key):
-    del syn
+  def build(self, syn_init, key):
+    """`build_set(key)`; the default draw is not used."""
+    del syn_init
     return self.build_set(key)
 
-  def build_report(self) -> dict:
+  def report(self) -> dict:
     """{'selection': seconds, ms per stored image (compilation included), patches scored and
     kept} once the set is built, else {}."""
     if not self.selection:
@@ -278,6 +274,6 @@ registry.register(registry.Method(
     blocks=(registry.ConfigBlock('rded', rded_block), OBSERVER_BLOCK),
     configure=_configure, validate=_validate,
     presets=registry.PRESETS + ('cifar10', 'cifar100', 'image_folder'),
-    plan=lambda cfg, facts: {'steps': 0, 'patch_factor': factor_of(cfg, facts.image_shape)},
+    plan=lambda cfg, facts: {'patch_factor': factor_of(cfg, facts.image_shape)},
     protocol='rded',
     description='RDED: observer-selected realistic patches, stitched; no optimisation'))

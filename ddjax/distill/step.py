@@ -1,13 +1,17 @@
 """The distillation step shared by every distiller (docs/ARCHITECTURE.md, "The functional core").
 
-    state  <- distiller.before_loss(S, state, batch, step)      (BiLP's selection; else nothing)
-    loss(S) = mean(transform(distiller.per_sample(S, state, batch)).loss) + distiller.regularizer(S)
-    S      <- optax update of S with grad loss(S)
-    state  <- distiller.update(S, state)          (FRePo's model pool; nothing for KIP)
+With D = param.decode the stored set's parameterisation (the identity, or IDC's multi-formation)
+and `record` the distiller's meta-loss record (`per_sample` or `per_class`,
+`ddjax.distill.base.loss_record`):
+
+    state  <- hooks.before_loss(D(S), state, batch, step)       (BiLP's selection; else nothing)
+    loss(S) = mean(transform(record(D(S), state, batch)).loss) [+ distiller.regularizer(D(S))]
+    S      <- optax update of S with grad loss(S)               (hooks.update_gate may refuse it)
+    state  <- distiller.update(D(S), state)       (FRePo's model pool; nothing for KIP)
 
 `make_step` returns one pure function `step(state, batch, key) -> (state, metrics)`. The run loop
 takes `make_host_step`'s `HostStep`: that same function, jitted once, for most distillers; for a
-distiller that declares a host-side schedule (`Distiller.host_phase`: DC's network training
+distiller whose hooks declare a host-side schedule (`RunHooks.host_phase`: DC's network training
 after an image update, or a new network after the last outer loop) the step's parts as separate
 programs, the phase-dependent ones compiled once per phase and chosen on the host
 (`host_driver`). The loop decides how the batch is sharded.
@@ -23,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ddjax.distill.base import Distiller, accepts_row_transforms
+from ddjax.distill.base import (IDENTITY, NO_HOOKS, Distiller, SetParameterisation,
+                                accepts_row_transforms, filled_hooks, loss_record)
 from ddjax.transforms.base import LossTransform, mean_loss
 
 Array = jax.Array
@@ -98,13 +103,19 @@ def check_composable(distiller: Distiller, transform: LossTransform) -> None:
 
 def _image_update(distiller: Distiller, transform: LossTransform,
                   optimizer: optax.GradientTransformation, classes: Array, state: DistillState,
-                  d_state: PyTree, batch: dict[str, Array], k_loss: Array, k_transform: Array):
+                  d_state: PyTree, batch: dict[str, Array], k_loss: Array, k_transform: Array,
+                  param: SetParameterisation):
   """The image update of one step, given the distiller's state after `before_loss`:
   -> (syn, opt_state, transform_state, metrics) (`make_step`'s metrics, less extra_metrics)."""
+  record_fn, regularizer = loss_record(distiller), distiller.regularizer
+  gate_fn = (distiller.hooks or NO_HOOKS).update_gate
+
   def loss_fn(syn):
-    record = distiller.per_sample(syn, d_state, batch, k_loss)
+    record = record_fn(param.decode(syn), d_state, batch, k_loss)
     out, t_state = transform.apply(record, state.transform_state, k_transform)
-    loss = mean_loss(out) + distiller.regularizer(syn, classes)
+    loss = mean_loss(out)
+    if regularizer is not None:
+      loss = loss + regularizer(param.decode(syn), param.decode_classes(classes))
     return loss, (mean_loss(record), out.num_kept, t_state)
 
   (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
@@ -112,8 +123,8 @@ def _image_update(distiller: Distiller, transform: LossTransform,
   syn = optax.apply_updates(state.syn, updates)
   metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
              'grad_norm': optax.tree.norm(grads)}
-  gate = distiller.update_gate(loss)
-  if gate is not None:      # a refused step keeps the set and the optimizer's state (DATM)
+  if gate_fn is not None:   # a refused step keeps the set and the optimizer's state (DATM)
+    gate = gate_fn(loss)
     keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(gate, a, b), new, old)
     syn, opt_state = keep(syn, state.syn), keep(opt_state, state.opt_state)
     metrics['skipped'] = 1.0 - gate.astype(jnp.float32)
@@ -128,28 +139,35 @@ def _step_keys(key: Array) -> tuple[Array, Array, Array]:
 
 
 def make_step(distiller: Distiller, transform: LossTransform,
-              optimizer: optax.GradientTransformation, classes: Array) -> Callable:
+              optimizer: optax.GradientTransformation, classes: Array,
+              param: SetParameterisation = IDENTITY) -> Callable:
   """Build `step(state, batch, key) -> (state, metrics)` (module docstring): one program with
-  the distiller's traced `before_loss` and `update`. The run loop uses `make_host_step`, which
-  is this for every distiller without a `host_phase`.
+  the traced `before_loss` hook and `update`. The run loop uses `make_host_step`, which is this
+  for every distiller without a `host_phase` hook.
 
   distiller: a `ddjax.distill.base.Distiller`. transform: a `LossTransform`, checked against the
   distiller's record kind (`check_composable`).
   classes: (n,) class of each stored prototype (for label regularizers).
+  param: the stored set's parameterisation (`ddjax.distill.base.SetParameterisation`); the
+  distiller sees `param.decode(state.syn)`.
   metrics: loss (the optimized scalar), meta_loss (mean over the whole batch before any transform,
   weighted by a BiLP keep mask when the record has one), kept (rows left after selection, or
-  their total weight), grad_norm; 'skipped' (1 when the distiller's `update_gate` refused the
-  step) and the distiller's `extra_metrics`.
+  their total weight), grad_norm; 'skipped' (1 when the `update_gate` hook refused the step) and
+  the `extra_metrics` hook's.
   """
   check_composable(distiller, transform)
+  hooks = filled_hooks(distiller)
 
   def step(state: DistillState, batch: dict[str, Array], key: Array):
     k_loss, k_transform, k_update = _step_keys(key)
-    d_state = distiller.before_loss(state.syn, state.distiller_state, batch, state.step, k_loss)
+    d_state = hooks.before_loss(param.decode(state.syn), state.distiller_state, batch,
+                                state.step, k_loss)
     syn, opt_state, t_state, metrics = _image_update(distiller, transform, optimizer, classes,
-                                                     state, d_state, batch, k_loss, k_transform)
-    d_state = distiller.update(syn, d_state, k_update)
-    metrics.update(distiller.extra_metrics(syn, d_state, batch))
+                                                     state, d_state, batch, k_loss, k_transform,
+                                                     param)
+    decoded = param.decode(syn)
+    d_state = distiller.update(decoded, d_state, k_update)
+    metrics.update(hooks.extra_metrics(decoded, d_state, batch))
     new = DistillState(step=state.step + 1, syn=syn, opt_state=opt_state,
                        distiller_state=d_state, transform_state=t_state)
     return new, metrics
@@ -165,7 +183,7 @@ class HostStep(NamedTuple):
   prepare(state, batch, key, phase) -> state: `before_loss_at(phase, ...)`, run before `image`.
   finish(state, batch, key, phase) -> (state, metrics): `update_at(phase, ...)` and the
     distiller's extra metrics, run after `image`.
-  phase(step) -> hashable: the distiller's `host_phase` (host-side, a pure function of the step
+  phase(step) -> hashable: the distiller's `host_phase` hook (host-side, a pure function of the step
     counter), static in prepare / finish: compile them once per phase (`host_driver`).
   """
   image: Callable
@@ -175,37 +193,41 @@ class HostStep(NamedTuple):
 
 
 def make_host_step(distiller: Distiller, transform: LossTransform,
-                   optimizer: optax.GradientTransformation, classes: Array) -> HostStep:
-  """The step of `make_step` as host-chosen programs (`HostStep`) when the distiller declares a
-  `host_phase`, else `make_step`'s single program. The programs compute what `make_step`
-  computes (same keys, same order: before_loss, image update, update), so a host-phased run
-  equals a fused one up to floating-point reassociation across program boundaries; what they
-  drop is the device-side branch between phases (DC's `lax.cond` over a network training that
-  would otherwise sit in every step's program)."""
-  if distiller.host_phase is None:
-    return HostStep(image=make_step(distiller, transform, optimizer, classes))
+                   optimizer: optax.GradientTransformation, classes: Array,
+                   param: SetParameterisation = IDENTITY) -> HostStep:
+  """The step of `make_step` as host-chosen programs (`HostStep`) when the distiller's hooks
+  declare a `host_phase`, else `make_step`'s single program. The programs compute what
+  `make_step` computes (same keys, same order: before_loss, image update, update), so a
+  host-phased run equals a fused one up to floating-point reassociation across program
+  boundaries; what they drop is the device-side branch between phases (DC's `lax.cond` over a
+  network training that would otherwise sit in every step's program)."""
+  host_phase = (distiller.hooks or NO_HOOKS).host_phase
+  if host_phase is None:
+    return HostStep(image=make_step(distiller, transform, optimizer, classes, param))
   check_composable(distiller, transform)
+  hooks = filled_hooks(distiller)
 
   def prepare(state: DistillState, batch: dict[str, Array], key: Array, phase: Hashable):
     k_loss = _step_keys(key)[0]
-    return state.replace(distiller_state=distiller.before_loss_at(
-        phase, state.syn, state.distiller_state, batch, state.step, k_loss))
+    return state.replace(distiller_state=hooks.before_loss_at(
+        phase, param.decode(state.syn), state.distiller_state, batch, state.step, k_loss))
 
   def image(state: DistillState, batch: dict[str, Array], key: Array):
     k_loss, k_transform, _ = _step_keys(key)
     syn, opt_state, t_state, metrics = _image_update(
         distiller, transform, optimizer, classes, state, state.distiller_state, batch, k_loss,
-        k_transform)
+        k_transform, param)
     return state.replace(step=state.step + 1, syn=syn, opt_state=opt_state,
                          transform_state=t_state), metrics
 
   def finish(state: DistillState, batch: dict[str, Array], key: Array, phase: Hashable):
     k_update = _step_keys(key)[2]
-    d_state = distiller.update_at(phase, state.syn, state.distiller_state, k_update)
+    decoded = param.decode(state.syn)
+    d_state = hooks.update_at(phase, decoded, state.distiller_state, k_update)
     return (state.replace(distiller_state=d_state),
-            distiller.extra_metrics(state.syn, d_state, batch))
+            hooks.extra_metrics(decoded, d_state, batch))
 
-  return HostStep(image=image, prepare=prepare, finish=finish, phase=distiller.host_phase)
+  return HostStep(image=image, prepare=prepare, finish=finish, phase=host_phase)
 
 
 def host_driver(parts: HostStep | Callable, jit: Callable = jax.jit) -> Callable:
@@ -235,9 +257,11 @@ def host_driver(parts: HostStep | Callable, jit: Callable = jax.jit) -> Callable
 
 def init_state(distiller: Distiller, transform: LossTransform,
                optimizer: optax.GradientTransformation,
-               syn: PyTree, key: Array) -> DistillState:
-  """The state at step 0."""
+               syn: PyTree, key: Array,
+               param: SetParameterisation = IDENTITY) -> DistillState:
+  """The state at step 0: `syn` the stored set, the distiller initialised on `param.decode(syn)`."""
   chex.assert_rank(syn['x'], 4)
   chex.assert_equal_shape_prefix([syn['x'], syn['y']], 1)
   return DistillState(step=jnp.zeros((), jnp.int32), syn=syn, opt_state=optimizer.init(syn),
-                      distiller_state=distiller.init(syn, key), transform_state=transform.init())
+                      distiller_state=distiller.init(param.decode(syn), key),
+                      transform_state=transform.init())

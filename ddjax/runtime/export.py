@@ -149,11 +149,12 @@ def distilled_image(x_pixels: np.ndarray, y: np.ndarray, classes: np.ndarray,
   return with_class_names(grid, class_names, column_width=2 * (w + 2))
 
 
-def state_image(distiller, classes: np.ndarray, preprocessor, class_names, state) -> np.ndarray:
-  """`distilled_image` of a run state's synthetic set (decoded, in pixel space), read to this host
-  first so that one process can draw it alone. classes: (n,) of the decoded set."""
+def state_image(param, classes: np.ndarray, preprocessor, class_names, state) -> np.ndarray:
+  """`distilled_image` of a run state's synthetic set (decoded by the set's parameterisation
+  `param`, in pixel space), read to this host first so that one process can draw it alone.
+  classes: (n,) of the decoded set."""
   syn = jax.device_get(state.syn)
-  decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
+  decoded = jax.device_get(param.decode({k: jnp.asarray(v) for k, v in syn.items()}))
   x_pixels = np.asarray(invert_preprocessor(preprocessor, np.asarray(decoded['x'])), np.float32)
   return distilled_image(x_pixels, np.asarray(decoded['y']), classes, class_names)
 

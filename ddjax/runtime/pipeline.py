@@ -8,11 +8,12 @@ evaluate, into a workdir.
 The stages are functions of (cfg, plan, data, ...) that name no method: what differs between
 methods is resolved once, at the start of the run, into a `ddjax.registry.Plan` (steps, learning
 rates, extra learned parameters, KRR regulariser, evaluation protocol, patch factor; written to
-results.json under 'plan') and passed down, and the rest comes from the distiller's declared
-capabilities (`ddjax.distill.base`). Nothing below `run` asks the registry again. BiLP's
-adaptive pruning and IDC's multi-formation are wrappers any method composes with when its
-capabilities allow. Re-running a workdir resumes it; a workdir made with another config is
-refused before any compute (`check_workdir`).
+results.json under 'plan') and passed down; the rest comes from the built object's declared kind
+and capabilities and its optional run hooks (`ddjax.distill.base`: a distiller, or a set builder
+that builds its set without steps), and from the stored set's parameterisation (the identity, or
+IDC's multi-formation: encode / decode). Nothing below `run` asks the registry again. BiLP's
+adaptive pruning wraps any distiller whose capabilities allow it. Re-running a workdir resumes it;
+a workdir made with another config is refused before any compute (`check_workdir`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ddjax.data.prepared import PreparedData, prepare
 from ddjax.distill import bilp as bilp_lib
 from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
+from ddjax.distill.base import DISTILLER, NO_HOOKS, SET_BUILDER, SetParameterisation
 from ddjax.runtime import evaluation, export, loop
 from ddjax.infra import artifacts, distributed, files, sharding
 from ddjax.runtime import summaries as summaries_lib
@@ -111,24 +113,39 @@ def make_plan(cfg: ml_collections.ConfigDict, data: PreparedData) -> registry.Pl
 
 def build_distiller(cfg: ml_collections.ConfigDict, plan: registry.Plan, data: PreparedData,
                     batch_size: int):
-  """The method's distiller, wrapped in BiLP's adaptive pruning and IDC's multi-formation when
-  the config asks for them (IDC outside: it hands BiLP the decoded set)."""
+  """The method's distiller (or set builder), wrapped in BiLP's adaptive pruning when the config
+  asks for it. IDC's multi-formation is the stored set's parameterisation
+  (`set_parameterisation`), outside: the step hands BiLP the decoded set."""
   distiller = plan.build(cfg, data)
-  distiller = bilp_lib.from_config(distiller, cfg, batch_size)
-  return idc_lib.from_config(distiller, cfg)
+  return bilp_lib.from_config(distiller, cfg, batch_size)
+
+
+def set_parameterisation(cfg: ml_collections.ConfigDict) -> SetParameterisation:
+  """How the stored set maps to the trained and exported one: IDC's multi-formation when
+  idc.factor > 1, else the identity."""
+  return idc_lib.from_config(cfg)
 
 
 def initial_synthetic(cfg: ml_collections.ConfigDict, plan: registry.Plan, data: PreparedData,
-                      distiller) -> tuple[dict, np.ndarray]:
-  """(stored set, classes): class-balanced real (or noise) images, `images_per_stored` per stored
-  image, made the step-0 set by the distiller (`initial_set`: encoded for IDC, built from scratch
-  by an optimisation-free method), with the method's extra learned entries."""
-  per = distiller.images_per_stored
+                      distiller, param: SetParameterisation | None = None
+                      ) -> tuple[dict, np.ndarray]:
+  """(stored set, classes): class-balanced real (or noise) images, `param.images_per_stored` per
+  stored image, encoded by `param` (default: the config's, `set_parameterisation`), then made the
+  step-0 set by a set builder's `build` or a distiller's `initial_set` hook (DATM's), with the
+  plan's extra learned entries."""
+  param = set_parameterisation(cfg) if param is None else param
+  per = param.images_per_stored
   syn = data_lib.init_synthetic(cfg.seed, data.x_train, data.y_train, cfg.distill.ipc * per,
                                 data.num_classes, init=cfg.distill.init,
                                 label_init=cfg.distill.label_init)
-  syn = distiller.initial_set({k: jnp.asarray(v) for k, v in syn.items()},
-                              jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_SYN_INIT))
+  key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), KEY_SYN_INIT)
+  syn = param.encode({k: jnp.asarray(v) for k, v in syn.items()})
+  if distiller.kind == SET_BUILDER:
+    syn = distiller.build(syn, key)
+  else:
+    initial = (distiller.hooks or NO_HOOKS).initial_set
+    if initial is not None and per == 1:   # a packed parameterisation (IDC) encodes real images
+      syn = initial(syn, key)
   for key, (value, _) in plan.extra_params.items():
     syn[key] = jnp.asarray(value, jnp.float32)
   classes = np.repeat(np.arange(data.num_classes), cfg.distill.ipc).astype(np.int32)
@@ -156,22 +173,25 @@ def distill(cfg: ml_collections.ConfigDict, plan: registry.Plan, data: PreparedD
   root = jax.random.PRNGKey(cfg.seed)
   batch_size = config_lib.real_batch_size(cfg, data.num_classes)
   distiller = build_distiller(cfg, plan, data, batch_size)
-  syn, classes = initial_synthetic(cfg, plan, data, distiller)
+  param = set_parameterisation(cfg)
+  syn, classes = initial_synthetic(cfg, plan, data, distiller, param)
   num_steps = plan.steps
   summary = {'steps': 0, 'sec_per_step': 0.0, 'resumed_from': 0}
-  if num_steps > 0:
+  if num_steps > 0 and distiller.kind == DISTILLER:
+    hooks = distiller.hooks or NO_HOOKS
     transform = transforms_lib.from_config(cfg.transform)
     optimizer = make_optimizer(cfg, plan)
     mesh = mesh or sharding.make_mesh()
     state = step_lib.init_state(distiller, transform, optimizer, syn,
-                                jax.random.fold_in(root, KEY_DISTILL_INIT))
-    step_fn = step_lib.make_host_step(distiller, transform, optimizer, jnp.asarray(classes))
+                                jax.random.fold_in(root, KEY_DISTILL_INIT), param)
+    step_fn = step_lib.make_host_step(distiller, transform, optimizer, jnp.asarray(classes),
+                                      param)
     image = None
     if summaries is not None:       # the distilled grid, drawn by process 0 from its own copy
-      image = functools.partial(export.state_image, distiller,
-                                np.asarray(distiller.decode_classes(jnp.asarray(classes))),
+      image = functools.partial(export.state_image, param,
+                                np.asarray(param.decode_classes(jnp.asarray(classes))),
                                 data.pre, data.class_names)
-    sampler = distiller.batch_sampler(cfg.seed)      # the method's own batches, replicated
+    sampler = hooks.batch_sampler and hooks.batch_sampler(cfg.seed)  # own batches, replicated
     own_batches = sampler is not None
     if not own_batches:                               # real batches, split over the devices
       sharding.check_batch_divisible(batch_size, mesh)
@@ -184,12 +204,12 @@ def distill(cfg: ml_collections.ConfigDict, plan: registry.Plan, data: PreparedD
         step_fn, state, sampler, num_steps=num_steps, key=jax.random.fold_in(root, KEY_DISTILL),
         workdir=workdir, checkpoint_every=cfg.checkpoint.every, keep=cfg.checkpoint.keep,
         log_every=cfg.log.every, mesh=mesh, name=cfg.method, batch_sharded=not own_batches,
-        problem=distiller.problem, batch_size=batch_size, summaries=summaries,
+        problem=hooks.problem, batch_size=batch_size, summaries=summaries,
         summary_image=image)
     syn = jax.device_get(state.syn)
-  decoded = jax.device_get(distiller.decode({k: jnp.asarray(v) for k, v in syn.items()}))
-  classes = np.asarray(distiller.decode_classes(jnp.asarray(classes)))
-  summary['build'] = distiller.build_report()
+  decoded = jax.device_get(param.decode({k: jnp.asarray(v) for k, v in syn.items()}))
+  classes = np.asarray(param.decode_classes(jnp.asarray(classes)))
+  summary['build'] = distiller.report() if distiller.kind == SET_BUILDER else {}
   return {k: np.asarray(v) for k, v in decoded.items()}, classes, summary
 
 
