@@ -15,11 +15,12 @@ process computing the whole step on its share of the cores.
 
 Three figures per method. XLA's FLOP count per device of the image-update program (the one
 that reads the real batch), compiled for 1 device and for a 2-device mesh: deterministic, and
-the direct answer to whether the batch is split. Wall seconds per step: the loop's own steady-state figure (compilation
-excluded; `results.json` -> distill.sec_per_step). CPU seconds per step: the CPU time of all the
-arm's processes in a run of `--steps` steps minus that of a run of 2 steps, over the difference in
-steps (start-up and compilation cancel); on a machine shared with other jobs the wall figure moves
-with the load, the CPU figure far less, so it is the one that says whether the work is split.
+the direct answer to whether the batch is split. Wall seconds per step: the loop's own
+steady-state figure (compilation excluded; `results.json` -> distill.sec_per_step). CPU
+seconds per step: the CPU time of all the arm's processes in a run of `--steps` steps minus that
+of a run of 2 steps, over the difference in steps (start-up and compilation cancel, up to their
+noise); on a machine shared with other jobs the wall figure moves with the load.
+FRePo and KIP, whose steps are cheap, run 5 x `--steps` steps.
 The matching methods (DC, DM) run a smaller real batch than their default (`--per_class`
 images per class instead of 256) to keep the runs short; the split is the same. The arms run
 interleaved (1 2 1 2 ...) so that machine noise hits them alike; the float32 matmul peak of the
@@ -42,13 +43,14 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import common  # noqa: E402
 
-# The config of each method, and the flags that keep its arm short.
 BASE_STEPS = 2     # the short run whose CPU time (start-up, compilation, 2 steps) is subtracted
+# The config of each method, the flags that keep its arm short, and its steps in units of --steps
+# (the cheap steps run more of them, so that their CPU time stands out of the start-up's noise).
 METHODS = {
-    'frepo': ('frepo', []),
-    'kip': ('kip', []),
-    'dm': ('dm', ['batch_per_class']),
-    'dc': ('dc', ['batch_per_class']),
+    'frepo': ('frepo', [], 5),
+    'kip': ('kip', [], 5),
+    'dm': ('dm', ['batch_per_class'], 1),
+    'dc': ('dc', ['batch_per_class'], 1),
 }
 
 
@@ -181,7 +183,8 @@ def main():
 
   command = 'python benchmarks/' + os.path.basename(__file__) + ' ' + ' '.join(sys.argv[1:])
   table = [f'Each method\'s CPU default, {args.steps} steps per run ({5 * args.steps} for the '
-           f'cheap steps of FRePo and KIP; DC, DM: {args.per_class} real images per class), median of {args.repeats} interleaved run(s); float32 '
+           f'cheap steps of FRePo and KIP; DC, DM: {args.per_class} real images per class), '
+           f'median of {args.repeats} interleaved run(s); float32 '
            f'matmul peak in the same run: {peak / 1e9:.1f} GFLOP/s ({os.cpu_count()} cores, '
            'shared with other jobs: the seconds move with the load, compare the ratios). '
            'Wall: the loop\'s s/step. CPU: CPU seconds of all processes per step (a run of '
