@@ -109,22 +109,50 @@ class DM(Distiller):
     """Per-class DM distances (K,) from the real class means g_sum (K, D) and syn_x (K, ipc, ...)."""
     return self.distance(g_sum, self.syn_statistic(variables, syn_x, keys))
 
+  def real_class_means(self, variables: PyTree, x: Array, labels: Array, keys: Array,
+                       weight: Array | None = None) -> Array:
+    """The real class means G (K, D) of a flat batch x (B, H, W, C) with labels (B,):
+    G_c = sum_{i in c} w_i psi(A_c(x_i)) / sum_{i in c} w_i (w = 1 without `weight` (B,)),
+    A_c the class's DSA draw from keys[c] (the same draw as `real_statistic` on the class batch:
+    DSA's batch-mode parameters do not depend on the batch size).
+
+    Never regroups the batch by class: a gather of the whole batch would make every device (and
+    process) of a data-parallel mesh embed all B images. The batch stays in its row layout, split
+    over the devices, and is embedded in K strided chunks (rows j, j + K, ...; `lax.map`, one
+    class batch's worth of images at a time, as `real_statistic`); the class sums are one
+    (K, B) x (B, D) product, which a sharded batch turns into an all-reduce.
+    """
+    b, k = x.shape[0], self.num_classes
+    chunks = k if b % k == 0 else 1
+
+    def one_chunk(args):
+      xc, lc = args
+      xa = jax.vmap(lambda key, xi: self.augment(key[None], xi[None, None])[0, 0])(keys[lc], xc)
+      _, feats = self.model.apply(variables, xa, train=False)
+      return feats
+
+    strided = lambda a: jnp.swapaxes(a.reshape((b // chunks, chunks) + a.shape[1:]), 0, 1)
+    feats = jax.lax.map(one_chunk, (strided(x), strided(labels)))        # (chunks, B / chunks, D)
+    feats = jnp.swapaxes(feats, 0, 1).reshape(b, -1)
+    w = jnp.ones((b,), feats.dtype) if weight is None else weight.astype(feats.dtype)
+    onehot = jax.nn.one_hot(labels, k, dtype=feats.dtype) * w[:, None]     # (B, K)
+    return (onehot.T @ feats) / jnp.maximum(onehot.sum(0), 1e-12)[:, None]
+
   def per_class(self, syn: PyTree, state: tuple, batch: dict[str, Array],
                 key: Array) -> PerClass:
     """batch {'x': (B, ...), 'y': (B, K)} class-balanced -> one record per class (K rows).
 
     An optional batch['weight'] (B,) weights the real samples in their class mean (BiLP's
-    adaptive pruning passes its 0/1 keep mask)."""
+    adaptive pruning passes its 0/1 keep mask). The real side is `real_class_means`, which
+    keeps a batch split over devices split."""
     del state
     variables, keys = self.network_and_keys(key)
     labels = jnp.argmax(batch['y'], -1)
-    xr = group_by_class(batch['x'], labels, self.num_classes)
+    if batch['x'].shape[0] % self.num_classes:
+      group_by_class(batch['x'], labels, self.num_classes)      # its error: not class-balanced
     xs = syn['x'].reshape((self.num_classes, -1) + syn['x'].shape[1:])
-    g = self.real_statistic(variables, xr, keys)
-    if 'weight' in batch:     # weighted class means: sum_i w_i psi_i / sum_i w_i
-      wr = group_by_class(batch['weight'], labels, self.num_classes).astype(g.dtype)
-      g = g * (wr * (wr.shape[1] / jnp.maximum(wr.sum(1, keepdims=True), 1e-12)))[..., None]
-    g_sum = jax.lax.stop_gradient(g.sum(axis=1))
+    g_sum = jax.lax.stop_gradient(self.real_class_means(variables, batch['x'], labels, keys,
+                                                        batch.get('weight')))
     fs = self.syn_statistic(variables, xs, keys)
     return PerClass(loss=self.num_classes * self.distance(g_sum, fs), pred=fs, target=g_sum)
 
