@@ -1,5 +1,5 @@
 """DATM: difficulty-aligned trajectory matching (Guo et al., ICLR 2024), on MTT's meta-loss
-(`ddjax.distill.mtt`). What it adds (the official distill/DATM.py; references section 2.1):
+(`ddjax.distill.mtt`). What it adds (the official distill/DATM.py):
 
   window   the start epoch is drawn from [T^-, upper(it)) with
                upper(it) = min(T + int((T^+ - T) * it / expansion_end_epoch), T^+)
@@ -173,7 +173,7 @@ def validate_datm(cfg: ml_collections.ConfigDict) -> list[str]:
 
 
 def configure_datm(cfg: ml_collections.ConfigDict, preset: str) -> None:
-  """DATM's C10/IPC1.yaml transferred to Fashion-MNIST (references section 7): N 80, M 2,
+  """DATM's C10/IPC1.yaml transferred to Fashion-MNIST: N 80, M 2,
   window [0, 4) fixed, lr_img 100, lr_lr 1e-7, lr_y 5 (momentum 0.9), threshold 1.1, batch_syn
   10 (all), 10000 iterations, eval batch 128; experts: FTD's GSAM, 100 epochs ('faithful').
   CPU default: width 32, a 5 x 6 buffer without GSAM, N 40, 500 iterations. 'cifar10' /

@@ -1,7 +1,7 @@
 """MTT: matching training trajectories (Cazenavette et al., CVPR 2022), and the machinery DATM and
 PAD share (`ddjax.distill.datm`, `ddjax.distill.pad`).
 
-One iteration (the official distill.py:320-396; references section 1.2):
+One iteration (the official distill.py:320-396):
   1. sample an expert e and a start epoch t in [min_start, upper) (MTT: upper = max_start_epoch;
      DATM's window grows it), and read theta*_t and theta*_{t+M} from the expert buffer
      (`ddjax.distill.experts`; only these two snapshots are read);
@@ -507,7 +507,7 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
   the faithful IPC-1 schedule otherwise (N 50, M 2, T+ 2, lr_img 1000, lr_lr 1e-7,
   lr_teacher 0.01) for distill.steps iterations. 'faithful': reference section 7 (width 128,
   100 experts x 50 epochs, 5000 iterations). 'paper' / 'cifar10' / 'cifar100': MTT's CIFAR IPC-1
-  rows (references section 1.3) with MTT's ZCA ('zca_mtt': kornia's, eps 0.1 on raw pixels;
+  rows with MTT's ZCA ('zca_mtt': kornia's, eps 0.1 on raw pixels;
   Fashion-MNIST presets keep per-channel standardisation, as MTT's code for 1-channel data)."""
   configure_family(cfg)
   cfg.trajectory.update(syn_steps=50, expert_epochs=2, max_start_epoch=2, lr_teacher=0.01,

@@ -1,6 +1,6 @@
 """RDED (Sun et al., CVPR 2024): optimisation-free distillation from realistic, diverse patches.
 
-For every class c (rded txt:290; the official synthesize/utils.py, references section 5.1):
+For every class c (the official synthesize/utils.py):
   1. a random pool T'_c of `rded.pool_per_class` (300) real images;
   2. `rded.crops_per_image` (5) random resized square crops of each (area fraction ~ U(0.08, 1),
      aspect 1, bilinear) resized to the patch size (H // factor, W // factor);
@@ -231,7 +231,7 @@ def _configure(cfg: ml_collections.ConfigDict, preset: str) -> None:
     cfg.observer.epochs = 30
     cfg.eval.num_models = 3
   if preset == 'cifar100':      # the official special case conv3 -> conv3 on CIFAR-100
-    cfg.eval.lr = 2e-3          # (argument.py:276-315, references section 5.2)
+    cfg.eval.lr = 2e-3          # (argument.py:276-315)
     cfg.eval.batch_size = 25
   if preset == 'image_folder':   # ImageNette-style class folders (data.dir=ROOT: train/ and val/)
     cfg.data.update(name='image_folder', image_size=64, channels=3, test_split='val',

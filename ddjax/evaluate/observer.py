@@ -2,7 +2,7 @@
 
 RDED scores its candidate patches with an observer and relabels the student's batches with its soft
 labels (`ddjax.evaluate.soft_labels`). The official code downloads observers trained elsewhere
-(and its users hit a label-order mismatch with them, references section 5.4); ddjax trains its
+(and its users hit a label-order mismatch with them); ddjax trains its
 own with the classifier-training core (`ddjax.models.training`) on the run's own prepared data, so
 labels are in the dataset's order by construction.
 

@@ -1,6 +1,6 @@
 """RDED's evaluation protocol: students trained on an observer's soft labels, computed online.
 
-Per step (RDED validation/main.py:206-228, references section 5.1 step 7): a mini-batch of the set
+Per step (RDED validation/main.py:206-228): a mini-batch of the set
 (one epoch = a fresh permutation, `ddjax.models.training.epoch_batches`), for a set stitched from
 `protocol.patch_factor` > 1 patches per side ShufflePatches and RandomResizedCrop(scale
 (1 / factor, 1)) (`ddjax.augment.patches.student_augment`), a random horizontal flip, cutmix

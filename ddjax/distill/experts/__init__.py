@@ -1,7 +1,7 @@
 """Expert trajectories for trajectory matching (MTT, DATM, PAD): training and the buffer on disk.
 
 An expert is the run's network (`cfg.model`) trained from scratch on the real training set with
-cross-entropy, SGD and DSA as MTT's `buffer.py` (references section 1.1); its parameters are
+cross-entropy, SGD and DSA as MTT's `buffer.py`; its parameters are
 snapshotted at initialisation and after every epoch: `expert.epochs + 1` snapshots per expert.
 Options: FTD's GSAM experts (DATM / PAD) and PAD's FIEX data schedule. One idea per module:
 
