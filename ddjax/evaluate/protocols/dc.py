@@ -16,14 +16,21 @@ from ddjax.evaluate.protocols.common import train_on_set
 DC_EPOCHS = 1000
 
 
-def settings(n: int, num_classes, overrides: dict) -> dict:
-  del num_classes
-  epochs = overrides.get('epochs', DC_EPOCHS)
+def sgd_step_decay(n: int, overrides: dict, epochs: int) -> dict:
+  """DC's training of an evaluation network (shared by 'tm'): SGD lr 0.01, momentum 0.9, weight
+  decay 5e-4, cross-entropy, `epochs` epochs (unless overridden) with lr x 0.1 at half, batch 256
+  (at most n), steps = epochs x ceil(n / batch)."""
+  epochs = overrides.get('epochs', epochs)
   batch = overrides.get('batch_size', min(n, 256))
   return dict(optimizer='sgd', lr=0.01, momentum=0.9, weight_decay=5e-4, loss='ce',
               schedule='step', warmup_steps=0, decay_at=0.5, decay_factor=0.1, batch_size=batch,
-              steps=epochs * math.ceil(n / batch), epochs=epochs, augment=True,
-              translate_frac=0.125, cutout_frac=0.0, flip=False)
+              steps=epochs * math.ceil(n / batch), epochs=epochs, augment=True)
+
+
+def settings(n: int, num_classes, overrides: dict) -> dict:
+  del num_classes
+  return dict(sgd_step_decay(n, overrides, DC_EPOCHS), translate_frac=0.125, cutout_frac=0.0,
+              flip=False)
 
 
 def evaluate(cfg, data, syn: dict, plan, key) -> tuple[dict, str]:

@@ -9,12 +9,11 @@ logits ('soft_ce', DATM's SoftCrossEntropy).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ddjax import registry
 from ddjax.evaluate.protocols.common import train_on_set
+from ddjax.evaluate.protocols.dc import sgd_step_decay
 
 TM_EPOCHS = 1000                    # MTT utils.py:352-389 (epoch_eval_train)
 
@@ -22,12 +21,7 @@ TM_EPOCHS = 1000                    # MTT utils.py:352-389 (epoch_eval_train)
 def settings(n: int, num_classes, overrides: dict) -> dict:
   del num_classes
   from ddjax.augment.dsa import DEFAULT_DSA_STRATEGY
-  epochs = overrides.get('epochs', TM_EPOCHS)
-  batch = overrides.get('batch_size', min(n, 256))
-  return dict(optimizer='sgd', lr=0.01, momentum=0.9, weight_decay=5e-4, loss='ce',
-              schedule='step', warmup_steps=0, decay_at=0.5, decay_factor=0.1, batch_size=batch,
-              steps=epochs * math.ceil(n / batch), epochs=epochs, augment=True,
-              dsa_strategy=DEFAULT_DSA_STRATEGY)
+  return dict(sgd_step_decay(n, overrides, TM_EPOCHS), dsa_strategy=DEFAULT_DSA_STRATEGY)
 
 
 def is_one_hot(y) -> bool:
