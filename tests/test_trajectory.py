@@ -322,7 +322,7 @@ def test_a_negative_step_size_stops_the_run_naming_the_step(tmp_path, buffer):
 
 def test_tm_protocol_reads_the_learned_step_size_and_soft_labels():
   from ddjax.evaluate import get_protocol
-  from ddjax.runtime.evaluation import is_one_hot
+  from ddjax.evaluate.protocols.tm import is_one_hot
   p = get_protocol('tm', 10)
   assert (p.optimizer, p.momentum, p.weight_decay, p.epochs, p.batch_size, p.steps) == (
       'sgd', 0.9, 5e-4, 1000, 10, 1000)
