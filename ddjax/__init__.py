@@ -25,6 +25,9 @@ _LAZY = {
     'register_protocol': ('ddjax.registry', 'register_protocol'),
     'Distiller': ('ddjax.distill.base', 'Distiller'),
     'SetBuilder': ('ddjax.distill.base', 'SetBuilder'),
+    'evaluate_set': ('ddjax.suite.runner', 'evaluate_set'),
+    'Axis': ('ddjax.suite.axes', 'Axis'),
+    'register_axis': ('ddjax.suite.axes', 'register_axis'),
 }
 
 

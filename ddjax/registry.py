@@ -157,6 +157,11 @@ class Protocol:
       split. It reads from the set what the protocol needs (a learned step size, soft labels)
       and from its own blocks what else it needs (a teacher).
     blocks: the protocol's own config blocks (`ConfigBlock`).
+    train: train(cfg, data, syn, plan, key, model, overrides) -> variables of ONE fresh `model`
+      trained on `syn` under the protocol, `overrides` being `EvalProtocol` field overrides
+      (augment=False, another loss): what the evaluation suite (`ddjax.suite`) trains its
+      networks with, on any architecture. None for a protocol that trains no network (1-NN); the
+      suite then reports its `evaluate` accuracy alone.
     reads_image_files: whether the protocol's official code reads sets back from image files,
       so `eval.clip_pixels='auto'` clips the set to the data's pixel range first.
     description: one line for listings.
@@ -167,6 +172,7 @@ class Protocol:
   blocks: tuple[ConfigBlock, ...] = ()
   reads_image_files: bool = False
   description: str = ''
+  train: Callable[..., Any] | None = None
 
 
 _METHODS: dict[str, Method] = {}

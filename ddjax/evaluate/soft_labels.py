@@ -78,7 +78,8 @@ def _student_step(student: nn.Module, teacher: nn.Module, protocol: EvalProtocol
       xb = student_augment(jax.random.fold_in(key, KEY_PATCHES), xb, protocol.patch_factor)
     if protocol.augment and protocol.flip:
       xb = random_flip(k_flip, xb)
-    xb = cutmix(k_mix, xb)
+    if protocol.augment:
+      xb = cutmix(k_mix, xb)
     teacher_logits = jax.lax.stop_gradient(teacher.apply(teacher_vars, xb, train=False)[0])
     return train_step(carry, xb, teacher_logits)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from ddjax import registry
-from ddjax.evaluate.protocols.common import train_on_set
+from ddjax.evaluate.protocols.common import train_on_set, train_one_on_set
 
 DC_EPOCHS = 1000
 
@@ -37,6 +37,11 @@ def evaluate(cfg, data, syn: dict, plan, key) -> tuple[dict, str]:
   return train_on_set(cfg, data, syn, plan, key, {})
 
 
+def train(cfg, data, syn: dict, plan, key, model, overrides: dict) -> dict:
+  """One network on the set, as `evaluate` trains each (`Protocol.train`)."""
+  return train_one_on_set(cfg, data, syn, plan, key, model, overrides)
+
+
 registry.register_protocol(registry.Protocol(
-    name='dc', settings=settings, evaluate=evaluate,
+    name='dc', settings=settings, evaluate=evaluate, train=train,
     description="DC / DSA's evaluation: SGD, step decay, cross-entropy on hard labels"))

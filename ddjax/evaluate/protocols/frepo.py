@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ddjax import registry
 from ddjax.augment.frepo import FREPO_STRATEGY, frepo_strategy_for
-from ddjax.evaluate.protocols.common import train_on_set
+from ddjax.evaluate.protocols.common import train_on_set, train_one_on_set
 
 # FRePo script/eval.py:207-209, keyed by the total number of prototypes.
 FREPO_STEPS_TABLE = {10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000}
@@ -52,6 +52,12 @@ def evaluate(cfg, data, syn: dict, plan, key) -> tuple[dict, str]:
                       {'augment_ops': frepo_strategy_for(cfg.data.name)})
 
 
+def train(cfg, data, syn: dict, plan, key, model, overrides: dict) -> dict:
+  """One network on the set, as `evaluate` trains each (`Protocol.train`)."""
+  return train_one_on_set(cfg, data, syn, plan, key, model,
+                          {'augment_ops': frepo_strategy_for(cfg.data.name), **overrides})
+
+
 registry.register_protocol(registry.Protocol(
-    name='frepo', settings=settings, evaluate=evaluate,
+    name='frepo', settings=settings, evaluate=evaluate, train=train,
     description="FRePo's evaluation: Adam, warm-up cosine, MSE on the set's labels"))

@@ -111,7 +111,20 @@ def evaluate(cfg, data, syn: dict, plan, key) -> tuple[dict, str]:
   return entries, line
 
 
+def train(cfg, data, syn: dict, plan, key, model, overrides: dict) -> dict:
+  """One student on the observer's soft labels of the set's images (`Protocol.train`)."""
+  from ddjax.evaluate import observer as observer_lib
+  from ddjax.evaluate import soft_labels
+  settings = {'epochs': int(cfg.eval.soft_label_epochs), 'patch_factor': int(plan.patch_factor),
+              **config_overrides(cfg, ('batch_size', 'lr')), **overrides}
+  protocol = settings_of(plan.evaluator, int(syn['x'].shape[0]), data.num_classes, **settings)
+  obs = observer_lib.get_observer(cfg, data)
+  variables, _ = soft_labels.train_student(key, model, obs.model, obs.variables, syn['x'],
+                                           protocol)
+  return variables
+
+
 registry.register_protocol(registry.Protocol(
-    name='rded', settings=settings, evaluate=evaluate, blocks=(OBSERVER_BLOCK,),
+    name='rded', settings=settings, evaluate=evaluate, train=train, blocks=(OBSERVER_BLOCK,),
     reads_image_files=True,
     description="RDED's evaluation: students on an observer's online soft labels"))

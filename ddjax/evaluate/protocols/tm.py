@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddjax import registry
-from ddjax.evaluate.protocols.common import train_on_set
+from ddjax.evaluate.protocols.common import train_on_set, train_one_on_set
 from ddjax.evaluate.protocols.dc import sgd_step_decay
 
 TM_EPOCHS = 1000                    # MTT utils.py:352-389 (epoch_eval_train)
@@ -44,6 +44,12 @@ def evaluate(cfg, data, syn: dict, plan, key) -> tuple[dict, str]:
   return train_on_set(cfg, data, syn, plan, key, read_from_set(cfg, syn))
 
 
+def train(cfg, data, syn: dict, plan, key, model, overrides: dict) -> dict:
+  """One network on the set, as `evaluate` trains each (`Protocol.train`)."""
+  return train_one_on_set(cfg, data, syn, plan, key, model,
+                          {**read_from_set(cfg, syn), **overrides})
+
+
 registry.register_protocol(registry.Protocol(
-    name='tm', settings=settings, evaluate=evaluate,
+    name='tm', settings=settings, evaluate=evaluate, train=train,
     description="trajectory matching's evaluation: SGD at the set's learned step size, DSA"))

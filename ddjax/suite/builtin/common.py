@@ -1,0 +1,73 @@
+"""Cells several axes share: the set and the random real subset under a protocol on an
+architecture, and the full real data with hard labels. A cell with the same name is computed once
+per suite directory (unit files); baselines once per cache (`Context.cached`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ddjax.suite.context import Context
+
+HARD_PROTOCOL = 'dc'    # the hard-label protocol of HLR: SGD, cross-entropy on hard labels
+
+
+def protocol_record(ctx: Context, protocol: str | None) -> dict:
+  """What decides a protocol's training besides the set: its name, the eval block and its own
+  blocks' settings (the 'rded' observer), the suite's step cap."""
+  spec = ctx.protocol(protocol)
+  cfg = ctx.run_cfg
+  return {'protocol': spec.name, 'eval': {k: cfg.eval[k] for k in
+                                          ('steps', 'batch_size', 'lr', 'soft_label_epochs')},
+          'dsa': cfg.dsa.to_dict() if 'dsa' in cfg else None,
+          'blocks': {b.name: cfg[b.name].to_dict() for b in spec.blocks if b.name in cfg},
+          'max_steps': int(ctx.suite.max_steps)}
+
+
+def _name(protocol: str | None, arch: str | None) -> str:
+  return f'{protocol or "own"}/{arch or "eval_model"}'
+
+
+def set_accuracy(ctx: Context, protocol: str | None = None, arch: str | None = None,
+                 overrides: dict | None = None, hard: bool = False, tag: str = '') -> dict:
+  """The judged set (hard: with one-hot labels) trained on under `protocol` on `arch`."""
+  syn = ctx.hard(ctx.syn) if hard else ctx.syn
+  cell = f'set/{_name(protocol, arch)}{"/hard" if hard else ""}{tag}'
+  return ctx.accuracy(cell, syn, arch=arch, protocol=protocol, overrides=overrides)
+
+
+def random_accuracy(ctx: Context, protocol: str | None = None, arch: str | None = None,
+                    overrides: dict | None = None, hard: bool = False) -> dict:
+  """A random real subset of the set's IPC (a fresh draw per network, seeds suite.seed * 1000 +
+  i, as DD-Ranking draws one per evaluation), trained on exactly as the set; cached per data,
+  architecture, protocol, IPC, labels and seed."""
+  ipc, seed = ctx.judged.ipc, int(ctx.suite.seed)
+  extras = {k: np.asarray(v).tolist() for k, v in ctx.syn.items() if k not in ('x', 'y')}
+  record = {'data': ctx.data_record(), 'arch': arch or ctx.run_cfg.eval.model.to_dict(),
+            **protocol_record(ctx, protocol), 'overrides': overrides or {}, 'ipc': ipc,
+            'seed': seed, 'num_models': int(ctx.suite.num_models), 'extras': extras,
+            'hard': hard or ctx.judged.hard_labels,
+            'label_init': ctx.run_cfg.distill.get('label_init', 'one_hot')}
+
+  def subset(i: int) -> dict:
+    sub = ctx.random_subset(ipc, seed * 1000 + i)
+    return ctx.hard(sub) if hard else sub
+
+  return ctx.cached('random', record, lambda d: ctx.accuracy(
+      'random', subset, arch=arch, protocol=protocol, overrides=overrides, root=d))
+
+
+def full_data_accuracy(ctx: Context, arch: str | None, epochs: int) -> dict:
+  """The whole real training set with hard labels under the hard-label protocol for `epochs`
+  epochs (the reference of HLR); cached per data, architecture, epochs and seed."""
+  record = {'data': ctx.data_record(), 'arch': arch or ctx.run_cfg.eval.model.to_dict(),
+            'protocol': HARD_PROTOCOL, 'epochs': int(epochs), 'seed': int(ctx.suite.seed),
+            'num_models': int(ctx.suite.num_models)}
+  real = {'x': ctx.data.x_train,
+          'y': np.eye(ctx.data.num_classes, dtype=np.float32)[np.asarray(ctx.data.y_train)]}
+  return ctx.cached('full_data', record, lambda d: ctx.accuracy(
+      'full_data', real, arch=arch, protocol=HARD_PROTOCOL,
+      overrides={'epochs': int(epochs)}, root=d))
+
+
+def pm(acc: dict) -> str:
+  """'mean +- std' in percent."""
+  return f'{100 * acc["acc_mean"]:.2f} +- {100 * acc["acc_std"]:.2f}'
