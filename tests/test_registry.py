@@ -117,6 +117,7 @@ def test_user_set_builder_builds_its_set_without_steps(tiny_npz, tmp_path):
   results = pipeline.run(cfg, str(tmp_path / 'cm'))
   data = pipeline.load_data(cfg)
   assert results['distill']['steps'] == 0
+  assert results['cost']['steps'] == 0 and results['cost']['seconds'] > 0   # building is timed
   assert results['build'] == {'images_averaged': len(data.y_train) // 2}
   assert not (tmp_path / 'cm' / 'metrics.jsonl').exists()
   with np.load(tmp_path / 'cm' / 'distilled.npz') as f:

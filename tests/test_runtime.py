@@ -28,6 +28,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_npz, tmp_path, monkeypatch):
   cfg.eval.num_models = 0
   straight, interrupted, results = run_killed_and_resumed(cfg, tmp_path, monkeypatch)
   assert results['distill']['resumed_from'] == 3   # the checkpoint at 3 survived the kill at 5
+  assert results['cost']['resumed_from'] == 3 and results['cost']['steps_this_process'] == 4
   for a, b in zip(_syn(straight), _syn(interrupted)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
   steps = [r['step'] for r in files.read_jsonl(os.path.join(interrupted, 'metrics.jsonl'))]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Callable
 
@@ -86,3 +87,55 @@ def read_jsonl(path: str) -> list[dict]:
       except json.JSONDecodeError:
         continue
   return out
+
+
+def replace_dir(path: str, write: Callable[[str], None], is_ours: Callable[[str], bool]) -> None:
+  """Write the directory `path` whole: `write(tmp)` fills a fresh hidden sibling `tmp`, which then
+  takes the place of `path`. A reader sees the old complete directory or the new one (or, for the
+  instant between two renames, none), never a mix; a crash leaves the old one or a hidden sibling
+  that the next call deletes.
+
+  An existing `path` is replaced only when it is empty or `is_ours(path)` (e.g. it holds the
+  marker file a previous `write` left); otherwise DirectoryError, so that a folder of the user's is
+  never deleted.
+  """
+  path = os.path.abspath(path)
+  parent, name = os.path.dirname(path), os.path.basename(path)
+  if os.path.exists(path):
+    if not os.path.isdir(path):
+      raise DirectoryError(f'{path} is a file; remove it or choose another directory.')
+    if os.listdir(path) and not is_ours(path):
+      raise DirectoryError(f'{path} exists and was not written by this exporter; remove it or '
+                           'choose another directory.')
+  os.makedirs(parent, exist_ok=True)
+  prefix = f'.{name}.'
+  for entry in os.listdir(parent):          # leftovers of a crashed call
+    if entry.startswith(prefix) and entry.endswith(('.new', '.old')):
+      shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+  tmp = tempfile.mkdtemp(dir=parent, prefix=prefix, suffix='.new')
+  try:
+    write(tmp)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  old = None
+  if os.path.exists(path):
+    old = tempfile.mkdtemp(dir=parent, prefix=prefix, suffix='.old')
+    os.rmdir(old)
+    os.replace(path, old)
+  os.replace(tmp, path)
+  os.chmod(path, 0o777 & ~_umask())
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+  """The process's umask, read without changing it (Linux's /proc; else the usual 0o022)."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('Umask:'):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  return 0o022

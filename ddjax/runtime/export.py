@@ -7,12 +7,19 @@ distilled.png   grid of the images in pixel space, one column per class, each he
                 name (written bottom to top above the column); when the labels are soft or
                 learned, each image has a caption below it: its top label and that label's weight
                 (`label_captions`).
+distilled_images/  the set in pixel space as a torchvision ImageFolder tree of 8-bit PNGs with its
+                labels (`export_image_folder`; read back by ddjax.data.read_set_folder), for tools
+                that read image folders (PyTorch training, DD-Ranking).
 curve.png       the distillation loss against steps (from metrics.jsonl).
-results.json    method, dataset, ipc, distill.*, eval.*, krr_eval.*.
+results.json    method, dataset, ipc, distill.*, cost.*, eval.*, krr_eval.*.
 """
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ddjax.data import invert_preprocessor, preprocessor_to_dict
+from ddjax.data import set_folder
 from ddjax.infra import files
 
 
@@ -178,7 +186,121 @@ def export_distilled(workdir: str, syn: dict, classes: np.ndarray, preprocessor,
                   **preprocessor_to_dict(preprocessor, 'pre_'))
   png = os.path.join(workdir, 'distilled.png')
   save_png(png, distilled_image(x_pixels, y, classes, class_names))
-  return {'npz': npz, 'png': png}
+  folder = export_image_folder(os.path.join(workdir, 'distilled_images'), x_pixels, y, classes,
+                               class_names)
+  return {'npz': npz, 'png': png, 'images': folder['directory']}
+
+
+def class_folder_names(class_names) -> list[str]:
+  """'<k>_<name>' for each class k: k zero-padded to the width of the largest index, so that the
+  sorted folder names (torchvision's class order) are the class order; the name with every run of
+  characters other than letters, digits, '.', '_', '-' replaced by '_', cut to 64 characters."""
+  width = len(str(max(len(class_names) - 1, 0)))
+  out = []
+  for k, name in enumerate(class_names):
+    safe = re.sub(r'[^A-Za-z0-9._-]+', '_', str(name)).strip('._')[:64] or 'class'
+    out.append(f'{k:0{width}d}_{safe}')
+  return out
+
+
+README_TEXT = """\
+A labelled image set in torchvision's ImageFolder layout, written by ddjax.
+
+  <class index>_<class name>/<image index>.png   8-bit images ('L' grey or 'RGB'), pixel values
+                                                 in [0, 1] stored as round(255 * value)
+  labels.npy         float32 ({n}, {k}): row i is the label of the i-th image in ImageFolder's
+                     sample order (files.txt); soft or learned labels are kept as they are
+  labels.csv         the same labels as text: path,class,label_0,...
+  files.txt          the image paths in that order
+  class_names.json   the class names (folder names are shortened to safe characters)
+
+The sorted class folders are in class order, so ImageFolder's class_to_idx gives ddjax's class
+indices. In PyTorch:
+
+  import numpy as np, torch
+  from torchvision import datasets, transforms
+  ds = datasets.ImageFolder('{name}', transform=transforms.ToTensor())
+  labels = torch.from_numpy(np.load('{name}/labels.npy'))   # labels[i] belongs to ds.samples[i]
+  x = torch.stack([ds[i][0] for i in range(len(ds))])       # (n, C, H, W) in [0, 1]
+
+ImageFolder's default loader converts every image to RGB; for grey sets pass
+loader=lambda p: PIL.Image.open(p).convert('L'). In ddjax: ddjax.data.read_set_folder('{name}').
+
+The images are 8-bit, so pixel values are quantised: each differs from the set's value (clipped
+to [0, 1]) by at most 1/510. They are in pixel space: apply the preprocessing the set was learned
+with (distilled.npz's pre_* entries in a ddjax workdir) before feeding a model trained with it.
+"""
+
+
+def export_image_folder(directory: str, x_pixels: np.ndarray, y: np.ndarray,
+                        classes: np.ndarray, class_names) -> dict:
+  """Write a set as an ImageFolder tree with its labels (layout: `ddjax.data.set_folder`).
+
+  Args:
+    directory: the folder to write; replaced whole (`ddjax.infra.files.replace_dir`) when it
+      holds a previous export, refused when it holds anything else.
+    x_pixels: (n, H, W, C) float images in pixel space, C = 1 (saved as 'L') or 3 ('RGB');
+      clipped to [0, 1] and stored as uint8 round(255 x), so read back within 1/510.
+    y: (n, K) labels (hard, soft or learned), saved as float32 unchanged.
+    classes: (n,) int class of each image, in [0, len(class_names)).
+    class_names: the names of the classes.
+  Image i goes to '<class folder>/<i zero-padded>.png' (`class_folder_names`); labels.npy,
+  labels.csv and files.txt list the images in torchvision's sample order (class folders sorted,
+  file names sorted in each), which is (class, i) order.
+  Returns {'directory', 'labels', 'labels_csv', 'files', 'class_names', 'readme'}: the paths.
+  """
+  x_pixels = np.asarray(x_pixels)
+  y = np.asarray(y, np.float32)
+  classes = np.asarray(classes)
+  if x_pixels.ndim != 4 or x_pixels.shape[-1] not in (1, 3):
+    raise ValueError(f'x_pixels has shape {x_pixels.shape}; an image folder takes (n, H, W, C) '
+                     'with C = 1 (grey) or 3 (RGB).')
+  n = len(x_pixels)
+  if y.ndim != 2 or len(y) != n or classes.shape != (n,):
+    raise ValueError(f'labels {y.shape} and classes {classes.shape} must have one row per image '
+                     f'({n}).')
+  if n and (classes.min() < 0 or classes.max() >= len(class_names)):
+    raise ValueError(f'classes must lie in [0, {len(class_names)}) (one per class name), got '
+                     f'{classes.min()}..{classes.max()}.')
+  bad = int(np.sum(~np.isfinite(x_pixels)))
+  if bad:
+    raise ValueError(f'x_pixels has {bad} non-finite values; a diverged set cannot be exported '
+                     'as images.')
+  pixels = (np.clip(x_pixels, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+  folders = class_folder_names(class_names)
+  width = len(str(max(n - 1, 0)))
+  order = sorted(range(n), key=lambda i: (int(classes[i]), i))    # = the sorted paths
+  rel = [f'{folders[classes[i]]}/{i:0{width}d}.png' for i in order]
+  name = os.path.basename(os.path.normpath(directory))
+
+  def write(tmp: str) -> None:
+    for i, path in zip(order, rel):
+      image = Image.fromarray(pixels[i, ..., 0] if pixels.shape[-1] == 1 else pixels[i])  # L, RGB
+      files.write_atomic(os.path.join(tmp, path),
+                         lambda f, image=image: image.save(f, format='PNG'))
+    files.write_atomic(os.path.join(tmp, set_folder.LABELS), lambda f: np.save(f, y[order]))
+    table = io.StringIO()
+    out = csv.writer(table, lineterminator='\n')
+    out.writerow(['path', 'class'] + [f'label_{k}' for k in range(y.shape[1])])
+    for i, path in zip(order, rel):
+      out.writerow([path, int(classes[i])] + [f'{v:.9g}' for v in y[i]])
+    _write_text(os.path.join(tmp, set_folder.LABELS_CSV), table.getvalue())
+    _write_text(os.path.join(tmp, set_folder.CLASS_NAMES),
+                json.dumps([str(c) for c in class_names], indent=1) + '\n')
+    _write_text(os.path.join(tmp, set_folder.README),
+                README_TEXT.format(n=n, k=y.shape[1], name=name))
+    _write_text(os.path.join(tmp, set_folder.FILES), ''.join(p + '\n' for p in rel))  # last
+
+  files.replace_dir(directory, write,
+                    is_ours=lambda d: os.path.exists(os.path.join(d, set_folder.FILES)))
+  join = lambda f: os.path.join(directory, f)
+  return {'directory': directory, 'labels': join(set_folder.LABELS),
+          'labels_csv': join(set_folder.LABELS_CSV), 'files': join(set_folder.FILES),
+          'class_names': join(set_folder.CLASS_NAMES), 'readme': join(set_folder.README)}
+
+
+def _write_text(path: str, text: str) -> None:
+  files.write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def plot_curve(workdir: str, title: str) -> str | None:

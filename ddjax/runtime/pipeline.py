@@ -37,6 +37,7 @@ from ddjax.distill import bilp as bilp_lib
 from ddjax.distill import idc as idc_lib
 from ddjax.distill import step as step_lib
 from ddjax.distill.base import DISTILLER, NO_HOOKS, SET_BUILDER, SetParameterisation
+from ddjax.runtime import cost as cost_lib
 from ddjax.runtime import evaluation, export, loop
 from ddjax.infra import artifacts, distributed, files, sharding
 from ddjax.runtime import summaries as summaries_lib
@@ -56,7 +57,8 @@ ADDED_KEYS = {'model.dtype': 'float32', 'data.image_size': 0, 'data.channels': 0
               'data.tfds_name': '', 'data.streaming': False,
               'observer.arch': 'auto'}    # older runs: a ConvNet observer, which is auto <= 32 px
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
-           'results.json', 'kept_indices.npz', 'config.json', summaries_lib.SUBDIR)
+           'distilled_images', 'results.json', 'kept_indices.npz', 'config.json',
+           summaries_lib.SUBDIR)
 
 
 class WorkdirError(ValueError):
@@ -258,19 +260,25 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
     files.write_json(os.path.join(workdir, 'config.json'), cfg.to_dict())
   print(f'[data] {data.dataset!r}, preprocessing {data.pre.kind}', flush=True)
   print(f'[plan] {plan.to_dict()}', flush=True)
-  pruning = None
-  if cfg.bilp.prune_fraction > 0:
-    data, pruning = preemptive_prune(cfg, data, workdir)
-  try:
-    syn, classes, summary = distill(cfg, plan, data, workdir, mesh, summaries=logger)
-  except BaseException:
-    if logger is not None:
-      logger.close()
-    raise
+  pruning, pruning_seconds = None, None
+  with cost_lib.stopwatch() as making:      # the cost of making the set: pruning .. decoded set
+    if cfg.bilp.prune_fraction > 0:
+      with cost_lib.stopwatch() as pruning_clock:
+        data, pruning = preemptive_prune(cfg, data, workdir)
+      pruning_seconds = pruning_clock.seconds
+    try:
+      syn, classes, summary = distill(cfg, plan, data, workdir, mesh, summaries=logger)
+    except BaseException:
+      if logger is not None:
+        logger.close()
+      raise
+  cost = cost_lib.record(making.seconds, steps=summary['steps'],
+                         sec_per_step=summary['sec_per_step'],
+                         resumed_from=summary['resumed_from'], pruning_seconds=pruning_seconds)
   if main:
     paths = export.export_distilled(workdir, syn, classes, data.pre, data.class_names)
     export.plot_curve(workdir, f'{run_tag(cfg)} {cfg.data.name} IPC {cfg.distill.ipc}')
-    print(f'[export] {paths["npz"]}, {paths["png"]}', flush=True)
+    print(f'[export] {paths["npz"]}, {paths["png"]}, {paths["images"]}', flush=True)
   results = {
       'method': cfg.method, 'dataset': cfg.data.name, 'ipc': cfg.distill.ipc, 'seed': cfg.seed,
       'plan': plan.to_dict(),
@@ -279,6 +287,7 @@ def _run(cfg: ml_collections.ConfigDict, workdir: str | None, mesh, data: Prepar
       'distill': {'steps': summary['steps'], 'sec_per_step': summary['sec_per_step'],
                   'resumed_from': summary['resumed_from'], 'devices': jax.device_count(),
                   'processes': jax.process_count()},
+      'cost': cost,
   }
   if summary.get('build'):
     results['build'] = summary['build']
