@@ -70,19 +70,32 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict | None) -> N
         else value
 
 
+def _merge(base: dict, own: dict) -> dict:
+  out = dict(base)
+  for k, v in own.items():
+    out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+  return out
+
+
+def _with_defaults(own: dict) -> ml_collections.ConfigDict:
+  """A stored config completed with today's defaults: blocks registered since it was written
+  (a user protocol's) and keys added since."""
+  return ml_collections.ConfigDict(_merge(config_lib.base_config().to_dict(), own))
+
+
 def run_config(judged: JudgedSet, config: ml_collections.ConfigDict | None,
                protocol: str) -> ml_collections.ConfigDict:
   """The ddjax config the protocols read: the workdir's own, else `config` (a ddjax config file's
   for the data), else the base config of the random-subset builder on the default dataset; with
-  eval.protocol = `protocol` when given (a foreign set without one: 'dc' for hard labels,
-  'rded' for soft)."""
+  eval.protocol = `protocol` when given (a foreign set with neither config nor protocol: 'dc'
+  for hard labels, 'rded' for soft)."""
   if config is not None:
-    cfg = ml_collections.ConfigDict(config.to_dict())
+    cfg = _with_defaults(config.to_dict())
   elif judged.run_cfg is not None:
-    cfg = ml_collections.ConfigDict(judged.run_cfg.to_dict())
+    cfg = _with_defaults(judged.run_cfg.to_dict())
   else:
     cfg = config_lib.method_config('random_subset')
-  if judged.run_cfg is None and not protocol:
+  if judged.run_cfg is None and config is None and not protocol:
     protocol = 'dc' if judged.hard_labels else 'rded'
   if protocol:
     cfg.eval.protocol = protocol

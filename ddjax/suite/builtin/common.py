@@ -55,17 +55,18 @@ def random_accuracy(ctx: Context, protocol: str | None = None, arch: str | None 
       'random', subset, arch=arch, protocol=protocol, overrides=overrides, root=d))
 
 
-def full_data_accuracy(ctx: Context, arch: str | None, epochs: int) -> dict:
+def full_data_accuracy(ctx: Context, arch: str | None, epochs: int,
+                       num: int | None = None) -> dict:
   """The whole real training set with hard labels under the hard-label protocol for `epochs`
   epochs (the reference of HLR); cached per data, architecture, epochs and seed."""
   record = {'data': ctx.data_record(), 'arch': arch or ctx.run_cfg.eval.model.to_dict(),
             'protocol': HARD_PROTOCOL, 'epochs': int(epochs), 'seed': int(ctx.suite.seed),
-            'num_models': int(ctx.suite.num_models)}
+            'num_models': int(num or ctx.suite.num_models)}
   real = {'x': ctx.data.x_train,
           'y': np.eye(ctx.data.num_classes, dtype=np.float32)[np.asarray(ctx.data.y_train)]}
   return ctx.cached('full_data', record, lambda d: ctx.accuracy(
       'full_data', real, arch=arch, protocol=HARD_PROTOCOL,
-      overrides={'epochs': int(epochs)}, root=d))
+      overrides={'epochs': int(epochs)}, num=num, root=d))
 
 
 def pm(acc: dict) -> str:
