@@ -66,8 +66,11 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict | None) -> N
       known = ', '.join(sorted(k for k in node.keys()))
       raise ValueError(f'unknown suite setting {dotted!r}; known here: {known}')
     old = node[parts[-1]]
-    node[parts[-1]] = type(old)(value) if old is not None and not isinstance(value, type(old)) \
-        else value
+    if isinstance(old, bool) and isinstance(value, str):
+      value = value.lower() in ('1', 'true', 'yes')
+    elif old is not None and not isinstance(value, type(old)):
+      value = type(old)(value)
+    node[parts[-1]] = value
 
 
 def _merge(base: dict, own: dict) -> dict:
