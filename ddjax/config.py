@@ -44,12 +44,13 @@ def __getattr__(name: str):
 def model_config(**overrides) -> ml_collections.ConfigDict:
   """Architecture block (ddjax.models.build_model keywords plus `arch`)."""
   cfg = ml_collections.ConfigDict()
-  cfg.arch = 'convnet'                # convnet | resnet18 (its own widths; norm, bn_momentum,
-                                      # dtype apply; ddjax.models.resnet) | mlp
+  cfg.arch = 'convnet'                # convnet | mlp | resnet18 | resnet18_ap | vgg11 (their own
+                                      # widths; norm, bn_momentum, dtype apply) | lenet | alexnet
+                                      # (dtype applies); ddjax.models, ddjax.models.zoo
   cfg.depth = 3
   cfg.width = 64
   cfg.double_width = False
-  cfg.norm = 'none'
+  cfg.norm = 'none'                   # none | instance | batch | layer | group (4 groups)
   cfg.norm_placement = 'dc'           # dc: conv -> norm | frepo: FRePo's (ddjax.models.convnet)
   cfg.bn_momentum = 0.9               # flax's convention (PyTorch's 0.1); FRePo: 0.1
   cfg.pooling = 'avg'
@@ -236,7 +237,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   """
   from ddjax.data import DATASETS           # local imports keep `import ddjax.config` light
   from ddjax.kernels.architectures import KERNEL_ARCHITECTURES
-  from ddjax.models import ARCHITECTURES, COMPUTE_DTYPES, NORM_PLACEMENTS, NORMS, POOLINGS
+  from ddjax.models import (ARCHITECTURES, COMPUTE_DTYPES, GROUP_NORM_GROUPS, NORM_PLACEMENTS,
+                            NORMS, POOLINGS)
 
   errors = []
   known = _keys(base_config())
@@ -256,6 +258,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     errors += fraction_errors(cfg, f'{block}.bn_momentum')
     errors += int_errors(cfg, f'{block}.depth', 1)
     errors += int_errors(cfg, f'{block}.width', 1)
+    width = _get(cfg, f'{block}.width')
+    if (_get(cfg, f'{block}.arch') == 'convnet' and _get(cfg, f'{block}.norm') == 'group'
+        and isinstance(width, int) and width % GROUP_NORM_GROUPS):
+      errors.append(f"{block}.width={width}: norm 'group' splits the channels into "
+                    f'{GROUP_NORM_GROUPS} groups; set a width divisible by {GROUP_NORM_GROUPS}.')
   errors += int_errors(cfg, 'distill.ipc', 1, ' (images per class)')
   errors += int_errors(cfg, 'distill.steps', 0)
   errors += int_errors(cfg, 'distill.batch_size', 1)
@@ -309,10 +316,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
 def validate_data(cfg: ml_collections.ConfigDict, plan, data) -> None:
   """Raise ConfigError listing what the loaded data rules out in `cfg`, before anything is
   written to the workdir: fewer than 2 classes, a ConvNet (model, eval.model) deeper than the
-  images allow, a real batch larger than the training set.
+  images allow or another network they are too small for, a real batch larger than the training
+  set.
   plan: the run's `ddjax.registry.Plan` (a batch matters only when it takes steps); data: a
   `ddjax.data.PreparedData` (image_shape, num_classes, x_train, dataset.source).
   (The IPC against the smallest class: ddjax.data.check_ipc.)"""
+  from ddjax.models import image_size_error
   from ddjax.models.convnet import depth_error
   errors = []
   if data.num_classes < 2:
@@ -325,6 +334,9 @@ def validate_data(cfg: ml_collections.ConfigDict, plan, data) -> None:
     if used and _get(cfg, f'{block}.arch') == 'convnet':
       errors.append(depth_error(_get(cfg, f'{block}.depth'), tuple(data.image_shape),
                                 _get(cfg, f'{block}.pooling'), key=f'{block}.depth'))
+    elif used:
+      errors.append(image_size_error(_get(cfg, f'{block}.arch'), tuple(data.image_shape),
+                                     key=f'{block}.arch'))
   count = int(data.x_train.shape[0])
   batch = real_batch_size(cfg, max(data.num_classes, 1))
   if batch > count and plan.steps > 0:

@@ -101,14 +101,15 @@ def test_unknown_names_raise_with_allowed_values():
   with pytest.raises(ValueError, match='convnet.*mlp'):
     build_model('resnet1000', 10)
   with pytest.raises(ValueError, match='instance'):
-    build_model('convnet', 10, norm='group')
+    build_model('convnet', 10, norm='groups')
   with pytest.raises(ValueError, match='avg'):
     build_model('convnet', 10, pooling='median')
   with pytest.raises(ValueError, match='none'):
     ConvNet(10, norm='bogus').init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
-  assert ARCHITECTURES == ('convnet', 'mlp', 'resnet18')
+  assert ARCHITECTURES == ('convnet', 'mlp', 'resnet18', 'lenet', 'alexnet', 'vgg11',
+                           'resnet18_ap')
   with pytest.raises(ValueError, match='batch'):
-    build_model('resnet18', 10, norm='group')
+    build_model('resnet18', 10, norm='groups')
   assert set(POOLINGS) == {'avg', 'max', 'none'}
 
 

@@ -14,6 +14,8 @@ Norms (`norm`):
   'none'      identity.
   'instance'  GroupNorm with one group per channel, affine: DC's 'instancenorm' (GroupNorm(C, C)).
   'layer'     LayerNorm over (H, W, C) with per-element affine (DC's 'layernorm').
+  'group'     GroupNorm with 4 groups, affine, eps 1e-5: DC's 'groupnorm' (GroupNorm(4, C)); the
+              channel count must be divisible by 4 (`GROUP_NORM_GROUPS`).
   'batch'     BatchNorm, momentum 0.9, running statistics in the 'batch_stats' collection; call
               `apply(..., train=True, mutable=['batch_stats'])` when training.
 
@@ -55,7 +57,8 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-NORMS = ('none', 'instance', 'batch', 'layer')
+NORMS = ('none', 'instance', 'batch', 'layer', 'group')
+GROUP_NORM_GROUPS = 4   # DC's 'groupnorm': nn.GroupNorm(4, C)
 NORM_PLACEMENTS = ('dc', 'frepo')
 POOLINGS = ('avg', 'max', 'none')
 _EPS = 1e-5  # PyTorch's default norm epsilon, as in DC/MTT.
@@ -368,6 +371,12 @@ def apply_norm(kind: str, x: Array, train: bool, name: str, bn_momentum: float =
   if kind == 'layer':
     return nn.LayerNorm(epsilon=_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1),
                         dtype=dtype, name=name)(x)
+  if kind == 'group':
+    if x.shape[-1] % GROUP_NORM_GROUPS:
+      raise ValueError(f"norm 'group' splits channels into {GROUP_NORM_GROUPS} groups, but {name} "
+                       f'has {x.shape[-1]} channels; use a width divisible by '
+                       f'{GROUP_NORM_GROUPS} or another norm')
+    return nn.GroupNorm(num_groups=GROUP_NORM_GROUPS, epsilon=_EPS, dtype=dtype, name=name)(x)
   if kind == 'batch':
     return nn.BatchNorm(use_running_average=not train, momentum=bn_momentum, epsilon=_EPS,
                         dtype=dtype, name=name)(x)
