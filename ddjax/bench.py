@@ -18,6 +18,7 @@ and the time it took to make each set.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -32,8 +33,10 @@ BASELINE = 'random_subset'
 
 def load_method_config(spec: str) -> tuple[str, ml_collections.ConfigDict]:
   """(row name, config) of a --methods entry: 'frepo_isa' (configs/frepo_isa.py),
-  'configs/dm.py:paper', or a registered method name ('random_subset')."""
+  'configs/dm.py:paper', or a registered method name ('random_subset'); '+key=value' parts set
+  that method's config alone ('dm+distill.steps=200')."""
   from ddjax import config as config_lib
+  spec, *own = spec.split('+')
   name, _, preset = spec.partition(':')
   path = name if name.endswith('.py') else os.path.join('configs', name + '.py')
   if os.path.isfile(path):
@@ -48,6 +51,11 @@ def load_method_config(spec: str) -> tuple[str, ml_collections.ConfigDict]:
       cfg = config_lib.method_config(name, preset)
     except config_lib.ConfigError as e:
       raise ValueError(f'--methods entry {spec!r}: no config file {path} and {e}') from None
+  for part in own:
+    key, eq, value = part.partition('=')
+    if not eq:
+      raise ValueError(f'--methods entry {spec!r}: {part!r} is not key=value')
+    set_key(cfg, key, value)
   row = os.path.splitext(os.path.basename(name))[0] + (f':{preset}' if preset else '')
   return row, cfg
 
@@ -144,13 +152,16 @@ def bench(methods: list[str], ipcs: list[int], out: str, preset: str = 'quick',
   from ddjax.runtime import pipeline
   from ddjax.suite import axes as axes_lib
   from ddjax.suite.runner import evaluate_set, suite_config
-  if BASELINE not in [m.partition(':')[0] for m in methods]:
+  if BASELINE not in [m.split('+')[0].partition(':')[0] for m in methods]:
     methods = [BASELINE] + list(methods)
   configs = [load_method_config(m) for m in methods]
   suite = suite_config(preset)
   specs = [axes_lib.get_axis(a.strip()) for a in
            (suite_overrides or {}).get('axes', suite.axes).split(',') if a.strip()]
-  table, t0 = {}, time.perf_counter()
+  board = os.path.join(out, 'leaderboard.json')      # other IPCs of an earlier call are kept
+  table = ({k: v for k, v in json.load(open(board)).items() if int(k) not in ipcs}
+           if os.path.exists(board) else {})
+  t0 = time.perf_counter()
   for ipc in ipcs:
     rows = []
     for name, base in configs:
@@ -171,6 +182,7 @@ def bench(methods: list[str], ipcs: list[int], out: str, preset: str = 'quick',
     for rank, row in enumerate(rank_rows(rows), 1):
       row['rank'] = rank
     table[str(ipc)] = rank_rows(rows)
+    table = dict(sorted(table.items(), key=lambda kv: int(kv[0])))
     files.write_json(os.path.join(out, 'leaderboard.json'), table)
   text = (f'# Leaderboard ({preset} suite)\n\nRanked by LRS where the suite has robust scores, '
           f'else by accuracy under each set\'s own protocol. Accuracies and scores as in '
