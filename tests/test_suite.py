@@ -134,3 +134,19 @@ def test_the_command_line_lists_axes_and_refuses_unknown_settings(tiny_set, tmp_
   assert bad.returncode != 0 and 'num_modles' in bad.stderr
   missing = run('--set=/nonexistent/set')
   assert missing.returncode != 0 and 'no set at' in missing.stderr
+
+
+def test_cross_architecture_trains_every_named_network_and_refuses_unknown_ones(tiny_set,
+                                                                                tmp_path):
+  res = _judge(tiny_set, tmp_path, axes='cross_arch', **{'cross_arch.archs': 'ConvNet-2,MLP'})
+  rows = res['axes']['cross_arch']['archs']
+  assert list(rows) == ['ConvNet-2', 'MLP']
+  for row in rows.values():
+    assert len(row['set']['accs']) == 2 and len(row['random']['accs']) == 2
+    assert row['gain'] == pytest.approx(row['set']['acc_mean'] - row['random']['acc_mean'])
+  assert res['axes']['cross_arch']['mean'] == pytest.approx(
+      np.mean([r['set']['acc_mean'] for r in rows.values()]))
+  assert (tmp_path / 'suite' / 'cross_arch' / 'cross_arch.png').exists()
+  with pytest.raises(ValueError, match='unknown zoo architecture'):
+    _judge(tiny_set, tmp_path, axes='cross_arch', out='bad',
+           **{'cross_arch.archs': 'ConvNet-2,ResNet-50'})
