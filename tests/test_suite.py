@@ -150,3 +150,43 @@ def test_cross_architecture_trains_every_named_network_and_refuses_unknown_ones(
   with pytest.raises(ValueError, match='unknown zoo architecture'):
     _judge(tiny_set, tmp_path, axes='cross_arch', out='bad',
            **{'cross_arch.archs': 'ConvNet-2,ResNet-50'})
+
+
+MULTI_CONFIG = '''
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+
+def get_config():
+  cfg = tiny_config({npz!r})
+  cfg.method = 'random_subset'
+  cfg.eval.num_models = 0
+  cfg.eval.protocol = 'dc'
+  return cfg
+'''
+
+
+def test_two_processes_share_the_networks_and_end_with_the_one_process_results(
+    tiny_set, tiny_npz, tmp_path):
+  config = tmp_path / 'tiny_config.py'
+  config.write_text(MULTI_CONFIG.format(tests=os.path.join(ROOT, 'tests'), npz=tiny_npz))
+  args = [f'--set={tiny_set}', f'--config={config}', '--suite.axes=accuracy',
+          '--suite.num_models=3', '--suite.max_steps=15']
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  one = subprocess.run([sys.executable, '-m', 'ddjax.evaluate', *args,
+                        f'--out={tmp_path / "one"}', f'--suite.cache_dir={tmp_path / "c1"}'],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert one.returncode == 0, one.stderr[-2000:]
+  two = subprocess.run([sys.executable, os.path.join(ROOT, 'launch', 'multiprocess.py'), '-n=2',
+                        '--devices_per_process=1', '--entry=-m ddjax.evaluate', '--', *args,
+                        f'--out={tmp_path / "two"}', f'--suite.cache_dir={tmp_path / "c2"}'],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert two.returncode == 0, two.stderr[-2000:]
+  rows = lambda d: json.loads((tmp_path / d / 'suite.json').read_text())[
+      'axes']['accuracy']['protocols']['dc']
+  assert rows('two')['set']['accs'] == pytest.approx(rows('one')['set']['accs'], abs=1e-6)
+  assert rows('two')['random']['accs'] == pytest.approx(rows('one')['random']['accs'], abs=1e-6)
+  # networks 0 and 2 on process 0, network 1 on process 1: every unit written once
+  units = sorted(p.name for p in (tmp_path / 'two' / 'units' / 'set' / 'own' / 'eval_model')
+                 .iterdir())
+  assert units == ['net0.npz', 'net1.npz', 'net2.npz']

@@ -147,8 +147,11 @@ def evaluate_set(source: str, out_dir: str, *, preset: str = 'quick', axes: str 
   (comma-separated registered axes; default the preset's) and write suite.json, report.md and
   plots to `out_dir`. Returns the suite's results dict (what suite.json holds).
 
-  config: the ddjax config of a foreign set's data (and method, for the axes that distil);
-  overrides: dotted suite settings; data: the PreparedData when the caller has it."""
+  config: the ddjax config of a foreign set's data (and method, for the axes that distil), or
+  of a workdir's set run as several processes (its distributed.* block; `launch/multiprocess.py
+  --entry="-m ddjax.evaluate"`); overrides: dotted suite settings; data: the PreparedData when
+  the caller has it. Several processes share every cell's networks (`Context.networks`) and
+  end with the one-process results."""
   t0 = time.perf_counter()
   cfg = suite_config(preset)
   if axes:
@@ -159,6 +162,14 @@ def evaluate_set(source: str, out_dir: str, *, preset: str = 'quick', axes: str 
   judged = load_set(source)
   run_cfg = run_config(judged, config, cfg.protocol)
   config_lib.validate(run_cfg)
+  distributed.initialize(run_cfg.distributed)     # several processes: --config's distributed.*
+  with distributed.quiet_unless_main():
+    return _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, restart,
+                     data, t0)
+
+
+def _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, restart, data,
+              t0) -> dict:
   for spec in specs:
     if spec.needs_method and judged.run_cfg is None and config is None:
       raise ValueError(f'axis {spec.name!r} distils sets itself and needs the method that made '
