@@ -31,6 +31,8 @@ from ddjax.data.sampling import (
     check_ipc,
     class_balanced_indices,
     init_synthetic,
+    initial_labels,
+    lift_labels,
     one_hot,
     real_subset,
 )
@@ -47,7 +49,7 @@ __all__ = [
     'PreparedData', 'prepare',
     'DATASETS', 'Dataset', 'DatasetNotFoundError', 'Preprocessor', 'apply_preprocessor',
     'candidate_paths', 'centered_one_hot', 'check_ipc', 'class_balanced_indices',
-    'clip_to_pixel_range',
+    'clip_to_pixel_range', 'initial_labels', 'lift_labels',
     'default_preprocessing', 'fit_preprocessor', 'init_synthetic', 'invert_preprocessor',
     'load_cifar_dir', 'load_cifar_tar', 'load_dataset', 'load_npz', 'locate_dataset', 'one_hot',
     'preprocessor_from_dict', 'preprocessor_to_dict', 'read_idx', 'real_subset', 'write_idx',

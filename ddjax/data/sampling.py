@@ -74,6 +74,44 @@ def _labels(classes: np.ndarray, num_classes: int, label_init: str) -> np.ndarra
   raise ValueError(f'unknown label_init {label_init!r}; choose one of {LABEL_INITS}')
 
 
+def initial_labels(classes: np.ndarray, num_classes: int, label_init: str) -> np.ndarray:
+  """float32 (n, K): the labels a set of images of `classes` (n,) starts from under `label_init`
+  ('one_hot' or 'centered_one_hot', `LABEL_INITS`)."""
+  return _labels(np.asarray(classes), num_classes, label_init)
+
+
+def lift_labels(y: np.ndarray, classes: np.ndarray, original: Sequence[int], num_classes: int,
+                label_init: str = 'one_hot') -> np.ndarray:
+  """Labels of a set made on data restricted to k classes (`PreparedData.restrict_classes`),
+  mapped into the whole data's K classes.
+
+  y: (n, k) the set's labels over the local classes; classes: (n,) each row's local class;
+  original: (k,) the original class of each local class; label_init: the labels' initial form.
+  With L_m(c) the initial label of class c over m classes and E the (k, K) matrix placing local
+  column j at column original[j]:
+
+      lifted = L_K(original[classes]) + (y - L_k(classes)) E        (n, K) float32
+
+  so a set whose labels were never learned gets exactly the labels the method gives its images
+  over K classes (one-hot: one-hot), and a learned change of the labels is kept on the step's
+  own classes; the other classes keep their initial value. (For soft-label sets stored as a
+  teacher's logits, the other classes' entries are the initial value, not a low logit.)
+  """
+  y = np.asarray(y, np.float32)
+  classes = np.asarray(classes).astype(np.int64)
+  original = np.asarray(original).astype(np.int64).reshape(-1)
+  k = len(original)
+  if y.ndim != 2 or y.shape[1] != k or classes.shape != (y.shape[0],):
+    raise ValueError(f'lift_labels: labels {y.shape} must be (n, {k}) with classes (n,), got '
+                     f'classes {classes.shape}')
+  if k and (original.min() < 0 or original.max() >= num_classes):
+    raise ValueError(f'lift_labels: original classes {original.tolist()} must lie in '
+                     f'[0, {num_classes})')
+  lifted = _labels(original[classes], num_classes, label_init)
+  lifted[:, original] += y - _labels(classes, k, label_init)
+  return lifted.astype(np.float32)
+
+
 def real_subset(seed_or_rng: SeedOrRng, x: np.ndarray, y: np.ndarray, ipc: int, num_classes: int,
                 label_init: str = 'centered_one_hot') -> tuple[dict[str, np.ndarray], np.ndarray]:
   """A class-balanced random subset of real images, and the indices chosen.

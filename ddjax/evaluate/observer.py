@@ -56,7 +56,7 @@ DATA_KEYS = ('dataset', 'train_size', 'image_shape', 'preprocessing')
 CHECKED_KEYS = DATA_KEYS + ('arch', 'seed', 'epochs')
 OBSERVER_ARCHITECTURES = ('auto', 'convnet', 'resnet18')
 AUTO_CONVNET_MAX_SIDE = 32          # 'auto': ConvNet up to 32 px (RDED's conv3), ResNet-18 above
-IDENTITY_KEYS = ('data_crc32',)     # generic sources only (`ddjax.data.prepared.cache_identity`)
+IDENTITY_KEYS = ('data_crc32', 'classes')   # `ddjax.data.prepared.cache_identity`'s keys
 KEY_OBSERVER = 5          # the purpose folded into the root key for observer training
 
 
