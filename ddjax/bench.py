@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from ddjax.infra import files
+from ddjax.suite.runner import apply_overrides
 
 BASELINE = 'random_subset'
 
@@ -55,27 +56,9 @@ def load_method_config(spec: str) -> tuple[str, ml_collections.ConfigDict]:
     key, eq, value = part.partition('=')
     if not eq:
       raise ValueError(f'--methods entry {spec!r}: {part!r} is not key=value')
-    set_key(cfg, key, value)
+    apply_overrides(cfg, {key: value}, f'config key (in --methods entry {spec!r})')
   row = os.path.splitext(os.path.basename(name))[0] + (f':{preset}' if preset else '')
   return row, cfg
-
-
-def set_key(cfg: ml_collections.ConfigDict, dotted: str, value: str) -> None:
-  """cfg.<dotted> = value parsed to the existing value's type; ValueError for a missing key."""
-  node, parts = cfg, dotted.split('.')
-  for p in parts[:-1]:
-    if p not in node:
-      raise ValueError(f'--run.{dotted}: the config has no {p!r}')
-    node = node[p]
-  if parts[-1] not in node:
-    raise ValueError(f'--run.{dotted}: the config has no {parts[-1]!r}')
-  old = node[parts[-1]]
-  if isinstance(old, bool):
-    node[parts[-1]] = value.lower() in ('1', 'true', 'yes')
-  elif isinstance(old, (int, float, str)):
-    node[parts[-1]] = type(old)(value)
-  else:
-    node[parts[-1]] = value
 
 
 def rank_rows(rows: list[dict]) -> list[dict]:
@@ -111,6 +94,7 @@ def leaderboard_markdown(table: dict) -> str:
 
 def plot_leaderboard(table: dict, path: str) -> None:
   from matplotlib.figure import Figure
+  from ddjax.suite.report import save_figure
   fig = Figure(figsize=(6 * len(table), 3.8), dpi=100)
   axes = fig.subplots(1, len(table), squeeze=False)[0]
   for ax, (ipc, rows) in zip(axes, table.items()):
@@ -126,8 +110,7 @@ def plot_leaderboard(table: dict, path: str) -> None:
       twin.plot(x, [r.get('lrs', np.nan) for r in rows], 'k^', label='LRS')
       twin.set_ylabel('LRS')
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  files.write_atomic(path, lambda f: fig.savefig(f, format='png'))
+  save_figure(fig, path)
 
 
 def row_of(name: str, judged: dict, specs) -> dict:
@@ -167,8 +150,7 @@ def bench(methods: list[str], ipcs: list[int], out: str, preset: str = 'quick',
     for name, base in configs:
       cfg = ml_collections.ConfigDict(base.to_dict())
       cfg.distill.ipc = int(ipc)
-      for k, v in (run_overrides or {}).items():
-        set_key(cfg, k, v)
+      apply_overrides(cfg, run_overrides, 'config key (--run.)')
       tag = f'{name.replace(":", "_")}_ipc{ipc}'
       workdir = os.path.join(out, 'sets', tag)
       print(f'[bench] {tag}: making the set ({time.perf_counter() - t0:.0f} s so far)',

@@ -17,6 +17,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from ddjax.infra import artifacts
 from ddjax.suite import axes as axes_lib
 from ddjax.suite.runner import evaluate_set, suite_config
 
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
     if not f.set:
       fail(ValueError('--set is required: a ddjax workdir, a distilled.npz or an image folder'))
     out = f.out or f.set.rstrip('/').removesuffix('.npz') + '_suite'
-    overrides = {k: v for k, v in _flat(f.suite.to_dict()).items()}
+    overrides = artifacts.flatten(f.suite.to_dict())
     try:
       evaluate_set(f.set, out, preset=f.preset, config=f.config, overrides=overrides,
                    restart=f.restart)
@@ -71,12 +72,3 @@ def main(argv=None) -> None:
 
   run()
 
-
-def _flat(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out

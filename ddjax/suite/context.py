@@ -29,7 +29,7 @@ from ddjax.data.sampling import real_subset
 from ddjax.evaluate.protocols.base import settings_of
 from ddjax.evaluate.train import accuracy, predict
 from ddjax.infra import artifacts, distributed, files
-from ddjax.models import from_config, init_model
+from ddjax.models import from_config
 
 Measure = Callable[[Any, dict], dict]   # (model, variables) -> {name: float or array}
 
@@ -138,7 +138,7 @@ class Context:
     measure = measure or self.test_accuracy
     model = None
     key = _cell_key(self.key, cell)
-    own, t0 = [], time.perf_counter()
+    own = []
     members = list(distributed.own_members(num))
     for j, i in enumerate(members):
       path = _unit_path(root, cell, i)

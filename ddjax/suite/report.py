@@ -6,6 +6,14 @@ import os
 from ddjax.infra import files
 
 
+def save_figure(fig, path: str) -> str:
+  """Lay out a matplotlib Figure and write it as a PNG atomically; returns the path (the plots of
+  the axes and the leaderboard)."""
+  fig.tight_layout()
+  files.write_atomic(path, lambda f: fig.savefig(f, format='png'))
+  return path
+
+
 def _cost_lines(cost: dict | None) -> list[str]:
   if not cost:
     return ['Cost of making the set: not recorded (a set from outside ddjax).']

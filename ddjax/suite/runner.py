@@ -20,7 +20,6 @@ import ml_collections
 import numpy as np
 
 from ddjax import config as config_lib
-from ddjax import registry
 from ddjax.infra import artifacts, distributed, files
 from ddjax.runtime import pipeline
 from ddjax.suite import axes as axes_lib
@@ -53,18 +52,19 @@ def suite_config(preset: str = 'quick') -> ml_collections.ConfigDict:
   return c
 
 
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict | None) -> None:
-  """Set dotted keys ('num_models', 'cross_arch.archs') on the suite config; ValueError naming a
-  key that does not exist."""
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict | None,
+                    what: str = 'suite setting') -> None:
+  """Set dotted keys ('num_models', 'cross_arch.archs') on a config, a string value parsed to the
+  existing value's type; ValueError naming a key that does not exist (as a `what`)."""
   for dotted, value in (overrides or {}).items():
     node, parts = cfg, dotted.split('.')
     for p in parts[:-1]:
-      if p not in node:
-        raise ValueError(f'unknown suite setting {dotted!r}')
+      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+        raise ValueError(f'unknown {what} {dotted!r}')
       node = node[p]
     if parts[-1] not in node:
       known = ', '.join(sorted(k for k in node.keys()))
-      raise ValueError(f'unknown suite setting {dotted!r}; known here: {known}')
+      raise ValueError(f'unknown {what} {dotted!r}; known here: {known}')
     old = node[parts[-1]]
     if isinstance(old, bool) and isinstance(value, str):
       value = value.lower() in ('1', 'true', 'yes')

@@ -24,6 +24,7 @@ import numpy as np
 from ddjax.data.preprocess import invert_preprocessor
 from ddjax.evaluate import adversarial
 from ddjax.suite.axes import Axis, register_axis
+from ddjax.suite.report import save_figure
 from ddjax.suite.builtin.common import HARD_PROTOCOL, protocol_record
 from ddjax.suite.context import Context
 
@@ -198,7 +199,6 @@ def report(result: dict) -> str:
 
 def plot(result: dict, directory: str) -> list[str]:
   from matplotlib.figure import Figure
-  from ddjax.infra import files
   eps = np.asarray(result['eps']) * 255
   fig = Figure(figsize=(6, 4), dpi=100)
   ax = fig.subplots()
@@ -215,10 +215,7 @@ def plot(result: dict, directory: str) -> list[str]:
   ax.set_title(f'adversarial robustness ({result["protocol"]} protocol, PGD-'
                f'{result["pgd_steps"]})')
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(directory, 'adversarial.png')
-  files.write_atomic(path, lambda f: fig.savefig(f, format='png'))
-  return [path]
+  return [save_figure(fig, os.path.join(directory, 'adversarial.png'))]
 
 
 def summary(result: dict) -> dict:

@@ -32,6 +32,7 @@ from ddjax.evaluate.continual import class_orders, curve_figures, seen_classes, 
 from ddjax.evaluate.train import accuracy
 from ddjax.runtime import pipeline
 from ddjax.suite.axes import Axis, register_axis
+from ddjax.suite.report import save_figure
 from ddjax.suite.builtin.common import protocol_record
 from ddjax.suite.context import Context, log
 from ddjax.suite.sets import load_set
@@ -198,7 +199,6 @@ def report(result: dict) -> str:
 
 def plot(result: dict, directory: str) -> list[str]:
   from matplotlib.figure import Figure
-  from ddjax.infra import files
   n = np.asarray(result['classes_seen'])
   fig = Figure(figsize=(5.5, 3.8), dpi=100)
   ax = fig.subplots()
@@ -210,10 +210,7 @@ def plot(result: dict, directory: str) -> list[str]:
   ax.set_ylabel('test accuracy on seen classes (%)')
   ax.set_title(f'class-incremental, IPC {result["ipc"]}, {result["orders"]} order(s)')
   ax.legend()
-  fig.tight_layout()
-  path = os.path.join(directory, 'continual.png')
-  files.write_atomic(path, lambda f: fig.savefig(f, format='png'))
-  return [path]
+  return [save_figure(fig, os.path.join(directory, 'continual.png'))]
 
 
 def summary(result: dict) -> dict:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ddjax.suite.axes import Axis, register_axis
+from ddjax.suite.report import save_figure
 from ddjax.suite.builtin.common import pm, random_accuracy, set_accuracy
 from ddjax.suite.context import Context
 
@@ -45,7 +46,6 @@ def report(result: dict) -> str:
 
 def plot(result: dict, directory: str) -> list[str]:
   from matplotlib.figure import Figure
-  from ddjax.infra import files
   archs = list(result['archs'])
   x = np.arange(len(archs))
   fig = Figure(figsize=(max(5, 0.8 * len(archs) + 2), 3.5), dpi=100)
@@ -57,10 +57,7 @@ def plot(result: dict, directory: str) -> list[str]:
   ax.set_ylabel('test accuracy (%)')
   ax.set_title(f'cross-architecture ({result["protocol"]} protocol)')
   ax.legend()
-  fig.tight_layout()
-  path = os.path.join(directory, 'cross_arch.png')
-  files.write_atomic(path, lambda f: fig.savefig(f, format='png'))
-  return [path]
+  return [save_figure(fig, os.path.join(directory, 'cross_arch.png'))]
 
 
 def summary(result: dict) -> dict:
