@@ -327,7 +327,8 @@ def report(result: dict) -> str:
       f'{d["steps"]} steps, IPC {d["ipc"]}, {d["images"]} images) from {result["members"]} real '
       f'training images (members), beside networks trained on those members themselves (real). '
       f'Non-members: {result["nonmembers"]} other training images. Protocol '
-      f'{result["protocol"]}; mean +- std over {result["targets"]} target networks, each '
+      f'{result["protocol"]}; mean +- std over {result["targets"]} target network'
+      f'{"s" if result["targets"] != 1 else ""}, each '
       'attacked on its own. AUC 0.5 = chance; TPR at a low false-positive rate is what makes an '
       'attack dangerous (LiRA).', '',
       f'| attack | {head} |', '|---|' + '---|' * (3 * len(cols))]
