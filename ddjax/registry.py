@@ -158,7 +158,8 @@ class Protocol:
       and from its own blocks what else it needs (a teacher).
     blocks: the protocol's own config blocks (`ConfigBlock`).
     train: train(cfg, data, syn, plan, key, model, overrides) -> variables of ONE fresh `model`
-      trained on `syn` under the protocol, `overrides` being `EvalProtocol` field overrides
+      trained on `syn` under the protocol (`plan.evaluator` is this protocol: its settings come
+      from there, as in `evaluate`), `overrides` being `EvalProtocol` field overrides
       (augment=False, another loss): what the evaluation suite (`ddjax.suite`) trains its
       networks with, on any architecture. None for a protocol that trains no network (1-NN); the
       suite then reports its `evaluate` accuracy alone.

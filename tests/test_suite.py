@@ -190,3 +190,24 @@ def test_two_processes_share_the_networks_and_end_with_the_one_process_results(
   units = sorted(p.name for p in (tmp_path / 'two' / 'units' / 'set' / 'own' / 'eval_model')
                  .iterdir())
   assert units == ['net0.npz', 'net1.npz', 'net2.npz']
+
+
+def test_each_cell_trains_under_the_protocol_it_names(tiny_set, tmp_path, monkeypatch):
+  """The set's own protocol is 'frepo' here; HLR's cells ask for 'dc' and must train as 'dc'."""
+  from ddjax.evaluate.protocols import common
+  seen = []
+  real = common.train_from_scratch
+
+  def spy(key, model, x, y, protocol, *args, **kwargs):
+    seen.append((protocol.name, protocol.loss, protocol.optimizer, int(x.shape[0]),
+                 protocol.steps))
+    return real(key, model, x, y, protocol, *args, **kwargs)
+  monkeypatch.setattr(common, 'train_from_scratch', spy)
+  _judge(tiny_set, tmp_path, axes='robust_scores', protocol='frepo',
+         **{'robust_scores.ars': False})
+  names = {s[0] for s in seen}
+  assert names == {'frepo', 'dc'}
+  for name, loss, optimizer, n, steps in seen:
+    assert (loss, optimizer) == (('mse', 'adam') if name == 'frepo' else ('ce', 'sgd'))
+  full = [s for s in seen if s[3] == 120]        # the whole tiny training set, 40 epochs
+  assert full and all(s[0] == 'dc' and s[4] == 40 for s in full)

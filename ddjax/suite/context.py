@@ -100,6 +100,11 @@ class Context:
     """The set's protocol (name None) or a registered one by name."""
     return self.plan.evaluator if name is None else registry.get_protocol(name)
 
+  def plan_for(self, spec: registry.Protocol) -> registry.Plan:
+    """The set's plan with `spec` as its protocol: what a protocol's `train` and `evaluate` read
+    their own settings from (`plan.evaluator`), so that asking for 'dc' trains as 'dc'."""
+    return dataclasses.replace(self.plan, evaluator=spec, protocol=spec.name)
+
   def budget(self, protocol: registry.Protocol, n: int) -> dict:
     """Overrides that cap the protocol's training at suite.max_steps steps (0: no cap): fewer
     epochs for epoch-based protocols, fewer steps otherwise."""
@@ -150,8 +155,8 @@ class Context:
       s = syn(i) if callable(syn) else syn
       settings = {**self.budget(spec, int(s['x'].shape[0])), **(overrides or {})}
       t_net = time.perf_counter()
-      variables = spec.train(self.run_cfg, self.data, s, self.plan, jax.random.fold_in(key, i),
-                             model, settings)
+      variables = spec.train(self.run_cfg, self.data, s, self.plan_for(spec),
+                             jax.random.fold_in(key, i), model, settings)
       values = {k: np.asarray(v) for k, v in measure(model, variables).items()}
       files.make_dirs(os.path.dirname(path), 'suite unit directory')
       files.write_npz(path, **values)

@@ -24,7 +24,7 @@ def run(ctx: Context) -> dict:
     spec = ctx.protocol(name)
     protocol = None if name == ctx.plan.protocol else name
     if spec.train is None:       # a protocol that trains no network: its own evaluate, once
-      entries, _ = spec.evaluate(ctx.run_cfg, ctx.data, ctx.syn, ctx.plan, ctx.key)
+      entries, _ = spec.evaluate(ctx.run_cfg, ctx.data, ctx.syn, ctx.plan_for(spec), ctx.key)
       rows[name] = {'set': {k: entries['eval'][k] for k in ('accs', 'acc_mean', 'acc_std')}}
       continue
     rows[name] = {'set': set_accuracy(ctx, protocol),

@@ -25,7 +25,8 @@ from ddjax.data.preprocess import invert_preprocessor
 from ddjax.evaluate import adversarial
 from ddjax.suite.axes import Axis, register_axis
 from ddjax.suite.report import save_figure
-from ddjax.suite.builtin.common import HARD_PROTOCOL, protocol_record
+from ddjax.suite.builtin.common import (HARD_PROTOCOL, full_data_budget, full_data_set,
+                                        protocol_record)
 from ddjax.suite.context import Context
 
 KEY_ATTACK = 7            # the purpose folded into the axis key for PGD's random starts
@@ -150,11 +151,10 @@ def _full_data(ctx: Context, measure, epochs: int) -> dict:
             'protocol': HARD_PROTOCOL, 'epochs': int(epochs), 'seed': int(ctx.suite.seed),
             'num_models': int(ctx.suite.num_models), 'max_steps': int(ctx.suite.max_steps),
             'attack': attack_settings(ctx)}
-  real = {'x': ctx.data.x_train,
-          'y': np.eye(ctx.data.num_classes, dtype=np.float32)[np.asarray(ctx.data.y_train)]}
-  return ctx.cached('adversarial_full_data', record, lambda d: summarise(ctx.networks(
-      'adversarial_full_data', real, protocol=HARD_PROTOCOL, overrides={'epochs': int(epochs)},
-      measure=measure, root=d)))
+  budget = full_data_budget(ctx, epochs)
+  return ctx.cached('adversarial_full_data', {**record, **budget}, lambda d: summarise(
+      ctx.networks('adversarial_full_data', full_data_set(ctx), protocol=HARD_PROTOCOL,
+                   overrides=budget, measure=measure, root=d)))
 
 
 def run(ctx: Context) -> dict:

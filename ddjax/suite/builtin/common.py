@@ -3,11 +3,14 @@ architecture, and the full real data with hard labels. A cell with the same name
 per suite directory (unit files); baselines once per cache (`Context.cached`)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ddjax.suite.context import Context
 
 HARD_PROTOCOL = 'dc'    # the hard-label protocol of HLR: SGD, cross-entropy on hard labels
+FULL_DATA_BATCH = 256   # DC's batch, for the full-data reference
 
 
 def protocol_record(ctx: Context, protocol: str | None) -> dict:
@@ -62,11 +65,25 @@ def full_data_accuracy(ctx: Context, arch: str | None, epochs: int,
   record = {'data': ctx.data_record(), 'arch': arch or ctx.run_cfg.eval.model.to_dict(),
             'protocol': HARD_PROTOCOL, 'epochs': int(epochs), 'seed': int(ctx.suite.seed),
             'num_models': int(num or ctx.suite.num_models)}
-  real = {'x': ctx.data.x_train,
+  budget = full_data_budget(ctx, epochs)
+  return ctx.cached('full_data', {**record, **budget}, lambda d: ctx.accuracy(
+      'full_data', full_data_set(ctx), arch=arch, protocol=HARD_PROTOCOL, overrides=budget,
+      num=num, root=d))
+
+
+def full_data_set(ctx: Context) -> dict:
+  """The whole real training set with one-hot labels."""
+  return {'x': ctx.data.x_train,
           'y': np.eye(ctx.data.num_classes, dtype=np.float32)[np.asarray(ctx.data.y_train)]}
-  return ctx.cached('full_data', record, lambda d: ctx.accuracy(
-      'full_data', real, arch=arch, protocol=HARD_PROTOCOL,
-      overrides={'epochs': int(epochs)}, num=num, root=d))
+
+
+def full_data_budget(ctx: Context, epochs: int) -> dict:
+  """The full-data reference's training under the hard-label protocol: `epochs` epochs at batch
+  256, every number given, so the run's own eval.steps / eval.batch_size (meant for its small
+  set) do not reach it."""
+  n = len(ctx.data.y_train)
+  return {'epochs': int(epochs), 'batch_size': FULL_DATA_BATCH,
+          'steps': int(epochs) * math.ceil(n / FULL_DATA_BATCH)}
 
 
 def pm(acc: dict) -> str:
