@@ -91,8 +91,14 @@ def test_a_directory_made_with_other_settings_is_refused(tiny_set, tmp_path):
   _judge(tiny_set, tmp_path, axes='accuracy')
   with pytest.raises(ValueError, match='num_models'):
     _judge(tiny_set, tmp_path, axes='accuracy', num_models=3)
+  with pytest.raises(ValueError, match='protocols'):       # an axis's own setting changed
+    _judge(tiny_set, tmp_path, axes='accuracy', **{'accuracy.protocols': 'dc,frepo'})
   with pytest.raises(ValueError, match='unknown suite setting'):
     _judge(tiny_set, tmp_path, axes='accuracy', out='other', bogus=1)
+  # an axis added later joins the finished suite
+  both = _judge(tiny_set, tmp_path, axes='accuracy,cross_arch',
+                **{'cross_arch.archs': 'MLP'})
+  assert set(both['axes']) == {'accuracy', 'cross_arch'}
 
 
 def test_the_npz_of_a_workdir_is_judged_as_the_workdir_and_its_image_folder_close(

@@ -72,7 +72,8 @@ class Context:
     plan: the `registry.Plan` of run_cfg (its protocol is the set's protocol).
     settings: this axis's settings (ConfigDict).
     suite: the suite's shared settings (num_models, seed, max_steps, ...).
-    key: this axis's PRNG key.
+    key: the suite's PRNG key (the same for every axis: a cell folds in its name, so a cell
+      two axes share is one set of networks whatever the axes' order).
     out_dir: this axis's output directory (plots, unit files).
     cache_dir: where cached baselines live (shared by suites).
   """

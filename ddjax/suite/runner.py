@@ -110,20 +110,33 @@ def _settings_record(judged: JudgedSet, cfg: ml_collections.ConfigDict) -> dict:
   digest = hashlib.sha256()
   for a in (judged.x_pixels, judged.y):
     digest.update(np.ascontiguousarray(a, np.float32).tobytes())
+  shared = {k: v for k, v in cfg.to_dict().items() if not isinstance(v, dict) and k != 'axes'}
   return {'set': {'path': os.path.abspath(judged.path), 'content': digest.hexdigest()[:16]},
-          'suite': {k: v for k, v in cfg.to_dict().items() if k != 'axes'}}
+          'suite': shared}
+
+
+FIX = 'pass --restart (restart=True) to judge afresh, or another --out'
+
+
+def _check_record(directory: str, name: str, record: dict, subject: str) -> None:
+  """Refuse `directory` when its stored record `name` differs from `record` (naming the keys),
+  then store `record` there. Only the keys `record` has are compared."""
+  have = artifacts.read_record(directory, name) if os.path.isdir(directory) else None
+  if have is not None:
+    only = tuple(artifacts.flatten(artifacts.plain(record)))
+    artifacts.check(have, record, subject=subject, fix=FIX, only=only)
+  files.make_dirs(directory, '--out')
+  if distributed.is_main():
+    artifacts.write_record(directory, record, name)
 
 
 def _check_out_dir(out_dir: str, record: dict, restart: bool) -> None:
+  """The suite directory holds one set judged with one choice of the shared settings; each
+  axis's directory records that axis's own settings (`_check_record`), so an axis added later
+  joins a finished suite."""
   if restart and os.path.isdir(out_dir) and distributed.is_main():
     shutil.rmtree(out_dir)
-  have = artifacts.read_record(out_dir, 'suite_record.json') if os.path.isdir(out_dir) else None
-  if have is not None:
-    artifacts.check(have, record, subject=f'suite directory {out_dir}',
-                    fix='pass --restart (restart=True) to judge afresh, or another --out')
-  files.make_dirs(out_dir, '--out')
-  if distributed.is_main():
-    artifacts.write_record(out_dir, record, 'suite_record.json')
+  _check_record(out_dir, 'suite_record.json', record, f'suite directory {out_dir}')
 
 
 def cost_of(judged: JudgedSet) -> dict | None:
@@ -205,10 +218,10 @@ def _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, resta
     else:
       t_axis = time.perf_counter()
       log(f'axis {n + 1}/{len(specs)}: {spec.name} (elapsed {time.perf_counter() - t0:.0f} s)')
-      files.make_dirs(axis_dir, 'axis directory')
-      ctx = Context(**ctx_base, syn=None, settings=cfg[spec.name] if spec.name in cfg
-                    else ml_collections.ConfigDict(), key=jax.random.fold_in(root, n),
-                    out_dir=axis_dir)
+      settings = cfg[spec.name] if spec.name in cfg else ml_collections.ConfigDict()
+      _check_record(axis_dir, 'settings.json', {'settings': settings.to_dict()},
+                    f'axis directory {axis_dir}')
+      ctx = Context(**ctx_base, syn=None, settings=settings, key=root, out_dir=axis_dir)
       ctx.syn = {**syn, 'x': ctx.model_space(judged.x_pixels)}
       result = artifacts.plain(spec.run(ctx))
       result['seconds'] = time.perf_counter() - t_axis
