@@ -212,15 +212,15 @@ def _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, resta
   for n, spec in enumerate(specs):
     axis_dir = os.path.join(out_dir, spec.name)
     result_path = os.path.join(axis_dir, 'result.json')
+    settings = cfg[spec.name] if spec.name in cfg else ml_collections.ConfigDict()
+    _check_record(axis_dir, 'settings.json', {'settings': settings.to_dict()},
+                  f'axis directory {axis_dir}')
     if os.path.exists(result_path):
       result = artifacts.read_json(result_path, 'delete it to judge that axis again')
       log(f'axis {spec.name}: finished before, read from {result_path}')
     else:
       t_axis = time.perf_counter()
       log(f'axis {n + 1}/{len(specs)}: {spec.name} (elapsed {time.perf_counter() - t0:.0f} s)')
-      settings = cfg[spec.name] if spec.name in cfg else ml_collections.ConfigDict()
-      _check_record(axis_dir, 'settings.json', {'settings': settings.to_dict()},
-                    f'axis directory {axis_dir}')
       ctx = Context(**ctx_base, syn=None, settings=settings, key=root, out_dir=axis_dir)
       ctx.syn = {**syn, 'x': ctx.model_space(judged.x_pixels)}
       result = artifacts.plain(spec.run(ctx))
