@@ -213,7 +213,21 @@ def test_each_cell_trains_under_the_protocol_it_names(tiny_set, tmp_path, monkey
          **{'robust_scores.ars': False})
   names = {s[0] for s in seen}
   assert names == {'frepo', 'dc'}
+  assert not (tmp_path / 'suite' / 'units' / 'set' / 'own' / 'MLP').exists()
   for name, loss, optimizer, n, steps in seen:
     assert (loss, optimizer) == (('mse', 'adam') if name == 'frepo' else ('ce', 'sgd'))
   full = [s for s in seen if s[3] == 120]        # the whole tiny training set, 40 epochs
   assert full and all(s[0] == 'dc' and s[4] == 40 for s in full)
+
+
+def test_robust_scores_on_one_named_architecture(tiny_set, tmp_path):
+  """robust_scores.arch puts every cell of the scores, the full-data reference included, on one
+  zoo network (so sets with different eval models compare)."""
+  res = _judge(tiny_set, tmp_path, axes='robust_scores',
+               **{'robust_scores.arch': 'MLP', 'robust_scores.ars': False})
+  assert res['axes']['robust_scores']['arch'] == 'MLP'
+  units = tmp_path / 'suite' / 'units' / 'set'
+  assert (units / 'own' / 'MLP').is_dir() and (units / 'dc' / 'MLP' / 'hard').is_dir()
+  assert not (units / 'own' / 'eval_model').exists()
+  cached = [json.loads(p.read_text()) for p in (tmp_path / 'cache').glob('full_data_*/record.json')]
+  assert [c['arch'] for c in cached] == ['MLP']

@@ -118,13 +118,15 @@ def _settings_record(judged: JudgedSet, cfg: ml_collections.ConfigDict) -> dict:
 FIX = 'pass --restart (restart=True) to judge afresh, or another --out'
 
 
-def _check_record(directory: str, name: str, record: dict, subject: str) -> None:
+def _check_record(directory: str, name: str, record: dict, subject: str,
+                  added: dict | None = None) -> None:
   """Refuse `directory` when its stored record `name` differs from `record` (naming the keys),
-  then store `record` there. Only the keys `record` has are compared."""
+  then store `record` there. Only the keys `record` has are compared; a key the stored record
+  lacks counts as `added[key]` (a setting added since, at its default)."""
   have = artifacts.read_record(directory, name) if os.path.isdir(directory) else None
   if have is not None:
     only = tuple(artifacts.flatten(artifacts.plain(record)))
-    artifacts.check(have, record, subject=subject, fix=FIX, only=only)
+    artifacts.check(have, record, subject=subject, fix=FIX, only=only, added=added)
   files.make_dirs(directory, '--out')
   if distributed.is_main():
     artifacts.write_record(directory, record, name)
@@ -213,8 +215,9 @@ def _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, resta
     axis_dir = os.path.join(out_dir, spec.name)
     result_path = os.path.join(axis_dir, 'result.json')
     settings = cfg[spec.name] if spec.name in cfg else ml_collections.ConfigDict()
+    defaults = artifacts.flatten({'settings': spec.settings(preset)})
     _check_record(axis_dir, 'settings.json', {'settings': settings.to_dict()},
-                  f'axis directory {axis_dir}')
+                  f'axis directory {axis_dir}', added=defaults)
     if os.path.exists(result_path):
       result = artifacts.read_json(result_path, 'delete it to judge that axis again')
       log(f'axis {spec.name}: finished before, read from {result_path}')

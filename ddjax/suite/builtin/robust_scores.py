@@ -23,25 +23,30 @@ def settings(preset: str) -> dict:
   # is 235 steps, minutes on a 2-core CPU); it is computed once per data, architecture, epochs
   # and seed and cached.
   quick = preset == 'quick'
+  # arch: '' = each set's own eval model; a zoo name (e.g. 'ConvNet-3') puts every set's scores,
+  # and its full-data reference, on one network, so HLR and LRS compare across methods whose
+  # eval models differ (DD-Ranking fixes one model per leaderboard)
   return {'weight': 0.5, 'full_data_epochs': 1 if quick else 30,
-          'full_data_models': 1 if quick else 0, 'ars': True}   # 0: suite.num_models
+          'full_data_models': 1 if quick else 0, 'ars': True, 'arch': ''}
 
 
 def run(ctx: Context) -> dict:
   s = ctx.settings
-  acc = {'real_hard': full_data_accuracy(ctx, None, s.full_data_epochs,
+  arch = s.get('arch', '') or None
+  acc = {'real_hard': full_data_accuracy(ctx, arch, s.full_data_epochs,
                                         s.full_data_models or None),
-         'set_hard': set_accuracy(ctx, HARD_PROTOCOL, hard=True),
-         'set': set_accuracy(ctx), 'random': random_accuracy(ctx)}
+         'set_hard': set_accuracy(ctx, HARD_PROTOCOL, arch, hard=True),
+         'set': set_accuracy(ctx, arch=arch), 'random': random_accuracy(ctx, arch=arch)}
   means = {k: v['acc_mean'] for k, v in acc.items()}
   out = {'accuracies': acc, 'protocol': ctx.plan.protocol, 'hard_protocol': HARD_PROTOCOL,
+         'arch': arch or 'eval model',
          'full_data_epochs': int(s.full_data_epochs),
          **scores.robust_scores(means['real_hard'], means['set_hard'], means['set'],
                                 means['random'], s.weight)}
   if s.ars:
     plain = {'augment': False}
-    acc['set_plain'] = set_accuracy(ctx, overrides=plain, tag='/no_aug')
-    acc['random_plain'] = random_accuracy(ctx, overrides=plain)
+    acc['set_plain'] = set_accuracy(ctx, arch=arch, overrides=plain, tag='/no_aug')
+    acc['random_plain'] = random_accuracy(ctx, arch=arch, overrides=plain)
     out['ars'] = scores.augmentation_robust_score(
         means['set'], means['random'], acc['set_plain']['acc_mean'],
         acc['random_plain']['acc_mean'], s.weight)
