@@ -161,9 +161,10 @@ def bench(methods: list[str], ipcs: list[int], out: str, preset: str = 'quick',
       judged = evaluate_set(workdir, os.path.join(out, 'judged', tag), preset=preset,
                             overrides=suite_overrides)
       rows.append(row_of(name, judged, specs))
-    for rank, row in enumerate(rank_rows(rows), 1):
+    ranked = rank_rows(rows)
+    for rank, row in enumerate(ranked, 1):
       row['rank'] = rank
-    table[str(ipc)] = rank_rows(rows)
+    table[str(ipc)] = ranked
     table = dict(sorted(table.items(), key=lambda kv: int(kv[0])))
     files.write_json(os.path.join(out, 'leaderboard.json'), table)
   text = (f'# Leaderboard ({preset} suite)\n\nRanked by LRS where the suite has robust scores, '

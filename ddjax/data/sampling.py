@@ -57,6 +57,12 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
   return np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
 
 
+def is_one_hot(y) -> bool:
+  """Whether every row of y (n, K) is a one-hot vector (hard labels)."""
+  y = np.asarray(y)
+  return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))
+
+
 def centered_one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
   """FRePo's label init: (one_hot - 1/K) / sqrt(K/10), float32 (n, K); rows sum to zero.
 

@@ -66,11 +66,20 @@ def augmentation_robust_score(acc_set_aug: float, acc_random_aug: float, acc_set
                               acc_random_plain: float, weight: float = DEFAULT_WEIGHT) -> float:
   """ARS = bounded_score(w (acc_set_aug - acc_random_aug) + (1 - w) (acc_set_plain -
   acc_random_plain)): the improvement over random with the protocol's augmentation and without."""
+  return augmentation_scores(acc_set_aug, acc_random_aug, acc_set_plain, acc_random_plain,
+                             weight)['ars']
+
+
+def augmentation_scores(acc_set_aug: float, acc_random_aug: float, acc_set_plain: float,
+                        acc_random_plain: float, weight: float = DEFAULT_WEIGHT) -> dict:
+  """ARS, its exponent beta and ARS on DD-Ranking 0.2.0's percent scale."""
   if not 0 <= weight <= 1:
     raise ValueError(f'weight must lie in [0, 1], got {weight}')
   with_aug = improvement_over_random(acc_set_aug, acc_random_aug)
   without = improvement_over_random(acc_set_plain, acc_random_plain)
-  return bounded_score(weight * with_aug + (1 - weight) * without)
+  beta = weight * with_aug + (1 - weight) * without
+  return {'ars': bounded_score(beta), 'beta': beta,
+          'ars_percent_scale': percent_scale_score(beta)}
 
 
 def percent_scale_score(alpha_fraction: float) -> float:

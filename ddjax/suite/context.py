@@ -13,7 +13,6 @@ axis's settings, and three services every axis needs:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 import zlib
@@ -25,9 +24,9 @@ import numpy as np
 
 from ddjax import registry
 from ddjax.data.preprocess import apply_preprocessor
-from ddjax.data.sampling import real_subset
+from ddjax.data.sampling import one_hot, real_subset
 from ddjax.evaluate.protocols.base import settings_of
-from ddjax.evaluate.train import accuracy, predict
+from ddjax.evaluate.train import accuracy
 from ddjax.infra import artifacts, distributed, files
 from ddjax.models import from_config
 
@@ -187,9 +186,6 @@ class Context:
     """{'acc': the network's accuracy on the data's test split}."""
     return {'acc': accuracy(model, variables, self.data.x_test, self.data.y_test)}
 
-  def test_logits(self, model, variables, x) -> np.ndarray:
-    return predict(model, variables, x)[0]
-
   def accuracy(self, cell: str, syn, **kwargs) -> dict:
     """Test accuracy of `networks(cell, syn, **kwargs)`: {'accs', 'acc_mean', 'acc_std'}
     (fractions; std with ddof 0)."""
@@ -216,7 +212,7 @@ class Context:
   def hard(self, syn: dict) -> dict:
     """The same set with one-hot labels of its rows' argmax (hard labels)."""
     y = np.asarray(syn['y'])
-    return dict(syn, y=np.eye(y.shape[1], dtype=np.float32)[y.argmax(-1)])
+    return dict(syn, y=one_hot(y.argmax(-1), y.shape[1]))
 
   # ---------------------------------------------------------------------------------- cache
   def data_record(self) -> dict:
@@ -242,6 +238,3 @@ class Context:
       artifacts.publish(directory, record)
     return result
 
-
-def dumps(result: Any) -> str:
-  return json.dumps(artifacts.plain(result), indent=1)

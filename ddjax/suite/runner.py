@@ -179,11 +179,10 @@ def evaluate_set(source: str, out_dir: str, *, preset: str = 'quick', axes: str 
   config_lib.validate(run_cfg)
   distributed.initialize(run_cfg.distributed)     # several processes: --config's distributed.*
   with distributed.quiet_unless_main():
-    return _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, restart,
-                     data, t0)
+    return _evaluate(judged, run_cfg, cfg, specs, out_dir, preset, config, restart, data, t0)
 
 
-def _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, restart, data,
+def _evaluate(judged, run_cfg, cfg, specs, out_dir, preset, config, restart, data,
               t0) -> dict:
   for spec in specs:
     if spec.needs_method and judged.run_cfg is None and config is None:
@@ -210,7 +209,7 @@ def _evaluate(judged, run_cfg, cfg, specs, names, out_dir, preset, config, resta
                      'dataset': run_cfg.data.name, 'protocol': plan.protocol},
              'settings': cfg.to_dict(), 'cost': cost_of(judged), 'axes': {}}
   log(f'judging {judged.name} ({judged.source}, {len(judged.y)} images, IPC {judged.ipc}) on '
-      f'{", ".join(names)}; protocol {plan.protocol}; preset {preset}')
+      f'{", ".join(spec.name for spec in specs)}; protocol {plan.protocol}; preset {preset}')
   for n, spec in enumerate(specs):
     axis_dir = os.path.join(out_dir, spec.name)
     result_path = os.path.join(axis_dir, 'result.json')

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from ddjax.data.preprocess import invert_preprocessor, preprocessor_from_dict
+from ddjax.data.sampling import is_one_hot
 from ddjax.infra import artifacts
 
 NPZ_KNOWN = ('x', 'y', 'classes', 'x_pixels', 'class_names')
@@ -55,8 +56,7 @@ class JudgedSet:
 
   @property
   def hard_labels(self) -> bool:
-    y = self.y
-    return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))
+    return is_one_hot(self.y)
 
 
 def _read_npz(path: str) -> dict:

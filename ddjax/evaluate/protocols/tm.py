@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddjax import registry
+from ddjax.data.sampling import is_one_hot
 from ddjax.evaluate.protocols.common import train_on_set, train_one_on_set
 from ddjax.evaluate.protocols.dc import sgd_step_decay
 
@@ -22,12 +23,6 @@ def settings(n: int, num_classes, overrides: dict) -> dict:
   del num_classes
   from ddjax.augment.dsa import DEFAULT_DSA_STRATEGY
   return dict(sgd_step_decay(n, overrides, TM_EPOCHS), dsa_strategy=DEFAULT_DSA_STRATEGY)
-
-
-def is_one_hot(y) -> bool:
-  """Whether every row of y (n, K) is a one-hot vector (hard labels)."""
-  y = np.asarray(y)
-  return bool(np.all((y == 0) | (y == 1)) and np.all(y.sum(-1) == 1))
 
 
 def read_from_set(cfg, syn: dict) -> dict:

@@ -26,7 +26,7 @@ from ddjax.evaluate import adversarial
 from ddjax.suite.axes import Axis, register_axis
 from ddjax.suite.report import save_figure
 from ddjax.suite.builtin.common import (HARD_PROTOCOL, full_data_budget, full_data_set,
-                                        protocol_record)
+                                        random_draw, random_record)
 from ddjax.suite.context import Context
 
 KEY_ATTACK = 7            # the purpose folded into the axis key for PGD's random starts
@@ -131,15 +131,8 @@ def summarise(measures: list[dict]) -> dict:
 def _random(ctx: Context, measure) -> dict:
   """The random real subset (the draws of `common.random_accuracy`), cached per data, protocol,
   IPC, labels, seed and attack settings."""
-  ipc, seed = ctx.judged.ipc, int(ctx.suite.seed)
-  extras = {k: np.asarray(v).tolist() for k, v in ctx.syn.items() if k not in ('x', 'y')}
-  record = {'data': ctx.data_record(), 'arch': ctx.run_cfg.eval.model.to_dict(),
-            **protocol_record(ctx, None), 'ipc': ipc, 'seed': seed,
-            'num_models': int(ctx.suite.num_models), 'extras': extras,
-            'hard': ctx.judged.hard_labels,
-            'label_init': ctx.run_cfg.distill.get('label_init', 'one_hot'),
-            'attack': attack_settings(ctx)}
-  subset = lambda i: ctx.random_subset(ipc, seed * 1000 + i)
+  record = {**random_record(ctx), 'attack': attack_settings(ctx)}
+  subset = lambda i: random_draw(ctx, i)
   return ctx.cached('adversarial_random', record, lambda d: summarise(
       ctx.networks('adversarial_random', subset, measure=measure, root=d)))
 

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from ddjax.data.sampling import one_hot
+
 from ddjax.suite.context import Context
 
 HARD_PROTOCOL = 'dc'    # the hard-label protocol of HLR: SGD, cross-entropy on hard labels
@@ -42,20 +44,31 @@ def random_accuracy(ctx: Context, protocol: str | None = None, arch: str | None 
   """A random real subset of the set's IPC (a fresh draw per network, seeds suite.seed * 1000 +
   i, as DD-Ranking draws one per evaluation), trained on exactly as the set; cached per data,
   architecture, protocol, IPC, labels and seed."""
-  ipc, seed = ctx.judged.ipc, int(ctx.suite.seed)
-  extras = {k: np.asarray(v).tolist() for k, v in ctx.syn.items() if k not in ('x', 'y')}
-  record = {'data': ctx.data_record(), 'arch': arch or ctx.run_cfg.eval.model.to_dict(),
-            **protocol_record(ctx, protocol), 'overrides': overrides or {}, 'ipc': ipc,
-            'seed': seed, 'num_models': int(ctx.suite.num_models), 'extras': extras,
-            'hard': hard or ctx.judged.hard_labels,
-            'label_init': ctx.run_cfg.distill.get('label_init', 'one_hot')}
+  record = {**random_record(ctx, protocol, arch), 'overrides': overrides or {},
+            'hard': hard or ctx.judged.hard_labels}
 
   def subset(i: int) -> dict:
-    sub = ctx.random_subset(ipc, seed * 1000 + i)
+    sub = random_draw(ctx, i)
     return ctx.hard(sub) if hard else sub
 
   return ctx.cached('random', record, lambda d: ctx.accuracy(
       'random', subset, arch=arch, protocol=protocol, overrides=overrides, root=d))
+
+
+def random_record(ctx: Context, protocol: str | None = None, arch: str | None = None) -> dict:
+  """What decides a random-subset baseline besides what is trained on it: data, architecture,
+  protocol settings, IPC, seed, network count, the set's learned extras, its labels."""
+  return {'data': ctx.data_record(), 'arch': arch or ctx.run_cfg.eval.model.to_dict(),
+          **protocol_record(ctx, protocol), 'ipc': ctx.judged.ipc,
+          'seed': int(ctx.suite.seed), 'num_models': int(ctx.suite.num_models),
+          'extras': {k: np.asarray(v).tolist() for k, v in ctx.syn.items() if k not in ('x', 'y')},
+          'hard': ctx.judged.hard_labels,
+          'label_init': ctx.run_cfg.distill.get('label_init', 'one_hot')}
+
+
+def random_draw(ctx: Context, i: int) -> dict:
+  """Network i's random real subset at the set's IPC (seed suite.seed * 1000 + i)."""
+  return ctx.random_subset(ctx.judged.ipc, int(ctx.suite.seed) * 1000 + i)
 
 
 def full_data_accuracy(ctx: Context, arch: str | None, epochs: int,
@@ -74,7 +87,7 @@ def full_data_accuracy(ctx: Context, arch: str | None, epochs: int,
 def full_data_set(ctx: Context) -> dict:
   """The whole real training set with one-hot labels."""
   return {'x': ctx.data.x_train,
-          'y': np.eye(ctx.data.num_classes, dtype=np.float32)[np.asarray(ctx.data.y_train)]}
+          'y': one_hot(np.asarray(ctx.data.y_train), ctx.data.num_classes)}
 
 
 def full_data_budget(ctx: Context, epochs: int) -> dict:

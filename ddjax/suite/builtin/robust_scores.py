@@ -47,12 +47,10 @@ def run(ctx: Context) -> dict:
     plain = {'augment': False}
     acc['set_plain'] = set_accuracy(ctx, arch=arch, overrides=plain, tag='/no_aug')
     acc['random_plain'] = random_accuracy(ctx, arch=arch, overrides=plain)
-    out['ars'] = scores.augmentation_robust_score(
-        means['set'], means['random'], acc['set_plain']['acc_mean'],
-        acc['random_plain']['acc_mean'], s.weight)
-    beta = (s.weight * (means['set'] - means['random']) + (1 - s.weight)
-            * (acc['set_plain']['acc_mean'] - acc['random_plain']['acc_mean']))
-    out['ars_percent_scale'] = scores.percent_scale_score(beta)
+    ars = scores.augmentation_scores(means['set'], means['random'],
+                                     acc['set_plain']['acc_mean'],
+                                     acc['random_plain']['acc_mean'], s.weight)
+    out.update(ars=ars['ars'], ars_percent_scale=ars['ars_percent_scale'])
   return out
 
 
