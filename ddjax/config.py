@@ -91,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.distill.optimizer = 'adam'      # FRePo: lamb
   cfg.distill.momentum = 0.0          # SGD momentum (DC / DSA / DM / MTT: 0.5)
   cfg.distill.label_momentum = -1.0   # the labels' SGD momentum (DATM: 0.9); -1 = distill.momentum
+  cfg.distill.adam_b1 = 0.9           # Adam's betas (SRe2L's recovery: 0.5, 0.9)
+  cfg.distill.adam_b2 = 0.999
   cfg.distill.lr = 3e-3               # FRePo: 3e-4
   cfg.distill.label_lr = 3e-3         # FRePo: 3e-4
   cfg.distill.learn_label = True
@@ -270,6 +272,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   errors += choice_errors(cfg, 'distill.optimizer', ('lamb', 'adam', 'adabelief', 'sgd'))
   errors += choice_errors(cfg, 'distill.schedule', ('cosine', 'constant'))
   errors += fraction_errors(cfg, 'distill.end_fraction', closed=True)
+  errors += fraction_errors(cfg, 'distill.adam_b1') + fraction_errors(cfg, 'distill.adam_b2')
   errors += choice_errors(cfg, 'distill.init', ('real', 'noise'))
   errors += choice_errors(cfg, 'distill.label_init', ('centered_one_hot', 'one_hot'))
   errors += choice_errors(cfg, 'kernel.arch', KERNEL_ARCHITECTURES)

@@ -109,6 +109,8 @@ class RunHooks(NamedTuple):
   update_gate(loss) -> () bool: False keeps the set and its optimizer state (DATM) [always True].
   initial_set(syn, key) -> syn: the step-0 set from the default draw (class-balanced real or noise
     images and their labels; DATM's expert-checked images and soft labels) [the draw].
+  project(syn) -> syn: a projection of the stored set after every update (projected gradient
+    descent: SRe2L's recovery clips its images to the pixel range) [none].
   """
   before_loss: Callable | None = None
   host_phase: Callable[[int], Hashable] | None = None
@@ -119,6 +121,7 @@ class RunHooks(NamedTuple):
   problem: Callable[[dict], str | None] | None = None
   update_gate: Callable | None = None
   initial_set: Callable | None = None
+  project: Callable | None = None
 
 
 NO_HOOKS = RunHooks()

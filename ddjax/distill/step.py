@@ -58,7 +58,8 @@ def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
                        end_fraction: float = 0.0,
                        extra_lrs: dict[str, float] | None = None,
                        momentum: float = 0.0,
-                       label_momentum: float | None = None) -> optax.GradientTransformation:
+                       label_momentum: float | None = None,
+                       betas: tuple[float, float] = (0.9, 0.999)) -> optax.GradientTransformation:
   """Optimizer of the synthetic set: images and labels each with their own learning rate.
 
   name: 'lamb' (FRePo), 'adam' (KIP), 'adabelief' (RFAD; optax's eps 1e-16 as RFAD's) or 'sgd'.
@@ -66,10 +67,12 @@ def make_syn_optimizer(name: str, lr: float, label_lr: float, steps: int,
   (zero update) unless learn_label. extra_lrs: learning rates of further entries of the synthetic
   pytree (e.g. RFAD's Platt temperature 'log_temp'), same optimizer and schedule. momentum: SGD's
   (DC / DSA / DM / MTT: 0.5; ignored by the adaptive optimizers); label_momentum: the labels' SGD
-  momentum when it differs (DATM: 0.9), None = momentum.
+  momentum when it differs (DATM: 0.9), None = momentum. betas: Adam's (b1, b2) (SRe2L's
+  recovery: (0.5, 0.9)); the other optimizers keep their own.
   """
   def makers_for(m):
-    return {'lamb': optax.lamb, 'adam': optax.adam, 'adabelief': optax.adabelief,
+    return {'lamb': optax.lamb, 'adam': lambda lr: optax.adam(lr, b1=betas[0], b2=betas[1]),
+            'adabelief': optax.adabelief,
             'sgd': lambda lr: optax.sgd(lr, momentum=m or None)}
 
   makers = makers_for(momentum)
@@ -109,6 +112,7 @@ def _image_update(distiller: Distiller, transform: LossTransform,
   -> (syn, opt_state, transform_state, metrics) (`make_step`'s metrics, less extra_metrics)."""
   record_fn, regularizer = loss_record(distiller), distiller.regularizer
   gate_fn = (distiller.hooks or NO_HOOKS).update_gate
+  project_fn = (distiller.hooks or NO_HOOKS).project
 
   def loss_fn(syn):
     record = record_fn(param.decode(syn), d_state, batch, k_loss)
@@ -121,6 +125,8 @@ def _image_update(distiller: Distiller, transform: LossTransform,
   (loss, (meta, kept, t_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.syn)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.syn)
   syn = optax.apply_updates(state.syn, updates)
+  if project_fn is not None:   # a projection after the update (SRe2L's pixel-range clip)
+    syn = project_fn(syn)
   metrics = {'loss': loss, 'meta_loss': meta, 'kept': jnp.asarray(kept, jnp.float32),
              'grad_norm': optax.tree.norm(grads)}
   if gate_fn is not None:   # a refused step keeps the set and the optimizer's state (DATM)

@@ -55,7 +55,7 @@ RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir
 ADDED_KEYS = {'model.dtype': 'float32', 'data.image_size': 0, 'data.channels': 0,
               'data.train_split': 'train', 'data.test_split': 'test', 'data.test_fraction': 0.0,
               'data.tfds_name': '', 'data.streaming': False,
-              'observer.arch': 'auto'}    # older runs: a ConvNet observer, which is auto <= 32 px
+              'observer.arch': 'auto', 'distill.adam_b1': 0.9, 'distill.adam_b2': 0.999}    # older runs: a ConvNet observer, which is auto <= 32 px
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
            'distilled_images', 'results.json', 'kept_indices.npz', 'config.json',
            summaries_lib.SUBDIR)
@@ -162,7 +162,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, plan: registry.Plan):
   return step_lib.make_syn_optimizer(d.optimizer, plan.lr, plan.label_lr, plan.steps,
                                      learn_label=d.learn_label, schedule=d.schedule,
                                      end_fraction=d.end_fraction, extra_lrs=extra or None,
-                                     momentum=d.momentum,
+                                     momentum=d.momentum, betas=(d.adam_b1, d.adam_b2),
                                      label_momentum=None if d.label_momentum < 0 else
                                      d.label_momentum)
 
