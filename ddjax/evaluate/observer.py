@@ -104,11 +104,30 @@ def arch_of(cfg: ml_collections.ConfigDict, image_shape) -> dict:
           'double_width': False, 'norm': 'batch', 'pooling': 'avg'}
 
 
-def wanted_record(cfg: ml_collections.ConfigDict, data) -> dict:
-  """The record an observer of this run must have."""
+def zoo_arch(name: str) -> dict:
+  """The `build_model` keywords (plus `arch`) of the evaluation zoo's network `name`
+  (`ddjax.models.zoo`), as an observer record keeps them: 'ConvNet-3-BN', 'ResNet-18-BN', ...
+  ValueError listing the zoo for an unknown name."""
+  from ddjax.models.zoo import zoo_block
+  b = zoo_block(name)
+  if b.arch == 'mlp':
+    return {'arch': 'mlp', 'widths': [int(w) for w in b.mlp_widths]}
+  if b.arch in ('resnet18', 'resnet18_ap', 'vgg11'):
+    return {'arch': b.arch, 'norm': b.norm, 'bn_momentum': float(b.bn_momentum)}
+  if b.arch in ('lenet', 'alexnet'):
+    return {'arch': b.arch}
+  return {'arch': 'convnet', 'depth': int(b.depth), 'width': int(b.width),
+          'double_width': bool(b.double_width), 'norm': b.norm, 'pooling': b.pooling,
+          'norm_placement': b.norm_placement, 'bn_momentum': float(b.bn_momentum)}
+
+
+def wanted_record(cfg: ml_collections.ConfigDict, data, arch: dict | None = None) -> dict:
+  """The record an observer of this run must have (`arch`: another architecture's record entry,
+  `zoo_arch`; default the run's observer, `arch_of`)."""
+  arch = arch if arch is not None else arch_of(cfg, data.x_train.shape[1:])
   return {'dataset': str(data.dataset.name), 'train_size': int(len(data.y_train)),
           'image_shape': [int(d) for d in data.x_train.shape[1:]],
-          'preprocessing': str(data.pre.kind), 'arch': arch_of(cfg, data.x_train.shape[1:]),
+          'preprocessing': str(data.pre.kind), 'arch': arch,
           'seed': int(cfg.seed),
           'epochs': int(cfg.observer.epochs), **cache_identity(data)}
 
@@ -203,10 +222,21 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, key: jax.Array, epochs
   return carry_variables(carry)
 
 
-def default_dir(cfg: ml_collections.ConfigDict, data) -> str:
+def zoo_slug(name: str) -> str:
+  """A directory-safe form of a zoo name: 'ResNet-18-BN' -> 'resnet_18_bn'."""
+  return ''.join(c if c.isalnum() else '_' for c in name.lower())
+
+
+def default_dir(cfg: ml_collections.ConfigDict, data, zoo_name: str | None = None) -> str:
   """observer.dir, or runs/observers/<dataset>_<arch>_seed<s> (<arch>: convnet<depth>w<width>
   or resnet18; shared by every run started from the same directory: the pipeline does not hand
-  its workdir to a method's build)."""
+  its workdir to a method's build). A zoo observer (`zoo_name`) lives beside it:
+  <observer.dir>_<slug>, or runs/observers/<dataset>_zoo_<slug>_seed<s>."""
+  if zoo_name is not None:
+    if cfg.observer.dir:
+      return cfg.observer.dir.rstrip('/') + '_' + zoo_slug(zoo_name)
+    return os.path.join('runs', 'observers',
+                        f'{data.dataset.name}_zoo_{zoo_slug(zoo_name)}_seed{cfg.seed}')
   if cfg.observer.dir:
     return cfg.observer.dir
   a = arch_of(cfg, data.x_train.shape[1:])
@@ -214,13 +244,21 @@ def default_dir(cfg: ml_collections.ConfigDict, data) -> str:
   return os.path.join('runs', 'observers', f'{data.dataset.name}_{name}_seed{cfg.seed}')
 
 
-def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
+def get_observers(cfg: ml_collections.ConfigDict, data, names) -> list[Observer]:
+  """One observer per zoo name (`ddjax.models.zoo`; G-VBSM's and EDC's several backbones), each
+  trained once with cfg.observer's budget and cached in its own directory (`default_dir`)."""
+  return [get_observer(cfg, data, zoo_name=name) for name in names]
+
+
+def get_observer(cfg: ml_collections.ConfigDict, data, zoo_name: str | None = None) -> Observer:
   """The run's observer: the user's (`observer.checkpoint`, data keys checked), else the
   cached one in the observer directory (every key checked), else one trained now and cached.
+  zoo_name: an observer of that zoo architecture instead (`zoo_arch`; observer.checkpoint is
+  not used for it).
 
   Raises ObserverMismatch naming the keys that differ and what to do."""
-  want = wanted_record(cfg, data)
-  if cfg.observer.checkpoint:
+  want = wanted_record(cfg, data, None if zoo_name is None else zoo_arch(zoo_name))
+  if cfg.observer.checkpoint and zoo_name is None:
     path = cfg.observer.checkpoint
     model, variables, record = load(path, data.num_classes)
     diff = record_differences(record, want, DATA_KEYS)
@@ -230,7 +268,7 @@ def get_observer(cfg: ml_collections.ConfigDict, data) -> Observer:
           'give an observer of this dataset'))
     _log(f'user observer {path} (test acc {record.get("test_acc")})')
     return Observer(model, variables, path, record, False)
-  path = default_dir(cfg, data)
+  path = default_dir(cfg, data, zoo_name)
   if artifacts.is_complete(path):
     have = read_record(path)
     diff = record_differences(have, want)

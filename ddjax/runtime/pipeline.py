@@ -55,7 +55,8 @@ RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir
 ADDED_KEYS = {'model.dtype': 'float32', 'data.image_size': 0, 'data.channels': 0,
               'data.train_split': 'train', 'data.test_split': 'test', 'data.test_fraction': 0.0,
               'data.tfds_name': '', 'data.streaming': False,
-              'observer.arch': 'auto', 'distill.adam_b1': 0.9, 'distill.adam_b2': 0.999}    # older runs: a ConvNet observer, which is auto <= 32 px
+              'observer.arch': 'auto', 'distill.adam_b1': 0.9, 'distill.adam_b2': 0.999,
+              'observer.ensemble': ''}    # older runs: a ConvNet observer, which is auto <= 32 px
 OUTPUTS = ('checkpoints', 'metrics.jsonl', 'curve.png', 'distilled.npz', 'distilled.png',
            'distilled_images', 'results.json', 'kept_indices.npz', 'config.json',
            summaries_lib.SUBDIR)

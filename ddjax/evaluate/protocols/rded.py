@@ -63,14 +63,31 @@ def observer_block() -> ml_collections.ConfigDict:
   b.lr = 1e-3                # Adam, cosine to 0
   b.flip = True
   b.translate = 2
-  return b
+  b.ensemble = ''            # comma-separated zoo names (ddjax.models.zoo): several observers
+  return b                   # (G-VBSM / EDC), each trained with this budget; '' = the one above
 
 
 def validate_observer(cfg: ml_collections.ConfigDict) -> list[str]:
   errors = []
   for key in ('depth', 'width', 'epochs', 'batch_size'):
     errors += int_errors(cfg, f'observer.{key}', 1)
-  return errors + choice_errors(cfg, 'observer.arch', ('auto', 'convnet', 'resnet18'))
+  errors += choice_errors(cfg, 'observer.arch', ('auto', 'convnet', 'resnet18'))
+  return errors + ensemble_errors(cfg)
+
+
+def ensemble_names(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The zoo names of observer.ensemble ('' -> ())."""
+  return tuple(n.strip() for n in str(cfg.observer.get('ensemble', '')).split(',') if n.strip())
+
+
+def ensemble_errors(cfg: ml_collections.ConfigDict) -> list[str]:
+  from ddjax.models.zoo import zoo_names
+  if not isinstance(cfg.observer.get('ensemble', ''), str):
+    return [f'observer.ensemble must be a string of comma-separated zoo names, got '
+            f'{cfg.observer.ensemble!r}.']
+  bad = [n for n in ensemble_names(cfg) if n not in zoo_names()]
+  return [f'observer.ensemble names {bad} not in the zoo; choose from {", ".join(zoo_names())}.'
+          ] if bad else []
 
 
 OBSERVER_BLOCK = registry.ConfigBlock('observer', observer_block, validate=validate_observer)
