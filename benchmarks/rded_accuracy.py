@@ -21,6 +21,11 @@ leave [0, 1] and how the observer reads the set (the fraction of its images the 
 their labels' classes, and the classes it reads): the 'rded' protocol learns from that reading
 only.
 
+Each set is made (and, for a method with another protocol, evaluated by it) in a fresh child
+process, so the row's cost is that set's alone: the seconds the pipeline spent making it (its
+'cost'; the cached observer is not retrained) and the child's peak host memory (RSS, which
+includes the evaluation that ran in the same process).
+
 Rows are merged into benchmarks/results/<name>.{json,md} (default rded_accuracy); workdirs are
 benchmarks/runs/<name>_<method>_ipc<k> (resumable).
 """
@@ -31,6 +36,7 @@ import copy
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +78,8 @@ def main():
                   help="eval.clip_pixels of both protocols (the sets clipped to [0, 1] in pixel "
                        "space); auto: clipped under 'rded' only")
   ap.add_argument('--name', default='rded_accuracy')
+  ap.add_argument('--child', nargs=2, metavar=('METHOD', 'IPC'), default=None,
+                  help=argparse.SUPPRESS)    # internal: make one set in this process, then exit
   args = ap.parse_args()
   out_dir = os.path.join(common.HERE, 'results')
   os.makedirs(out_dir, exist_ok=True)
@@ -80,18 +88,28 @@ def main():
   observer_dir = os.path.join(common.HERE, 'runs', 'observers',
                               f'fashion_mnist_convnet3w128_e{args.observer_epochs}_seed{args.seed}')
   observer = [f'observer.epochs={args.observer_epochs}', f'observer.dir={observer_dir}']
+  def method_cfg(method, ipc):
+    cfg = config_of(method, ipc, args.steps, args.seed, observer)
+    cfg.eval.clip_pixels = args.clip
+    native = registry.protocol_name(cfg) == 'rded'      # RDED's own sets
+    cfg.eval.num_models = 0 if native else args.own_models
+    return cfg, native
+
+  if args.child:                                  # make (and own-evaluate) one set, then exit
+    method, ipc = args.child[0], int(args.child[1])
+    pipeline.run(method_cfg(method, ipc)[0],
+                 os.path.join(common.HERE, 'runs', f'{args.name}_{method}_ipc{ipc}'))
+    return
   for ipc in args.ipc:
     for method in args.methods:
       rded_cfg = config_of('rded', ipc, 0, args.seed, observer)
       workdir = os.path.join(common.HERE, 'runs', f'{args.name}_{method}_ipc{ipc}')
-      cfg = config_of(method, ipc, args.steps, args.seed, observer)
-      cfg.eval.clip_pixels = args.clip
+      cfg, native = method_cfg(method, ipc)
       label = method + {'auto': '', 'on': ' clipped', 'off': ' unclipped'}[args.clip]
-      native = registry.protocol_name(cfg) == 'rded'      # RDED's own sets
-      own = None
-      if not native and args.own_models > 0:                 # its own evaluation first
-        cfg.eval.num_models = args.own_models
-        own = pipeline.run(cfg, workdir)
+      subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:],
+                      '--child', method, str(ipc)], check=True)
+      made = json.load(open(os.path.join(workdir, 'results.json')))
+      own = made if not native and args.own_models > 0 else None
       res = pipeline.run(rded_protocol(rded_cfg, cfg, args.students), workdir)
       ev, obs = res['eval'], res['observer']
       picture = os.path.join(workdir, 'distilled.png')
@@ -118,6 +136,8 @@ def main():
           'observer_epochs': obs['record']['epochs'],
           'own_wall_minutes': None if own is None else own['wall_seconds'] / 60,
           'rded_wall_minutes': res['wall_seconds'] / 60,
+          'make_seconds': made['cost']['seconds'],
+          'make_peak_rss_bytes': made['cost'].get('peak_host_rss_bytes'),
           'paper_cifar10_conv3': PAPER_CIFAR10_CONV3.get(ipc) if native else None,
           'command': command}
       rows = read_rows(json_path)          # rows another run wrote meanwhile stay
@@ -132,8 +152,8 @@ def write_table(name: str, rows: dict, command: str) -> None:
            '| rded: best of last 20 % epochs | set pixels: range, % outside [0, 1] '
            '| observer reads the set: % in its classes, images per class '
            '| observer % (epochs, train s) | selection '
-           '(s, ms/image) | wall (min): own run, rded run | command |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+           '(s, ms/image) | make: s, peak RSS GB | wall (min): own run, rded run | command |',
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in ordered:
     own = (f"{r['own_protocol']}: {pct(r['own_acc_mean'])} ± {pct(r['own_acc_std'])} "
            f"({r['own_models']})" if r['own_protocol'] else '-')
@@ -151,10 +171,18 @@ def write_table(name: str, rows: dict, command: str) -> None:
         f"{pct(r['rded_acc_std'])} ({r['students']}) | {pct(r['rded_best_last20_mean'])} | "
         f"{px} | {reads} | "
         f"{pct(r['observer_test_acc'])} ({r['observer_epochs']}, "
-        f"{'-' if train_s is None else f'{train_s:.0f}'}) | {sel} | {own_wall}"
+        f"{'-' if train_s is None else f'{train_s:.0f}'}) | {sel} | {make(r)} | {own_wall}"
         f"{r['rded_wall_minutes']:.1f} | "
         f"`{r['command']}` |")
   common.write(name, {'rows': ordered}, '\n'.join(table), command)
+
+
+def make(row: dict) -> str:
+  """'seconds, peak RSS GB' of making the row's set ('-' for rows made before these were kept)."""
+  if row.get('make_seconds') is None:
+    return '-'
+  rss = row.get('make_peak_rss_bytes')
+  return f"{row['make_seconds']:.0f}, " + ('-' if rss is None else f'{rss / 2 ** 30:.2f}')
 
 
 if __name__ == '__main__':
