@@ -30,7 +30,8 @@ permutation, `ddjax.models.training.epoch_batches`):
        'kl'      KL(softmax(zbar_t / T) || softmax(z_s / T)), 'batchmean', no T^2 (the 'rded'
                  protocol's `soft_kl`; SRe2L S:SRe2L/validate/train_FKD.py:216,248-252).
   5. one AdamW step (lr 1e-3, betas (0.9, 0.999), ensemble.weight_decay on weights only: arrays
-     with ndim > 1, as FKD's get_parameters S:SRe2L/validate/utils.py:51-63 that EDC imports);
+     with ndim > 1, as FKD's get_parameters, S:SRe2L/validate/utils.py:59-73 @0bd3cf0; EDC
+     imports get_parameters from its train/utils.py, not in the stored copy: assumed the same);
   6. with ensemble.ema = d > 0, theta_ema <- d theta_ema + (1 - d) theta after every optimiser
      step, theta_ema starting at the initial parameters (EDC's EMAMODEL, direct_train.py:79-97,
      437-438). Only PARAMETERS are averaged: the EMA network is evaluated with the live network's
@@ -59,17 +60,19 @@ keeps the best, direct_train.py:351-354), which selects on the test set.
 Setting bundles (`ensemble_preset(cfg, name)`; CIFAR-10, ResNet-18 students in the papers):
 
   edc     loss mse_ce, w_ce 0.025, schedule multistep, ema 0.99, batch 25 (paper Tab. 10; the
-          shipped train.sh runs 10), weight decay 0.01, 1000 epochs, cutmix (E:train.sh:7-12)
+          shipped train.sh runs 10), weight decay 0.01, 1000 epochs, cutmix
+          (E:Branch_CIFAR_10/train/train.sh:7-12)
   gvbsm   loss mse_ce, w_ce 0.15, schedule cosine, ema 0 (none), batch 100, weight decay 0,
           1000 epochs, cutmix (G:Branch_CIFAR_10/train/train.sh:7-11, train_FKD.py:78,104-105)
   sre2l   loss kl, T 30, schedule cosine, ema 0, batch 128, weight decay 0.01, 400 epochs, mixup
           (S:SRe2L/*small_dataset/relabel_cifar.py:104-108, relabel_cifar.sh:2,6; CIFAR-100,
           one teacher: leave observer.ensemble empty). Its crop is RandomCrop(32, pad 4), not a
           resized crop (L49-56): ensemble.min_crop = 1 turns the resized crop off, nothing here
-          adds the padded crop.
+          adds the padded crop; its teacher runs in batch-norm train mode (never .eval(),
+          L85-92), here in inference mode.
 
 Differences from the official code: no RandAugment (EDC applies torchvision's RandAugment to the
-PIL image before the crop, direct_train.py:229; ensemble.randaugment=True is refused: a faithful
+PIL image before the crop, direct_train.py:227-238; ensemble.randaugment=True is refused: a faithful
 port needs the 14 PIL ops on uint8 pixels, not cheap in JAX on model-space floats); the
 milestones scale with E (EDC hard-codes [800, 900, 950]); crops are continuous boxes
 (`ddjax.augment.patches`); EDC evaluates the EMA only at its validation epochs and reports the
@@ -137,7 +140,7 @@ TRAIN_OVERRIDES = ('epochs', 'steps', 'batch_size', 'lr', 'weight_decay', 'tempe
                    'augment', 'flip')
 
 
-# -- the recipe --------------------------------------------------------------------------------------
+# -- the recipe ------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Recipe:
   """Everything a student's training under 'ensemble' needs (hashable, static under jit)."""
@@ -216,12 +219,12 @@ def recipe_of(cfg: ml_collections.ConfigDict, n: int, overrides: dict | None = N
 
 
 def randaugment_error() -> str:
-  return ("ensemble.randaugment=True: RandAugment (EDC's direct_train.py:229) is not implemented "
-          "in ddjax (its 14 PIL ops on uint8 pixels have no cheap faithful JAX port on "
-          "model-space images); set ensemble.randaugment=False.")
+  return ("ensemble.randaugment=True: RandAugment (EDC's direct_train.py:227-238) is not "
+          "implemented in ddjax (its 14 PIL ops on uint8 pixels have no cheap faithful JAX port "
+          "on model-space images); set ensemble.randaugment=False.")
 
 
-# -- learning rate -----------------------------------------------------------------------------------
+# -- learning rate ---------------------------------------------------------------------------------
 def milestones(epochs: int) -> tuple[int, ...]:
   """The 'multistep' epochs round(f E) for f in MULTISTEP_FRACTIONS ((800, 900, 950) at 1000)."""
   return tuple(int(round(f * epochs)) for f in MULTISTEP_FRACTIONS)
@@ -257,7 +260,7 @@ def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
   return optax.adamw(make_schedule(recipe), weight_decay=recipe.weight_decay, mask=mask)
 
 
-# -- targets, loss, augmentation, EMA ----------------------------------------------------------------
+# -- targets, loss, augmentation, EMA --------------------------------------------------------------
 def mean_teacher_logits(teachers: Sequence[nn.Module], teacher_vars: Sequence[Any],
                         x: Array) -> Array:
   """The mean over teachers of their inference-mode logits on x (B, H, W, C): (B, K), no
@@ -313,7 +316,7 @@ def ema_update(ema_params: Any, params: Any, decay: float) -> Any:
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
 
 
-# -- training ----------------------------------------------------------------------------------------
+# -- training --------------------------------------------------------------------------------------
 def init_state(student: nn.Module, key: Array, image_shape, recipe: Recipe) -> tuple:
   """(carry, ema params or None): a fresh student and its EMA starting at its parameters."""
   carry = fresh_carry(student, key, image_shape, make_optimizer(recipe))
@@ -434,7 +437,7 @@ def ensemble_agreement(teachers: Sequence, x_syn, y_syn) -> float:
   return float(np.mean(logits.argmax(-1) == np.asarray(y_syn).argmax(-1)))
 
 
-# -- the config block --------------------------------------------------------------------------------
+# -- the config block ------------------------------------------------------------------------------
 def ensemble_block() -> ml_collections.ConfigDict:
   """cfg.ensemble: the 'ensemble' protocol's student recipe (EDC's CIFAR-10 one, CPU epochs)."""
   b = ml_collections.ConfigDict()
@@ -505,7 +508,7 @@ def ensemble_preset(cfg: ml_collections.ConfigDict, name: str, paper: bool = Fal
   return cfg
 
 
-# -- the protocol ------------------------------------------------------------------------------------
+# -- the protocol ----------------------------------------------------------------------------------
 def settings(n: int, num_classes, overrides: dict) -> dict:
   """EvalProtocol fields: the budget the registry and the suite read (batch, epochs, steps, lr,
   weight decay) at the block's defaults; the loss, schedule, crop and EMA come from cfg.ensemble
