@@ -142,7 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.transform.isa_eps = 0.0         # ISA: 1.0
 
   cfg.eval = ml_collections.ConfigDict()
-  cfg.eval.protocol = 'auto'          # auto (the method's) | frepo | dc | rded | tm
+  cfg.eval.protocol = 'auto'          # auto (the method's) | frepo | dc | rded | tm | ensemble
   cfg.eval.num_models = 5
   cfg.eval.vmap_models = 0            # networks trained together in one vmapped step (memory: that
                                       # many networks' activations at once); 0 = the backend's
@@ -157,8 +157,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval.soft_label_epochs = 300    # the 'rded' protocol's student epochs (official 300)
   cfg.eval.clip_pixels = 'auto'       # auto | on | off: evaluate the set clipped to the data's
                                       # pixel range [0, 1]; auto: on for protocols whose official
-                                      # code reads sets back from image files ('rded'), off for
-                                      # those that train on the set as learned
+                                      # code reads sets back from image files (rded, ensemble),
+                                      # off for those that train on the set as learned
 
   cfg.checkpoint = ml_collections.ConfigDict()
   cfg.checkpoint.every = 500

@@ -50,7 +50,7 @@ KEY_SYN_INIT, KEY_DISTILL_INIT, KEY_DISTILL = 0, 1, 2
 # Keys a resumed workdir may change: they do not touch the distilled set.
 RESUMABLE_CHANGES = ('eval.', 'log.', 'checkpoint.', 'data.dir', 'bilp.score_dir',
                      'kernel.block_bytes', 'expert.dir', 'expert.parallel', 'observer.dir',
-                     'distributed.')
+                     'distributed.', 'ensemble.')
 # Keys added to the schema after workdirs were written, with the value every older run had.
 ADDED_KEYS = {'model.dtype': 'float32', 'data.image_size': 0, 'data.channels': 0,
               'data.train_split': 'train', 'data.test_split': 'test', 'data.test_fraction': 0.0,

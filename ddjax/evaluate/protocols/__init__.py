@@ -1,5 +1,5 @@
 """Evaluation protocols: how a network is trained from scratch on a synthetic set. The shared
-settings live in `base`; each protocol (frepo, dc, tm, rded) is one module here, registered with
+settings live in `base`; each protocol (frepo, dc, tm, rded, ensemble) is one module here, registered with
 `ddjax.registry.register_protocol` when the registry loads (kept import-light: this package
 imports no protocol module itself)."""
 from ddjax.evaluate.protocols.base import (LOSSES, OPTIMIZERS, SCHEDULES, EvalProtocol,

@@ -10,6 +10,7 @@ config, and how it trains (`evaluate(cfg, data, syn, plan, key)`):
   dc     DC / DSA's (SGD, step decay, cross-entropy on hard labels)
   tm     trajectory matching's (SGD at the set's learned step size, DSA)
   rded   RDED's (students on an observer's soft labels)
+  ensemble  EDC / G-VBSM's (students on several observers' mean logits, EDC's switches)
 
 A user protocol registers the same way from its own module. The basic ops' sizes (any protocol
 with augment_ops='' and no DSA) are fractions of the image side, converted to pixels at train time
