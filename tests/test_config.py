@@ -21,7 +21,7 @@ def _cli(*args, timeout=600):
 
 @pytest.mark.parametrize('key,value,message', [
     ('method', 'frepoo', "method='frepoo' is not one of ('datm', 'dc', 'dm', 'frepo', 'kip', 'mtt', "
-                         "'pad', 'random_subset', 'rded', 'rfad'"),
+                         "'ncfm', 'pad', 'random_subset', 'rded', 'rfad'"),
     ('data.name', 'imagenet21k', "data.name='imagenet21k' is not one of"),
     ('model.arch', 'resnet1000', "model.arch='resnet1000' is not one of"),
     ('eval.model.norm', 'groupish', "eval.model.norm='groupish' is not one of"),
