@@ -152,11 +152,14 @@ def test_sampling_net_ascends_and_the_set_descends():
   syn = _syn()
   state = d.init(syn, jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(4)
-  cache = jax.jit(d.prepare)(syn, state, batch, key)
+  cache = jax.jit(d.prepare, static_argnums=4)(syn, state, batch, key, True)
   draws = d.draws(state, key)
   xs = syn['x'].reshape((K, -1) + SHAPE)
   psis = [jax.tree_util.tree_map(lambda a: a[c], cache.psi_per_class) for c in range(K)]
   psis.append(cache.psi_next)
+  for c in range(K):     # the cache holds class c's frequencies from psi_c
+    np.testing.assert_allclose(cache.freqs[c], d.frequencies(psis[c], draws.noise_keys[c]),
+                               atol=1e-6)
   for c in range(K):     # class c's step takes psi_c to psi_{c+1}, raising class c's loss
     fs = d.embed(draws.embed, draws.aug_keys[c], xs[c])
     loss = lambda psi: float(d.match(cache.real_feats[c], fs,
@@ -165,7 +168,7 @@ def test_sampling_net_ascends_and_the_set_descends():
   # psi_0 is the state's; update keeps psi_K and drops the cache
   for a, b in zip(jax.tree_util.tree_leaves(psis[0]), jax.tree_util.tree_leaves(state.psi)):
     np.testing.assert_array_equal(a, b)
-  new = d.update(syn, state.replace(cache=cache), key)
+  new = d.update(syn, state.replace(cache=cache.replace(psi_per_class=None)), key)
   assert new.cache is None
   assert jax.tree_util.tree_structure(new) == jax.tree_util.tree_structure(state)
   for a, b in zip(jax.tree_util.tree_leaves(new.psi), jax.tree_util.tree_leaves(psis[-1])):

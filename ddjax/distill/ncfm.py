@@ -38,8 +38,8 @@ at the current sampling network psi is computed once; the images take a step dow
 psi a step up it (SGD on -L_c, lr 1e-3, momentum 0.5, condense_script.py), so psi after class c is
 the psi class c + 1 sees. ddjax computes the same sequence exactly: `before_loss` embeds the real
 batch and the (stop-gradient) synthetic set once, then scans the classes, giving class c the psi_c
-that the official loop gives it and ascending L_c to psi_{c+1}; the per-class psi_c and the
-embedded real features are handed to the meta-loss (`per_class`), and `update` keeps psi_K and its
+that the official loop gives it and ascending L_c to psi_{c+1}; class c's frequencies (from psi_c) and
+the embedded real features are handed to the meta-loss (`per_class`), and `update` keeps psi_K and its
 optimizer state. The state between steps holds the pool and psi only (checkpointed); the
 features exist inside one step.
 
@@ -237,14 +237,16 @@ class StepCache:
   """What `before_loss` hands to the meta-loss and `update` within one step.
 
   real_feats: (K, B_c, D) normalised real features of the step's class batches.
-  psi_per_class: the sampling network's params stacked over classes (leading K): class c's psi_c;
-    None without the sampling network.
+  freqs: (K, n, D) class c's frequencies, from psi_c (None without the sampling network: the
+    Gaussian ones are drawn where they are used).
   psi_next, opt_next: psi and its optimizer state after the K ascent steps (None without it).
+  psi_per_class: the psi_c stacked over classes, only when `prepare(..., keep_psi=True)` (tests).
   """
   real_feats: Array
-  psi_per_class: PyTree = None
+  freqs: Array | None = None
   psi_next: PyTree = None
   opt_next: PyTree = None
+  psi_per_class: PyTree = None
 
 
 @flax.struct.dataclass
@@ -379,9 +381,11 @@ class NCFM(Distiller):
 
   # -- the min-max step ---------------------------------------------------------------------------
   def prepare(self, syn: PyTree, state: NCFMState, batch: dict[str, Array],
-              key: Array) -> StepCache:
+              key: Array, keep_psi: bool = False) -> StepCache:
     """The real features of the step and the sampling network's K ascent steps (module
-    docstring), all from the meta-loss key."""
+    docstring), all from the meta-loss key. The cache holds class c's frequencies, not psi_c
+    (K copies of a D x D network would be K times its size). keep_psi (static): also return
+    the psi_c."""
     d = self.draws(state, key)
     k = self.num_classes
     labels = jnp.argmax(batch['y'], -1)
@@ -399,14 +403,16 @@ class NCFM(Distiller):
     def one_class(carry, inputs):
       psi, opt = carry
       fr_c, fs_c, w_c, key_c = inputs
-      grad = jax.grad(lambda p: -self.match(fr_c, fs_c, self.frequencies(p, key_c), w_c))(psi)
+      loss = lambda p: -self.match(fr_c, fs_c, self.frequencies(p, key_c), w_c)
+      grad = jax.grad(loss)(psi)
       updates, opt_new = self.psi_optimizer.update(grad, opt, psi)
-      return (optax.apply_updates(psi, updates), opt_new), psi
+      out = (self.frequencies(psi, key_c), psi if keep_psi else None)
+      return (optax.apply_updates(psi, updates), opt_new), out
 
-    (psi_next, opt_next), per_class = jax.lax.scan(
+    (psi_next, opt_next), (freqs, per_class) = jax.lax.scan(
         one_class, (state.psi, state.psi_opt), (real, fs, wr, d.noise_keys))
-    return StepCache(real_feats=real, psi_per_class=per_class, psi_next=psi_next,
-                     opt_next=opt_next)
+    return StepCache(real_feats=real, freqs=jax.lax.stop_gradient(freqs), psi_next=psi_next,
+                     opt_next=opt_next, psi_per_class=per_class)
 
   def before_loss(self, syn: PyTree, state: NCFMState, batch: dict[str, Array], step: Array,
                   key: Array) -> NCFMState:
@@ -430,7 +436,7 @@ class NCFM(Distiller):
     """(K, M, D) frequencies of every class (class c's from psi_c)."""
     if not self.sampling_net:
       return jax.vmap(lambda kk: self.frequencies(None, kk))(noise_keys)
-    return jax.vmap(self.frequencies)(cache.psi_per_class, noise_keys)
+    return cache.freqs
 
   def calibration(self, variables: PyTree, keys: Array, xs: Array) -> Array:
     """(K,) mean cross-entropy of the trained network on each class's augmented images
