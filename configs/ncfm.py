@@ -27,6 +27,7 @@ builds (or reuses) its pool of pretrained networks as an expert buffer (`python 
 | distill.init | real (IDC's 'mix' with factor 2) | condense_script.py (--init default 'mix') |
 | dsa.strategy | color_crop_cutout | :45 (aug_type) |
 | ncfm.sampling_net | True | :68 |
+| ncfm.ascent_scale | 1 | the paper's min-max; condenser/compute_loss.py's sampling_net_ascent_scale branch (0: the default branch, where the sampler's gradients cancel and it stays at its initialisation) |
 | ncfm.t_batchsize, ncfm.t_var | 4096, 1 | :76, :77 |
 | ncfm.t_repeat | 16 | condense_script.py (sampling_net_t_repeat default) |
 | ncfm.sampling_lr | 1e-3 | :52 (lr_sampling_net) |

@@ -288,3 +288,14 @@ def test_configs_validate_and_refuse_what_does_not_compose():
   ok = load_shipped_config('ncfm')
   ok.bilp.adaptive_beta = 0.3          # BiLP's ITE: NCFM declares an additive form
   config_lib.validate(ok)
+
+
+def test_ascent_scale_zero_keeps_the_sampling_network():
+  """ascent_scale 0: the official default branch's net effect (its gradients cancel)."""
+  d = _ncfm(sampling_lr=0.05, ascent_scale=0.0)
+  batch, _ = _batch()
+  syn = _syn()
+  state = d.init(syn, jax.random.PRNGKey(0))
+  cache = jax.jit(d.prepare)(syn, state, batch, jax.random.PRNGKey(4))
+  for a, b in zip(jax.tree_util.tree_leaves(cache.psi_next), jax.tree_util.tree_leaves(state.psi)):
+    np.testing.assert_array_equal(a, b)

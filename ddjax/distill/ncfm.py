@@ -36,7 +36,16 @@ drawn afresh for every class.
 **The min-max game** (condenser/compute_loss.py): for each class c in turn, the loss L_c(S, psi)
 at the current sampling network psi is computed once; the images take a step down its gradient and
 psi a step up it (SGD on -L_c, lr 1e-3, momentum 0.5, condense_script.py), so psi after class c is
-the psi class c + 1 sees. ddjax computes the same sequence exactly: `before_loss` embeds the real
+the psi class c + 1 sees.
+
+Note on the official code: its default branch (sampling_net_ascent_scale unset, as in every
+shipped yaml) calls loss.backward(retain_graph=True), steps the images, zeroes only the images'
+gradients, then calls (-loss).backward() before the sampling network's step, so the sampling
+network's accumulated gradient is g - g = 0 and its SGD never moves it: psi stays at its random
+initialisation (the frequencies are still that fixed network on fresh noise). Its later branch
+(sampling_net_ascent_scale = s != 0) takes g by autograd.grad first and steps psi on -s g, the
+min-max the paper describes. ddjax implements the latter (`ncfm.ascent_scale`, 1 by default);
+ascent_scale 0 reproduces the former. ddjax computes the same sequence exactly: `before_loss` embeds the real
 batch and the (stop-gradient) synthetic set once, then scans the classes, giving class c the psi_c
 that the official loop gives it and ascending L_c to psi_{c+1}; class c's frequencies (from psi_c) and
 the embedded real features are handed to the meta-loss (`per_class`), and `update` keeps psi_K and its
@@ -286,6 +295,8 @@ class NCFM(Distiller):
     alpha, beta: amplitude and phase weights. scale: the loss factor (300).
     calib_weight: weight of the calibration term (0: off).
     dsa_strategy: DSA ops of the matching and calibration augmentation ('' off).
+    ascent_scale: the sampling network's gradient is ascent_scale x dL/dpsi, ascended (1: the
+      min-max; 0: psi stays at its initialisation, what the official default code path does).
   """
 
   record = PER_CLASS
@@ -295,7 +306,8 @@ class NCFM(Distiller):
                t_batchsize: int = 4096, t_repeat: int = 16, t_var: float = 1.0,
                num_freqs: int = 4096, sampling_lr: float = 1e-3, sampling_momentum: float = 0.5,
                alpha: float = 0.5, beta: float = 0.5, scale: float = LOSS_SCALE,
-               calib_weight: float = 1.0, dsa_strategy: str = 'color_crop_cutout'):
+               calib_weight: float = 1.0, dsa_strategy: str = 'color_crop_cutout',
+               ascent_scale: float = 1.0):
     if getattr(model, 'norm', 'none') == 'batch':
       raise ValueError("NCFM interpolates flat network parameters with no running statistics; "
                        "use model.norm='instance' (NCFM's) or 'none'.")
@@ -313,6 +325,7 @@ class NCFM(Distiller):
     self.num_freqs = int(num_freqs)
     self.alpha, self.beta, self.scale = float(alpha), float(beta), float(scale)
     self.calib_weight = float(calib_weight)
+    self.ascent_scale = float(ascent_scale)
     self.dsa_strategy = dsa_strategy
     feats = jax.eval_shape(
         lambda p: model.apply({'params': p}, jnp.zeros((1,) + self.image_shape), train=False)[1],
@@ -403,7 +416,8 @@ class NCFM(Distiller):
     def one_class(carry, inputs):
       psi, opt = carry
       fr_c, fs_c, w_c, key_c = inputs
-      loss = lambda p: -self.match(fr_c, fs_c, self.frequencies(p, key_c), w_c)
+      loss = lambda p: -self.ascent_scale * self.match(fr_c, fs_c, self.frequencies(p, key_c),
+                                                       w_c)
       grad = jax.grad(loss)(psi)
       updates, opt_new = self.psi_optimizer.update(grad, opt, psi)
       out = (self.frequencies(psi, key_c), psi if keep_psi else None)
@@ -513,6 +527,8 @@ def ncfm_block() -> ml_collections.ConfigDict:
   b.beta = 0.5                 # beta_for_loss: phase weight
   b.scale = LOSS_SCALE         # match_loss's factor 300
   b.calib_weight = 1.0         # calib_weight (iter_calib 1); 0: no calibration term
+  b.ascent_scale = 1.0         # sampling_net_ascent_scale: 1 the min-max; 0 psi frozen (the
+                               # official default branch, whose gradients cancel: see ncfm.py)
   return b
 
 
@@ -581,7 +597,8 @@ def _build(cfg: ml_collections.ConfigDict, data) -> NCFM:
               sampling_net=b.sampling_net, t_batchsize=b.t_batchsize, t_repeat=b.t_repeat,
               t_var=b.t_var, num_freqs=b.num_freqs, sampling_lr=b.sampling_lr,
               sampling_momentum=b.sampling_momentum, alpha=b.alpha, beta=b.beta, scale=b.scale,
-              calib_weight=b.calib_weight, dsa_strategy=strategy_from_config(cfg))
+              calib_weight=b.calib_weight, dsa_strategy=strategy_from_config(cfg),
+              ascent_scale=b.ascent_scale)
 
 
 def _blocks() -> tuple:
