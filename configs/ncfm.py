@@ -43,7 +43,7 @@ builds (or reuses) its pool of pretrained networks as an expert buffer (`python 
 Differences from the official run (ddjax/distill/ncfm.py explains each): one Adam step of the set
 per iteration on the sum over classes (the official code takes one AdamW step per class, weight
 decay 0.01); the pool's experts train at a constant rate with DSA (the official pretraining decays
-the rate x0.2 at epochs 40 and 50 and uses CutMix); images are not clamped to [0, 1]; evaluation
+the rate x0.2 at epochs 40 and 50 and uses CutMix); evaluation
 is ddjax's 'dc' protocol (SGD, DSA, hard labels, 1000 epochs with the rate cut at half; the
 official evaluation trains with hard labels too, by default, but with CutMix, and SGD with a
 multi-step decay for 3000 epochs in this yaml, AdamW in config/ipc10/cifar10.yaml). Of ddjax's

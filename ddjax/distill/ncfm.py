@@ -77,8 +77,9 @@ Differences from the official code, all documented in configs/ncfm.py too: one o
 the set per iteration on the sum over classes (the official loop steps AdamW once per class, K
 matching and K calibration steps per iteration); Adam without AdamW's decoupled weight decay 0.01
 (ddjax's set optimizers have none); no ReduceLROnPlateau (the sampling-net yaml's patience 20000
-never fires in 20000 iterations); the images are not clamped to [0, 1] after each iteration (ddjax
-stores standardised pixels); the pretrained pool as above.
+never fires in 20000 iterations); the pretrained pool as above. The images are clipped to the pixel
+range [0, 1] after every update (the `project` hook, in the standardised space ddjax stores), as
+the official loop clamps them.
 
 Capabilities: `record = PER_CLASS` (row transforms such as ISA are refused); `additive_form` is
 implemented: the real side of the discrepancy is the empirical CF, a mean over real samples of
@@ -88,6 +89,7 @@ and drops out of the ITE).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -100,6 +102,7 @@ import numpy as np
 import optax
 
 from ddjax import registry
+from ddjax.data.preprocess import clip_to_pixel_range
 from ddjax.distill.base import PER_CLASS, AdditiveForm, Distiller, RunHooks
 from ddjax.distill.matching import group_by_class, matching_defaults
 from ddjax.scoring.ite import Separable
@@ -307,7 +310,7 @@ class NCFM(Distiller):
                num_freqs: int = 4096, sampling_lr: float = 1e-3, sampling_momentum: float = 0.5,
                alpha: float = 0.5, beta: float = 0.5, scale: float = LOSS_SCALE,
                calib_weight: float = 1.0, dsa_strategy: str = 'color_crop_cutout',
-               ascent_scale: float = 1.0):
+               ascent_scale: float = 1.0, project=None):
     if getattr(model, 'norm', 'none') == 'batch':
       raise ValueError("NCFM interpolates flat network parameters with no running statistics; "
                        "use model.norm='instance' (NCFM's) or 'none'.")
@@ -326,6 +329,7 @@ class NCFM(Distiller):
     self.alpha, self.beta, self.scale = float(alpha), float(beta), float(scale)
     self.calib_weight = float(calib_weight)
     self.ascent_scale = float(ascent_scale)
+    self._project = project
     self.dsa_strategy = dsa_strategy
     feats = jax.eval_shape(
         lambda p: model.apply({'params': p}, jnp.zeros((1,) + self.image_shape), train=False)[1],
@@ -350,7 +354,13 @@ class NCFM(Distiller):
 
   @property
   def hooks(self) -> RunHooks:
-    return RunHooks(before_loss=self.before_loss)
+    return RunHooks(before_loss=self.before_loss, project=self.project)
+
+  def project(self, syn):
+    """The stored images clipped to the pixel range after every update (`project` given)."""
+    if self._project is None:
+      return syn
+    return dict(syn, x=self._project(syn['x']))
 
   def draws(self, state: NCFMState, key: Array) -> Draws:
     """One pool member i (uniform) and lambda ~ U(0, 1): the embedding network lambda init_i +
@@ -598,7 +608,8 @@ def _build(cfg: ml_collections.ConfigDict, data) -> NCFM:
               t_var=b.t_var, num_freqs=b.num_freqs, sampling_lr=b.sampling_lr,
               sampling_momentum=b.sampling_momentum, alpha=b.alpha, beta=b.beta, scale=b.scale,
               calib_weight=b.calib_weight, dsa_strategy=strategy_from_config(cfg),
-              ascent_scale=b.ascent_scale)
+              ascent_scale=b.ascent_scale,
+              project=functools.partial(clip_to_pixel_range, data.pre))
 
 
 def _blocks() -> tuple:
