@@ -373,8 +373,15 @@ def test_bad_values_and_reading_real_examples_are_refused(method):
       validate(cfg)
 
 
+@pytest.fixture(scope='module')
+def observer_dir(tmp_path_factory):
+  """One observer directory for both end-to-end runs (the second reuses the cached observers and
+  their real statistics)."""
+  return tmp_path_factory.mktemp('observers') / 'obs'
+
+
 @pytest.mark.parametrize('method', ['gvbsm', 'edc'])
-def test_end_to_end_run_and_resume(method, tiny_npz, tmp_path, monkeypatch):
+def test_end_to_end_run_and_resume(method, tiny_npz, tmp_path, monkeypatch, observer_dir):
   import ddjax
   from ddjax.config import method_config
   cfg = method_config(method)
@@ -385,8 +392,8 @@ def test_end_to_end_run_and_resume(method, tiny_npz, tmp_path, monkeypatch):
   cfg.distill.steps = 8
   cfg.checkpoint.every = 4
   cfg.recover.batch_size = 6                    # one batch of 3 classes x 2 images
-  cfg.observer.update(dict(dir=str(tmp_path / 'obs'), width=8, depth=2, epochs=2,
-                           batch_size=32, lr=3e-3, ensemble='LeNet,ConvNet-3-BN'))
+  cfg.observer.update(dict(dir=str(observer_dir), width=8, depth=2, epochs=2,
+                           batch_size=32, lr=3e-3, ensemble='LeNet,ConvNet-1'))
   cfg.gsm.stat_images = 64
   if method == 'edc':
     cfg.edc.flatness = True
@@ -395,9 +402,10 @@ def test_end_to_end_run_and_resume(method, tiny_npz, tmp_path, monkeypatch):
   assert results['eval']['protocol'] == 'rded'
   out = np.load(tmp_path / 'run' / 'distilled.npz')
   assert out['x'].shape == (6, 12, 12, 1)
-  cached = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('obs_'))
-  assert cached == ['obs_convnet_3_bn', 'obs_lenet']
-  assert all(any(f.name.startswith('statistics_') for f in (tmp_path / c).iterdir())
+  root = observer_dir.parent
+  cached = sorted(p.name for p in root.iterdir() if p.name.startswith('obs_'))
+  assert cached == ['obs_convnet_1', 'obs_lenet']
+  assert all(any(f.name.startswith('statistics_') for f in (root / c).iterdir())
              for c in cached)
   real = StatisticRecovery.batch_sampler
 
@@ -418,3 +426,20 @@ def test_end_to_end_run_and_resume(method, tiny_npz, tmp_path, monkeypatch):
   assert again['distill']['resumed_from'] == 4
   np.testing.assert_allclose(np.load(tmp_path / 'resumed' / 'distilled.npz')['x'], out['x'],
                              atol=1e-5)
+
+
+def test_real_statistics_are_cached_and_a_mismatched_record_is_refused(tiny_problem, tmp_path):
+  observers, _, x, y = tiny_problem
+  obs = observers[1]
+  record = {'arch': 'tiny', 'test_acc': 0.9}
+  args = (obs.model, obs.variables, x[:40], y[:40], 3, 0)
+  first = st.cached_real_statistics(str(tmp_path), record, *args, batch_size=16)
+  files = [f for f in tmp_path.iterdir() if f.name.startswith('statistics_')]
+  assert len(files) == 1
+  again = st.cached_real_statistics(str(tmp_path), record, *args, batch_size=16)
+  for a, b in zip(first, again):
+    assert (a.kind, a.name) == (b.kind, b.name)
+    for p, q in zip(a.glob + a.classwise, b.glob + b.classwise):
+      np.testing.assert_array_equal(p, q)
+  with pytest.raises(st.StatisticsMismatch, match='observer.test_acc'):
+    st.cached_real_statistics(str(tmp_path), dict(record, test_acc=0.5), *args, batch_size=16)

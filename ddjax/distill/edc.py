@@ -78,7 +78,13 @@ def validate_edc(cfg) -> list[str]:
   for key in ('flatness_weight', 'flatness_tau'):
     if not isinstance(e[key], (int, float)) or e[key] <= 0:
       errors.append(f'edc.{key} must be a number > 0, got {e[key]!r}.')
-  if e.init == 'rded' and cfg.idc.factor > 1:
+  return errors
+
+
+def validate_method(cfg) -> list[str]:
+  """EDC's own checks: observer.ensemble set; RDED's images need the plain set (no IDC)."""
+  errors = gvbsm.validate_ensemble(cfg)
+  if cfg.edc.init == 'rded' and cfg.idc.factor > 1:
     errors.append("edc.init='rded' sets the images themselves; idc.factor must be 1.")
   return errors
 
@@ -150,6 +156,6 @@ def swap_patch_targets(t: st.HookTargets) -> st.HookTargets:
 registry.register(registry.Method(
     name='edc', build=build_edc, distiller_class=gvbsm.StatisticRecovery,
     blocks=(RECOVER_BLOCK, gvbsm.GSM_BLOCK, EDC_BLOCK, OBSERVER_BLOCK),
-    configure=configure_edc, presets=gvbsm.PRESETS, protocol='rded',
+    configure=configure_edc, presets=gvbsm.PRESETS, validate=validate_method, protocol='rded',
     description="EDC: G-VBSM's recovery with real initialisation, category-aware matching, "
                 'flatness'))

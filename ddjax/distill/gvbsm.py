@@ -88,14 +88,14 @@ def class_major_layout(num_classes: int, ipc: int, batch_size: int) -> tuple[int
 class GSMState(NamedTuple):
   """The state (module docstring): step (the global iteration counter: observer and curriculum),
   ema (per observer, per hook, its statistics' EMAs (G, d) per recovery batch), seen (per
-  observer (G, hooks) bool: the hook's EMA holds a value), images_ema (EDC's flatness: the EMA of
-  the images the loss reads, (n, H, W, C); (0,) when off) and images_ema_next (the EMA after this
-  step's images, set by `before_loss`)."""
+  observer (G, max(hooks, 1)) bool: the hook's EMA holds a value), images_ema (EDC's flatness: the
+  EMA of the images the loss reads, (n, H, W, C); (1,) when off) and images_last (this step's images
+  before their update, set by `before_loss`; `update` folds them into images_ema)."""
   step: Array
   ema: tuple
   seen: tuple
   images_ema: Array
-  images_ema_next: Array
+  images_last: Array
 
 
 class StatisticRecovery(Recovery):
@@ -164,14 +164,19 @@ class StatisticRecovery(Recovery):
     for ts in self.targets:
       ema.append(tuple(tuple(jnp.zeros((g,) + c.shape[1:], jnp.float32) for c in t.classwise)
                        for t in ts))
-      seen.append(jnp.zeros((g, len(ts)), bool))
-    images = jnp.asarray(syn['x']) if self.flatness_weight > 0 else jnp.zeros((0,), jnp.float32)
+      seen.append(jnp.zeros((g, max(len(ts), 1)), bool))      # (a checkpoint holds no empty
+    flat = self.flatness_weight > 0                          # array: one dummy column / value)
+    x = jnp.asarray(syn['x'])
     return GSMState(step=jnp.zeros((), jnp.int32), ema=tuple(ema), seen=tuple(seen),
-                    images_ema=images, images_ema_next=images)
+                    images_ema=jnp.array(x, copy=True) if flat else jnp.zeros((1,), jnp.float32),
+                    images_last=jnp.zeros_like(x) if flat else jnp.zeros((1,), jnp.float32))
 
   def update(self, syn, state, key):
     del syn, key
-    return state._replace(step=state.step + 1, images_ema=state.images_ema_next)
+    if self.flatness_weight > 0:            # x_ema <- beta x_ema + (1 - beta) x, x this step's
+      b = self.flatness_ema                 # images before their update (E:utils.py:104-114)
+      state = state._replace(images_ema=b * state.images_ema + (1.0 - b) * state.images_last)
+    return state._replace(step=state.step + 1)
 
   def batches(self, x: Array) -> Array:
     """The set (K ipc, ...) -> its recovery batches (G, B, ...) (`class_major_layout`)."""
@@ -214,7 +219,7 @@ class StatisticRecovery(Recovery):
 
   def before_loss(self, syn, state: GSMState, batch, step, key) -> GSMState:
     """The EMA statistics after this step's forward (module docstring: same key as the loss,
-    so the same view, drops and observer) and the images' EMA after this step's images."""
+    so the same view, drops and observer), and this step's images for the images' EMA."""
     del batch, step
     xb = self.batches(syn['x'])
     keys = jax.random.split(key, self.num_batches)
@@ -225,7 +230,7 @@ class StatisticRecovery(Recovery):
             _, _, hooks, keep = self._forward(k, x, kb, state.step)
             new = tuple(tuple(st.ema_update(e, s, self.momentum, seen_g[i], keep[i])
                               for e, s in zip(ema_g[i], h.stats)) for i, h in enumerate(hooks))
-            return new, seen_g | keep
+            return new, seen_g.at[:len(hooks)].set(seen_g[:len(hooks)] | keep)
           new_k, seen_k = jax.vmap(one)(xb, keys, ema[k], seen[k])
           ema = ema[:k] + (new_k,) + ema[k + 1:]
           seen = seen[:k] + (seen_k,) + seen[k + 1:]
@@ -234,9 +239,7 @@ class StatisticRecovery(Recovery):
       ema, seen = self._switch(state.step, branch, state.ema, state.seen)
       state = state._replace(ema=ema, seen=seen)
     if self.flatness_weight > 0:
-      b = self.flatness_ema
-      state = state._replace(images_ema_next=b * state.images_ema + (1.0 - b) *
-                             jax.lax.stop_gradient(syn['x']))
+      state = state._replace(images_last=jax.lax.stop_gradient(syn['x']))
     return state
 
   def batch_terms_of(self, k: int, x: Array, classes: Array, weights: Array, key: Array,
@@ -355,6 +358,12 @@ def validate_gsm(cfg) -> list[str]:
     errors.append(f'gsm.dd_weight must be a number >= 0, got {g.dd_weight!r}.')
   if not isinstance(g.dd_tau, (int, float)) or g.dd_tau <= 0:
     errors.append(f'gsm.dd_tau must be a number > 0, got {g.dd_tau!r}.')
+  return errors
+
+
+def validate_ensemble(cfg) -> list[str]:
+  """The method's own check (G-VBSM, EDC): observer.ensemble names at least one observer."""
+  errors = []
   if not ensemble_names(cfg):
     errors.append(f'{cfg.method} recovers against several observers: set observer.ensemble to '
                   'comma-separated zoo names (ddjax.models.zoo), e.g. '
@@ -466,5 +475,5 @@ PRESETS = registry.PRESETS + ('image_folder',)
 registry.register(registry.Method(
     name='gvbsm', build=build_gvbsm, distiller_class=StatisticRecovery,
     blocks=(RECOVER_BLOCK, GSM_BLOCK, OBSERVER_BLOCK),
-    configure=configure_gvbsm, presets=PRESETS, protocol='rded',
+    configure=configure_gvbsm, presets=PRESETS, validate=validate_ensemble, protocol='rded',
     description="G-VBSM: recovery against several observers' BN, Conv and patch statistics"))
