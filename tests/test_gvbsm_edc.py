@@ -348,7 +348,13 @@ def test_paper_presets_are_the_official_scripts(method, table, observers):
   validate(cfg)
   assert {k: _get(cfg, k) for k in table} == table
   assert len(ensemble_names(cfg)) == observers
-  assert registry.protocol_name(cfg) == 'rded'
+  assert registry.protocol_name(cfg) == 'ensemble'
+  # the official evaluations (G: train.sh + train_FKD.py; E: train.sh + direct_train.py)
+  want = {'gvbsm': dict(loss='mse_ce', w_ce=0.15, schedule='cosine', weight_decay=0.0,
+                        batch_size=100, ema=0.0, epochs=1000),
+          'edc': dict(loss='mse_ce', w_ce=0.025, schedule='multistep', weight_decay=0.01,
+                      batch_size=25, ema=0.99, epochs=1000)}[method]
+  assert {k: cfg.ensemble[k] for k in want} == want
   for preset in ('', 'image_folder'):
     validate(method_config(method, preset))
 
@@ -397,9 +403,9 @@ def test_end_to_end_run_and_resume(method, tiny_npz, tmp_path, monkeypatch, obse
   cfg.gsm.stat_images = 64
   if method == 'edc':
     cfg.edc.flatness = True
-  cfg.eval.soft_label_epochs = 1
+  cfg.ensemble.epochs = 1
   results = ddjax.run(cfg, str(tmp_path / 'run'))
-  assert results['eval']['protocol'] == 'rded'
+  assert results['eval']['protocol'] == 'ensemble'
   out = np.load(tmp_path / 'run' / 'distilled.npz')
   assert out['x'].shape == (6, 12, 12, 1)
   root = observer_dir.parent

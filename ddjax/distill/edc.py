@@ -25,8 +25,9 @@ iterations, r_loss 0.01, real initialisation; Adam betas (0.5, 0.9), cosine per 
 (E:recover.py:226-227), first hook x10. Observers: ResNet18, ConvNetW128, MobileNetV2, WRN_16_2,
 ShuffleNetV2_0_5, ConvNetD1, ConvNetD2, ConvNetW32 (E:recover.py:429), here the zoo's nearest
 (`PAPER_OBSERVERS`). The evaluation-side ingredients (ensemble soft labels with MSE + w_ce CE, EMA
-student, smoothed / multistep schedules, a smaller batch) belong to an evaluation protocol; this
-method registers the 'rded' protocol.
+student, smoothed / multistep schedules, a smaller batch) are the 'ensemble' protocol's switches
+(`ddjax.evaluate.protocols.ensemble`; `ensemble.schedule`, `ensemble.ema`, `ensemble.batch_size`,
+`ensemble.loss`), which this method evaluates with at EDC's settings (`ensemble_preset('edc')`).
 
 Differences from the official code: the class patch targets are the intended ones (the official
 `save` swaps the class patch mean and variance, E:utils.py:370-373; edc.swap_class_patch_stats
@@ -112,6 +113,10 @@ def configure_edc(cfg, preset: str) -> None:
     cfg.observer.epochs = 5                             # squeeze.sh:1 (--train_epochs 5)
   if preset == 'image_folder':
     d.steps = 1000
+  # its evaluation (Branch_CIFAR_10/train/direct_train.py, train.sh): students on the mean logits
+  # of the observers, MSE + 0.025 CE, MultiStepLR at 0.8 / 0.9 / 0.95, parameter EMA 0.99, batch 25
+  # (1000 epochs at :paper); the switches of its evaluation-side ablation are cfg.ensemble's
+  gvbsm.ensemble_preset(cfg, 'edc', paper=preset == 'paper')
 
 
 def _rded_initial_set(cfg, data):
@@ -156,6 +161,6 @@ def swap_patch_targets(t: st.HookTargets) -> st.HookTargets:
 registry.register(registry.Method(
     name='edc', build=build_edc, distiller_class=gvbsm.StatisticRecovery,
     blocks=(RECOVER_BLOCK, gvbsm.GSM_BLOCK, EDC_BLOCK, OBSERVER_BLOCK),
-    configure=configure_edc, presets=gvbsm.PRESETS, validate=validate_method, protocol='rded',
+    configure=configure_edc, presets=gvbsm.PRESETS, validate=validate_method, protocol='ensemble',
     description="EDC: G-VBSM's recovery with real initialisation, category-aware matching, "
                 'flatness'))

@@ -11,8 +11,8 @@ Matching: BN running statistics, Conv channel and 4x4-patch statistics of the re
 straight-through synthetic statistics, Conv hooks dropped with probability drop_rate) and L_DD the
 eigenvalue "data densification" loss (`ddjax.distill.statistics`: the formulas). A is one random
 view per batch and iteration: RandomCrop(pad 4), a horizontal flip, then a roll by up to `jitter`
-pixels. Relabel: students on soft labels ('rded' protocol; the official students learn the mean
-logits of the observers with MSE + 0.15 CE, an evaluation protocol of its own).
+pixels. Relabel: students on the mean logits of the observers with MSE + 0.15 CE, AdamW without
+weight decay, cosine, batch 100 (the 'ensemble' protocol at `ensemble_preset('gvbsm')`).
 
 Official CIFAR-10 code (shaoshitong/G_VBSM_Dataset_Condensation, Branch_CIFAR_10/recover/;
 data_synthesis_with_svd_with_db_with_all_statistic.py = D):
@@ -65,6 +65,7 @@ from ddjax.distill.base import RunHooks
 from ddjax.distill.recover import ObserverNet, Recovery, View, recovery_view
 from ddjax.distill.sre2l import RECOVER_BLOCK
 from ddjax.evaluate.protocols.rded import OBSERVER_BLOCK, ensemble_names
+from ddjax.evaluate.protocols.ensemble import ensemble_preset
 from ddjax.transforms.base import PerClass
 
 Array = jax.Array
@@ -464,6 +465,9 @@ def configure_gvbsm(cfg, preset: str) -> None:
   if preset == 'image_folder':
     d.steps = 4000
     r.jitter = 64
+  # its evaluation (Branch_CIFAR_10/train/train.sh, train_FKD.py): students on the mean logits
+  # of the observers, MSE + 0.15 CE, AdamW wd 0, cosine, batch 100 (1000 epochs at :paper)
+  ensemble_preset(cfg, 'gvbsm', paper=preset == 'paper')
 
 
 def build_gvbsm(cfg, data) -> StatisticRecovery:
@@ -475,5 +479,5 @@ PRESETS = registry.PRESETS + ('image_folder',)
 registry.register(registry.Method(
     name='gvbsm', build=build_gvbsm, distiller_class=StatisticRecovery,
     blocks=(RECOVER_BLOCK, GSM_BLOCK, OBSERVER_BLOCK),
-    configure=configure_gvbsm, presets=PRESETS, validate=validate_ensemble, protocol='rded',
+    configure=configure_gvbsm, presets=PRESETS, validate=validate_ensemble, protocol='ensemble',
     description="G-VBSM: recovery against several observers' BN, Conv and patch statistics"))
