@@ -78,6 +78,9 @@ def main():
                   help="eval.clip_pixels of both protocols (the sets clipped to [0, 1] in pixel "
                        "space); auto: clipped under 'rded' only")
   ap.add_argument('--name', default='rded_accuracy')
+  ap.add_argument('--set', nargs='*', default=[], metavar='METHOD:KEY=VALUE',
+                  help="a config override for one method's runs, e.g. "
+                       "gvbsm:observer.ensemble=LeNet,ConvNet-1")
   ap.add_argument('--child', nargs=2, metavar=('METHOD', 'IPC'), default=None,
                   help=argparse.SUPPRESS)    # internal: make one set in this process, then exit
   args = ap.parse_args()
@@ -89,7 +92,8 @@ def main():
                               f'fashion_mnist_convnet3w128_e{args.observer_epochs}_seed{args.seed}')
   observer = [f'observer.epochs={args.observer_epochs}', f'observer.dir={observer_dir}']
   def method_cfg(method, ipc):
-    cfg = config_of(method, ipc, args.steps, args.seed, observer)
+    own = [item.split(':', 1)[1] for item in args.set if item.split(':', 1)[0] == method]
+    cfg = config_of(method, ipc, args.steps, args.seed, observer + own)
     cfg.eval.clip_pixels = args.clip
     native = registry.protocol_name(cfg) == 'rded'      # RDED's own sets
     cfg.eval.num_models = 0 if native else args.own_models
