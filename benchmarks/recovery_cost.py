@@ -69,6 +69,8 @@ def main():
   ap.add_argument('--ipc', type=int, default=1)
   ap.add_argument('--iterations', type=int, default=20)
   ap.add_argument('--observer-epochs', type=int, default=2)
+  ap.add_argument('--set', nargs='*', default=[], metavar='METHOD:KEY=VALUE',
+                  help="a config override for one method, e.g. edc:observer.ensemble=ResNet-18-BN")
   args = ap.parse_args()
   command = 'python benchmarks/recovery_cost.py ' + ' '.join(sys.argv[1:])
 
@@ -91,6 +93,15 @@ def main():
     cfg.observer.epochs = args.observer_epochs
     cfg.observer.dir = os.path.join(common.HERE, 'runs', 'observers',
                                     f'fmnist64_resnet18_e{args.observer_epochs}')
+    for item in args.set:
+      name, _, assignment = item.partition(':')
+      if name == method:
+        key, value = assignment.split('=', 1)
+        *path, leaf = key.split('.')
+        block = cfg
+        for part in path:
+          block = block[part]
+        block[leaf] = type(block[leaf])(value)
     data = pipeline.load_data(cfg)
     plan = registry.resolve(cfg, pipeline.data_facts(data))
     t0 = time.perf_counter()
@@ -114,7 +125,7 @@ def main():
     per_step = (time.perf_counter() - t0) / args.iterations
     n = int(syn['x'].shape[0])
     rows.append({
-        'method': method, 'images': n, 'image_shape': list(syn['x'].shape[1:]),
+        'method': method, 'overrides': [i for i in args.set if i.startswith(method + ':')], 'images': n, 'image_shape': list(syn['x'].shape[1:]),
         'observer': cfg.observer.arch, 'observer_epochs': args.observer_epochs,
         'observer_and_build_seconds': build_seconds, 'compile_seconds': compile_seconds,
         'seconds_per_step': per_step, 'ms_per_image_iteration': 1000 * per_step / n,
