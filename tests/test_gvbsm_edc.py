@@ -118,10 +118,10 @@ def _np_dd(x, groups, tau):
   total = 0.0
   for g in xs:
     lam = np.linalg.eigvalsh(g @ g.T)
-    t = np.exp(lam / tau - (lam / tau).max())
-    t /= t.sum()
+    logt = lam / tau - (lam / tau).max()
+    logt -= np.log(np.exp(logt).sum())
     logs = lam - lam.max() - np.log(np.exp(lam - lam.max()).sum())
-    total += np.sum(t * (np.log(t) - logs))
+    total += np.sum(np.exp(logt) * (logt - logs))
   return total
 
 
@@ -137,6 +137,19 @@ def test_dd_loss_matches_numpy_and_vanishes_with_one_image_per_class():
   assert float(st.dd_loss(big, groups=2)) == pytest.approx(_np_dd(pooled, 2, 4.0), rel=1e-3)
   g = jax.grad(lambda x: st.dd_loss(x, 2))(x)
   assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
+
+
+def test_dd_loss_stays_finite_when_the_spectrum_spreads_widely():
+  # 10 images of 28 x 28 pixels in [0, 1], one class: the Gram eigenvalues spread by hundreds,
+  # softmax(lambda / 4) underflows to exactly 0 for the small ones (the run diverged at step 7)
+  x = jax.random.uniform(jax.random.PRNGKey(2), (10, 28, 28, 1))
+  lam = np.linalg.eigvalsh(np.asarray(x, np.float64).reshape(10, -1) @
+                           np.asarray(x, np.float64).reshape(10, -1).T)
+  assert lam.max() - lam.min() > 4 * 200            # exp(-200) is 0 in float32
+  got = float(st.dd_loss(x, groups=1))
+  assert np.isfinite(got) and got == pytest.approx(_np_dd(x, 1, 4.0), rel=1e-3)
+  g = jax.grad(lambda x: st.dd_loss(x, 1))(x)
+  assert bool(jnp.all(jnp.isfinite(g)))
 
 
 def test_category_aware_target_is_the_label_weighted_mean_of_class_targets():

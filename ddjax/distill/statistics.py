@@ -226,9 +226,12 @@ def dd_loss(x: Array, groups: int, tau: float = 4.0, pool: int = 32) -> Array:
   xs = x.reshape(groups, m, -1).astype(jnp.float32)
   gram = jnp.einsum('gid,gjd->gij', xs, xs)
   lam = jnp.linalg.eigvalsh(gram)                                          # (groups, m)
-  teacher = jax.lax.stop_gradient(jax.nn.softmax(lam / tau, axis=-1))
+  # the teacher's log from log_softmax, not log(softmax): eigenvalues of pixel Gram matrices
+  # spread by hundreds, softmax(lambda / tau) underflows to 0 and 0 * log 0 would be NaN (KL's
+  # 0 log 0 = 0, as torch's kl_div has it)
+  log_teacher = jax.lax.stop_gradient(jax.nn.log_softmax(lam / tau, axis=-1))
   student = jax.nn.log_softmax(lam, axis=-1)
-  return jnp.sum(teacher * (jnp.log(teacher) - student))
+  return jnp.sum(jnp.exp(log_teacher) * (log_teacher - student))
 
 
 def flatness_kl(logits: Array, ema_logits: Array, tau: float = 4.0) -> Array:
