@@ -13,6 +13,18 @@ import jax.numpy as jnp
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def method_overrides(items, method: str) -> list[str]:
+  """The 'KEY=VALUE' parts of the `--set METHOD:KEY=VALUE` items that name `method`."""
+  out = []
+  for item in items:
+    name, sep, assignment = item.partition(':')
+    if not sep or '=' not in assignment:
+      raise ValueError(f'--set {item!r}: write METHOD:KEY=VALUE, e.g. edc:observer.ensemble=LeNet')
+    if name == method:
+      out.append(assignment)
+  return out
+
+
 def machine() -> dict:
   return {'platform': platform.platform(), 'python': sys.version.split()[0],
           'jax': jax.__version__, 'backend': jax.default_backend(),

@@ -92,7 +92,7 @@ def main():
                               f'fashion_mnist_convnet3w128_e{args.observer_epochs}_seed{args.seed}')
   observer = [f'observer.epochs={args.observer_epochs}', f'observer.dir={observer_dir}']
   def method_cfg(method, ipc):
-    own = [item.split(':', 1)[1] for item in args.set if item.split(':', 1)[0] == method]
+    own = common.method_overrides(args.set, method)
     cfg = config_of(method, ipc, args.steps, args.seed, observer + own)
     cfg.eval.clip_pixels = args.clip
     native = registry.protocol_name(cfg) == 'rded'      # RDED's own sets

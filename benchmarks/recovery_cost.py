@@ -79,6 +79,7 @@ def main():
   from ddjax.config import method_config
   from ddjax.distill import step as step_lib
   from ddjax.runtime import pipeline
+  from ddjax.suite.runner import apply_overrides
   from ddjax import transforms
 
   root = args.root or write_folder(os.path.join(common.HERE, 'runs', 'fmnist64_folder'),
@@ -93,15 +94,8 @@ def main():
     cfg.observer.epochs = args.observer_epochs
     cfg.observer.dir = os.path.join(common.HERE, 'runs', 'observers',
                                     f'fmnist64_resnet18_e{args.observer_epochs}')
-    for item in args.set:
-      name, _, assignment = item.partition(':')
-      if name == method:
-        key, value = assignment.split('=', 1)
-        *path, leaf = key.split('.')
-        block = cfg
-        for part in path:
-          block = block[part]
-        block[leaf] = type(block[leaf])(value)
+    overrides = common.method_overrides(args.set, method)
+    apply_overrides(cfg, dict(kv.split('=', 1) for kv in overrides), 'config key (--set)')
     data = pipeline.load_data(cfg)
     plan = registry.resolve(cfg, pipeline.data_facts(data))
     t0 = time.perf_counter()
@@ -125,7 +119,8 @@ def main():
     per_step = (time.perf_counter() - t0) / args.iterations
     n = int(syn['x'].shape[0])
     rows.append({
-        'method': method, 'overrides': [i for i in args.set if i.startswith(method + ':')], 'images': n, 'image_shape': list(syn['x'].shape[1:]),
+        'method': method, 'overrides': overrides, 'images': n,
+        'image_shape': list(syn['x'].shape[1:]),
         'observer': cfg.observer.arch, 'observer_epochs': args.observer_epochs,
         'observer_and_build_seconds': build_seconds, 'compile_seconds': compile_seconds,
         'seconds_per_step': per_step, 'ms_per_image_iteration': 1000 * per_step / n,

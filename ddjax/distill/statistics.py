@@ -51,6 +51,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ddjax.augment.basic import augment_batch
 from ddjax.infra import artifacts, distributed, files
@@ -226,12 +227,11 @@ def dd_loss(x: Array, groups: int, tau: float = 4.0, pool: int = 32) -> Array:
   xs = x.reshape(groups, m, -1).astype(jnp.float32)
   gram = jnp.einsum('gid,gjd->gij', xs, xs)
   lam = jnp.linalg.eigvalsh(gram)                                          # (groups, m)
-  # the teacher's log from log_softmax, not log(softmax): eigenvalues of pixel Gram matrices
-  # spread by hundreds, softmax(lambda / tau) underflows to 0 and 0 * log 0 would be NaN (KL's
-  # 0 log 0 = 0, as torch's kl_div has it)
+  # KL from log-probabilities on both sides: eigenvalues of pixel Gram matrices spread by
+  # hundreds, softmax(lambda / tau) underflows to 0, and 0 * log 0 taken literally is NaN
   log_teacher = jax.lax.stop_gradient(jax.nn.log_softmax(lam / tau, axis=-1))
-  student = jax.nn.log_softmax(lam, axis=-1)
-  return jnp.sum(jnp.exp(log_teacher) * (log_teacher - student))
+  log_student = jax.nn.log_softmax(lam, axis=-1)
+  return jnp.sum(optax.losses.kl_divergence_with_log_targets(log_student, log_teacher))
 
 
 def flatness_kl(logits: Array, ema_logits: Array, tau: float = 4.0) -> Array:
